@@ -1,0 +1,17 @@
+"""sb-meta: meta-learning and transfer-learning adaptation for speech recognition.
+
+sb-meta extends SpeechBrain: a recipe keeps its ``compute_forward`` /
+``compute_objectives`` and subclasses :class:`sb_meta.MetaBrain` instead of
+``sb.Brain``; adaptation methods are pluggy plugins (see ``sb-meta plugins``).
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy imports keep ``import sb_meta`` (and the CLI start-up) light.
+    if name == "MetaBrain":
+        from sb_meta.brain import MetaBrain
+
+        return MetaBrain
+    raise AttributeError(f"module 'sb_meta' has no attribute {name!r}")

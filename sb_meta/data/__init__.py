@@ -1,0 +1,1 @@
+"""Corpus generation and preparation helpers."""

@@ -1,0 +1,201 @@
+"""Plugin manager: built-ins, entry points and YAML-named plugins.
+
+Every plugin, built-in or third-party, is a module registered with a pluggy
+``PluginManager`` under the ``sb_meta`` project name. Plugins are found:
+
+1. through the ``sb_meta.plugins`` entry-point group (the built-ins in
+   ``plugins/`` are declared there by sb-meta's own ``setup.cfg``);
+2. by name in a recipe's YAML: ``plugins: [my_package.my_plugin, ./my_plugin.py]``.
+
+Example
+-------
+>>> registry = PluginRegistry()
+>>> "maml" in registry.strategies
+True
+>>> registry.get_strategy("nope")
+Traceback (most recent call last):
+...
+sb_meta.plugins.UnknownPluginError: unknown strategy 'nope'; available: ...
+"""
+
+import importlib
+import importlib.metadata
+import importlib.util
+import pathlib
+import sys
+from dataclasses import dataclass
+
+import pluggy
+
+from sb_meta import hookspecs
+
+ENTRY_POINT_GROUP = "sb_meta.plugins"
+hookimpl = pluggy.HookimplMarker("sb_meta")
+
+
+class PluginError(Exception):
+    """Base class of plugin-related errors."""
+
+
+class UnknownPluginError(PluginError, KeyError):
+    """A strategy or add-on name that no registered plugin provides."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PluginLoadError(PluginError, ImportError):
+    """A plugin that could not be imported or is malformed."""
+
+
+@dataclass
+class PluginInfo:
+    """Where a strategy or add-on came from."""
+
+    name: str
+    kind: str  # "strategy" or "addon"
+    cls: type
+    plugin: str  # the plugin (entry point or YAML) name
+    module: str
+    distribution: str  # "name version", or "yaml" / "local"
+
+    def as_dict(self):
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "plugin": self.plugin,
+            "module": self.module,
+            "class": self.cls.__qualname__,
+            "distribution": self.distribution,
+            "doc": (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else "",
+        }
+
+
+class PluginRegistry:
+    """Discovers plugins and indexes the strategies and add-ons they provide.
+
+    Arguments
+    ---------
+    entry_points : bool
+        Load plugins from the ``sb_meta.plugins`` entry-point group.
+    extra : sequence of str
+        More plugins to load: dotted module names or paths to ``.py`` files
+        (what YAML's ``plugins:`` key holds).
+    strict : bool
+        Raise :class:`PluginLoadError` when a plugin fails to import. With
+        ``strict=False`` failures are kept in ``self.broken`` (used by
+        ``sb-meta plugins`` to show them).
+    """
+
+    def __init__(self, entry_points=True, extra=(), strict=True):
+        self.pm = pluggy.PluginManager("sb_meta")
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = strict
+        self.broken = {}  # plugin name -> error message
+        self.strategies = {}
+        self.addons = {}
+        self._origin = {}  # plugin object id -> (plugin name, distribution)
+        if entry_points:
+            for ep in sorted(
+                importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+            ):
+                dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+                self._load(ep.name, dist, ep.load, where=ep.value)
+        for spec in extra:
+            self.load(spec)
+
+    # ------------------------------------------------------------------ loading
+    def load(self, spec):
+        """Load one plugin named by a dotted module path or a ``.py`` file."""
+        spec = str(spec)
+        if spec in self.pm.get_plugins() or self.pm.has_plugin(spec):
+            return
+        if spec.endswith(".py"):
+            path = pathlib.Path(spec)
+
+            def loader():
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such plugin file {path}")
+                mod_name = f"sb_meta_local_plugin_{path.stem}"
+                module_spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[mod_name] = module
+                module_spec.loader.exec_module(module)
+                return module
+
+            self._load(spec, "local file", loader, where=str(path))
+        else:
+            self._load(spec, "yaml", lambda: importlib.import_module(spec), where=spec)
+
+    def _load(self, name, dist, loader, where):
+        if self.pm.has_plugin(name):
+            return
+        try:
+            plugin = loader()
+            self.pm.register(plugin, name=name)
+            self._index(plugin, name, dist)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            msg = (
+                f"sb-meta plugin {name!r} ({where}) from {dist} failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            if self.strict:
+                raise PluginLoadError(msg) from exc
+            self.broken[name] = msg
+
+    def _index(self, plugin, name, dist):
+        from sb_meta.strategy import AddOn, Strategy
+
+        caller = self.pm.subset_hook_caller
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        for kind, hook, base, table in (
+            ("strategy", "sbmeta_strategies", Strategy, self.strategies),
+            ("addon", "sbmeta_addons", AddOn, self.addons),
+        ):
+            for classes in caller(hook, remove_plugins=others)():
+                for cls in classes or []:
+                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                        raise TypeError(f"{hook} returned {cls!r}, not a {base.__name__} subclass")
+                    if not getattr(cls, "name", None):
+                        raise TypeError(f"{cls.__qualname__} has no 'name'")
+                    if cls.name in table:
+                        prev = table[cls.name]
+                        raise PluginLoadError(
+                            f"{kind} {cls.name!r} from plugin {name!r} ({dist}) clashes with "
+                            f"the one from plugin {prev.plugin!r} ({prev.distribution})"
+                        )
+                    table[cls.name] = PluginInfo(
+                        cls.name, kind, cls, name, cls.__module__, dist
+                    )
+
+    # ------------------------------------------------------------------ lookup
+    def _get(self, table, kind, name):
+        if name not in table:
+            hint = ""
+            if self.broken:
+                hint = "; plugins that failed to load: " + "; ".join(self.broken.values())
+            raise UnknownPluginError(
+                f"unknown {kind} {name!r}; available: {', '.join(sorted(table)) or 'none'}{hint}"
+            )
+        return table[name].cls
+
+    def get_strategy(self, name):
+        """The strategy class registered under ``name``."""
+        return self._get(self.strategies, "strategy", name)
+
+    def get_addon(self, name):
+        """The add-on class registered under ``name``."""
+        return self._get(self.addons, "add-on", name)
+
+    def listing(self):
+        """All registered strategies and add-ons as dicts (for ``sb-meta plugins``)."""
+        rows = [i.as_dict() for i in self.strategies.values()]
+        rows += [i.as_dict() for i in self.addons.values()]
+        return sorted(rows, key=lambda r: (r["kind"] != "strategy", r["name"]))
+
+
+def get_registry(extra=()):
+    """A registry with entry-point plugins plus ``extra`` (YAML-named) ones."""
+    return PluginRegistry(extra=tuple(extra))

@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+Real corpora are reached through environment variables (``.ci/run`` exports
+them). When a variable is unset the tests that need it skip, saying why; when
+it is set but the data is not there, they fail.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+
+def _corpus_root(var, must_contain):
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"{var} is not set; set it to run tests on the real corpus")
+    root = pathlib.Path(value)
+    missing = [p for p in must_contain if not (root / p).exists()]
+    if missing:
+        pytest.fail(f"{var}={value} is set but {missing} is missing there")
+    return root
+
+
+@pytest.fixture(scope="session")
+def an4_root():
+    """Root of the CMU AN4 corpus in its original layout ($SBMETA_AN4_ROOT)."""
+    return _corpus_root(
+        "SBMETA_AN4_ROOT",
+        ["etc/an4_train.transcription", "etc/an4_test.transcription", "wav"],
+    )
+
+
+@pytest.fixture(scope="session")
+def librispeech_root():
+    """A LibriSpeech root in native layout ($SBMETA_LIBRISPEECH_ROOT)."""
+    return _corpus_root("SBMETA_LIBRISPEECH_ROOT", [])
