@@ -118,7 +118,6 @@ class MetaBrain(sb.Brain):
         check_functional_compatible(self.modules)
         self.registry = registry or PluginRegistry(extra=self.meta_config["plugins"] or ())
         strategy_cls = self.registry.get_strategy(self.meta_config["meta_strategy"])
-        self.strategy = strategy_cls(self, self.meta_config)
         self._addon_pm = pluggy.PluginManager("sb_meta")
         self._addon_pm.add_hookspecs(hookspecs)
         self.addons = []
@@ -126,6 +125,7 @@ class MetaBrain(sb.Brain):
             addon = self.registry.get_addon(name)(self, self.meta_config)
             self._addon_pm.register(addon, name=name)
             self.addons.append(addon)
+        self.strategy = strategy_cls(self, self.meta_config)
         for key, module in self.strategy.meta_modules().items():
             self.modules[META_PREFIX + key] = module.to(self.device)
         if self.checkpointer is not None:

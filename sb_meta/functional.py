@@ -166,7 +166,14 @@ def frozen_statistics(modules):
     >>> float(bn.running_mean.abs().sum())
     0.0
     """
-    buffers = [(b, b.detach().clone()) for b in modules.buffers()]
+    # Buffers are restored by swapping tensors, not in place: an in-place copy
+    # would bump the version counter of tensors a second-order graph saved.
+    buffers = [
+        (m, name, b.detach().clone())
+        for m in modules.modules()
+        for name, b in m._buffers.items()
+        if b is not None
+    ]
     stats = [
         (m, dict(m._statistics_dict()))
         for m in modules.modules()
@@ -175,9 +182,8 @@ def frozen_statistics(modules):
     try:
         yield
     finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+        for m, name, saved in buffers:
+            m._buffers[name] = saved
         for m, saved in stats:
             m._load_statistics_dict(dict(saved))
 

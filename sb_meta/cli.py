@@ -1,0 +1,115 @@
+"""The ``sb-meta`` command.
+
+Example
+-------
+>>> main(["plugins"])  # doctest: +ELLIPSIS
+strategy  anil ...
+0
+"""
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_plugins(args):
+    from sb_meta.plugins import PluginRegistry
+
+    registry = PluginRegistry(extra=args.plugin or (), strict=False)
+    rows = registry.listing()
+    if args.json:
+        print(json.dumps({"plugins": rows, "broken": registry.broken}, indent=2))
+    else:
+        width = max((len(r["name"]) for r in rows), default=4)
+        for r in rows:
+            print(
+                f"{r['kind']:<9} {r['name']:<{width}}  {r['module']}.{r['class']}"
+                f"  [{r['distribution']}]  {r['doc']}"
+            )
+        for name, msg in registry.broken.items():
+            print(f"BROKEN    {name}: {msg}")
+    return 1 if registry.broken else 0
+
+
+def _cmd_synth(args):
+    from sb_meta.data.manifest import format_summary_table
+    from sb_meta.data.synth import generate_corpus
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    generate_corpus(
+        args.out,
+        speakers=args.speakers,
+        utts_per_speaker=args.utts_per_speaker,
+        langs=langs,
+        seed=args.seed,
+        channel=not args.no_channel,
+        progress=not args.quiet,
+    )
+    print(f"Synthetic corpus written to {args.out}")
+    print(format_summary_table(args.out))
+    return 0
+
+
+def _cmd_summary(args):
+    from sb_meta.data.manifest import format_summary_table
+
+    print(format_summary_table(args.folder, splits=args.splits.split(","), task_column=args.task_column))
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="sb-meta",
+        description="Meta-learning and transfer-learning adaptation for SpeechBrain ASR.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list registered strategies and add-ons")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plugin", action="append", help="also load this plugin (module or .py file)")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("synth", help="generate the embedded synthetic multi-speaker corpus")
+    p.add_argument("--out", required=True, help="output folder (wav/ and train/valid/test.csv)")
+    p.add_argument("--speakers", type=int, default=24)
+    p.add_argument("--utts-per-speaker", type=int, default=20)
+    p.add_argument("--langs", default="en", help="comma-separated espeak languages, e.g. en,de,fr")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-channel", action="store_true", help="no per-speaker noise/reverb channel")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("summary", help="task summary (tasks, utterances, hours) of manifests")
+    p.add_argument("folder")
+    p.add_argument("--splits", default="train,valid,dev,test")
+    p.add_argument("--task-column", default="spk_id")
+    p.set_defaults(func=_cmd_summary)
+
+    _add_later_commands(sub)
+    return parser
+
+
+def _add_later_commands(sub):
+    """Commands implemented in other modules (adaptation, evaluation, demo)."""
+    try:
+        from sb_meta import inference_cli
+    except ImportError:
+        return
+    inference_cli.add_commands(sub)
+
+
+def main(argv=None):
+    """Entry point of the ``sb-meta`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"sb-meta {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
