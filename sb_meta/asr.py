@@ -344,4 +344,12 @@ def run_recipe(argv, prepare):
     brain.evaluate(
         datasets["test"], min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"]
     )
+    export_folder = hparams.get("export_folder")
+    if export_folder:
+        from sb_meta.inference import export_brain
+
+        # the evaluated (best-WER) model, in SpeechBrain's pretrained format
+        sb.utils.distributed.run_on_main(export_brain, args=[brain, export_folder])
+        logger.info("Exported the model to %s (load it with sb_meta.inference.load_model "
+                    "or speechbrain's EncoderASR.from_hparams)", export_folder)
     return brain

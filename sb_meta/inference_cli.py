@@ -1,0 +1,195 @@
+"""``sb-meta adapt``, ``transcribe`` and ``evaluate``: test-time adaptation commands.
+
+Added to the ``sb-meta`` command by :func:`add_commands` (see
+:mod:`sb_meta.cli`). Heavy imports happen inside the commands, so ``sb-meta
+--help`` stays fast.
+
+Example
+-------
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="sb-meta")
+>>> add_commands(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["evaluate", "--model", "m", "--data", "t.csv", "--out", "r",
+...                           "--k", "0,1,5", "--strategies", "finetune,anil"])
+>>> args.k, args.strategies, args.repeats
+([0, 1, 5], ['finetune', 'anil'], 3)
+"""
+
+import pathlib
+import sys
+
+__all__ = ["add_commands"]
+
+
+def _int_list(text):
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text):
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _fail(command, exc):
+    print(f"sb-meta {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _cmd_adapt(args):
+    from sb_meta.data.manifest import read_manifest
+    from sb_meta.evaluation import _rng, resolve_wav
+    from sb_meta.inference import AdaptationError, load_model
+
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    rows = read_manifest(args.support)
+    if rows and "wrd" not in rows[0]:
+        raise KeyError(f"manifest {args.support} has no 'wrd' column")
+    if args.task is not None:
+        if rows and args.task_column not in rows[0]:
+            raise KeyError(
+                f"manifest {args.support} has no column {args.task_column!r}; "
+                f"columns are {sorted(rows[0])}"
+            )
+        tasks = sorted({r[args.task_column] for r in rows})
+        rows = [r for r in rows if r[args.task_column] == args.task]
+        if not rows:
+            raise ValueError(
+                f"no utterance of {args.task_column}={args.task!r} in {args.support}; "
+                f"values are {tasks[:20]}"
+            )
+    where = f"{args.task_column}={args.task!r}" if args.task is not None else str(args.support)
+    if len(rows) < args.k:
+        raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
+    rows = sorted(rows, key=lambda r: r["ID"])
+    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    data_root = args.data_root or pathlib.Path(args.support).parent
+    model = load_model(args.model, device=args.device)
+    try:
+        adapted = model.adapt(
+            [resolve_wav(r["wav"], data_root) for r in chosen],
+            [r["wrd"] for r in chosen],
+            strategy=args.strategy,
+            steps=args.steps,
+            lr=args.lr,
+            adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
+            ids=[r["ID"] for r in chosen],
+        )
+        out = adapted.export(args.out)
+    except (AdaptationError, RuntimeError, OSError) as exc:
+        return _fail("adapt", exc)
+    rec = adapted.last_adaptation
+    print(
+        f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec['lr']}) "
+        f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
+    )
+    print(f"Exported to {out}")
+    return 0
+
+
+def _cmd_transcribe(args):
+    from sb_meta.inference import load_model
+
+    model = load_model(args.model, device=args.device)
+    failed = 0
+    for path in args.files:
+        try:
+            text = model.transcribe_file(path)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"sb-meta transcribe: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}\t{text}", flush=True)
+    return 1 if failed else 0
+
+
+def _cmd_evaluate(args):
+    from sb_meta.evaluation import evaluate_kshot, summary_table, write_report
+    from sb_meta.inference import load_model
+
+    model = load_model(args.model, device=args.device)
+    try:
+        results = evaluate_kshot(
+            model,
+            args.data,
+            task_column=args.task_column,
+            ks=args.k,
+            repeats=args.repeats,
+            strategies=args.strategies,
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.quiet,
+            batch_size=args.batch_size,
+            adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
+            data_root=args.data_root,
+        )
+        paths = write_report(results, args.out)
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        return _fail("evaluate", exc)
+    print(summary_table(results))
+    for s in results["skipped"]:
+        print(f"skipped: {s['reason']}")
+    for f in results["failed"]:
+        print(f"failed: {f['task']} k={f['k']} repeat {f['repeat']} ({f['strategy']}): {f['reason']}")
+    print(f"Report: {paths['markdown']}  Results: {paths['json']}  Plot: {paths['plot']}")
+    return 0
+
+
+def add_commands(subparsers):
+    """Add ``adapt``, ``transcribe`` and ``evaluate`` to the ``sb-meta`` parser."""
+    p = subparsers.add_parser(
+        "adapt", help="adapt a model from k support utterances and export the adapted model"
+    )
+    p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
+    p.add_argument("--support", required=True, help="manifest CSV holding the support utterances")
+    p.add_argument("--k", type=int, default=5, help="support utterances to use (default 5)")
+    p.add_argument("--steps", type=int, default=3, help="adaptation steps (default 3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="step size (default: meta-learned for metasgd, else the model's inner_lr)")
+    p.add_argument("--strategy", default=None,
+                   help="gradient strategy (default: metasgd if the model has step sizes, else finetune)")
+    p.add_argument("--task", default=None, help="only utterances with this value of --task-column")
+    p.add_argument("--task-column", default="spk_id")
+    p.add_argument("--adapt-params", default=None,
+                   help="comma-separated parameter name patterns to adapt, e.g. 'ctc_lin.*'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
+    p.add_argument("--data-root", default=None,
+                   help="replaces $data_root in wav paths (default: the manifest's folder)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="folder for the adapted model (replaced atomically)")
+    p.set_defaults(func=_cmd_adapt)
+
+    p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
+    p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
+    p.add_argument("--device", default=None)
+    p.add_argument("files", nargs="+", help="audio files")
+    p.set_defaults(func=_cmd_transcribe)
+
+    p = subparsers.add_parser(
+        "evaluate", help="k-shot adaptation benchmark: WER/CER per task, strategy and k"
+    )
+    p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
+    p.add_argument("--data", required=True, help="manifest CSV of the evaluation tasks")
+    p.add_argument("--task-column", default="spk_id")
+    p.add_argument("--k", type=_int_list, default=[0, 1, 2, 5, 10],
+                   help="comma-separated support sizes (default 0,1,2,5,10)")
+    p.add_argument("--repeats", type=int, default=3, help="support draws per task and k")
+    p.add_argument("--strategies", type=_name_list, default=["finetune"],
+                   help="comma-separated gradient strategies (default finetune)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--adapt-params", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="query utterances per batch")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="report folder (results.json, report.md, wer_vs_k.png)")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,153 @@
+"""k-shot evaluation and its report (``sb_meta.evaluation``)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+
+_spec = importlib.util.spec_from_file_location(
+    "sbmeta_test_inference_helpers", pathlib.Path(__file__).with_name("test_inference.py")
+)
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    from sb_meta.data.manifest import write_manifest
+    from sb_meta.inference import export_brain, load_model
+
+    tmp = tmp_path_factory.mktemp("evaluation")
+    train_csv = helpers.make_corpus(tmp / "train")
+    brain, yaml_path = helpers.train_tiny_brain(tmp / "exp", train_csv, strategy="metasgd")
+    model = load_model(export_brain(brain, tmp / "pretrained", hparams_file=yaml_path))
+    # evaluation speakers: two with 4 utterances, one with only 2
+    test_csv = helpers.make_corpus(tmp / "test", speakers=(("t0", 4), ("t1", 4), ("t2", 2)), seed=1)
+    return {"tmp": tmp, "model": model, "csv": test_csv, "write_manifest": write_manifest}
+
+
+def test_evaluate_kshot(model_and_data, tmp_path):
+    from sb_meta.evaluation import error_rates, evaluate_kshot, summary_table, write_report
+
+    model, csv = model_and_data["model"], model_and_data["csv"]
+    results = evaluate_kshot(model, csv, ks=(0, 1, 2), repeats=2, strategies=("finetune", "anil"),
+                             steps=1, lr=0.05, seed=3, progress=False)
+    assert results["tasks"] == {"t0": 4, "t1": 4, "t2": 2}
+    # t2 has 2 utterances: k=2 needs 3 -> listed, with the reason
+    assert [(s["task"], s["k"]) for s in results["skipped"]] == [("t2", 2)]
+    assert "k=2 needs at least 3" in results["skipped"][0]["reason"]
+    assert results["failed"] == []
+
+    draws = results["draws"]
+    for d in draws:
+        assert not set(d["support"]) & set(d["query"])
+        assert len(d["support"]) == d["k"]
+        if d["k"] > 0:
+            assert len(d["support"]) + len(d["query"]) == results["tasks"][d["task"]]
+            assert set(d["adapted"]) == {"finetune", "anil"}
+            for got in d["adapted"].values():
+                assert got["delta_wer"] == pytest.approx(got["wer"] - d["unadapted"]["wer"])
+    # k = 0 is scored on the query set of the matched draw (largest feasible k)
+    for d in (d for d in draws if d["k"] == 0):
+        match = [m for m in draws if m["task"] == d["task"] and m["repeat"] == d["repeat"]
+                 and m["k"] == d["matched_k"]]
+        assert len(match) == 1 and match[0]["query"] == d["query"]
+        assert match[0]["unadapted"] == d["unadapted"]
+    assert {(d["task"], d["matched_k"]) for d in draws if d["k"] == 0} == {
+        ("t0", 2), ("t1", 2), ("t2", 1)}
+    n_draws = {k: len([d for d in draws if d["k"] == k]) for k in (0, 1, 2)}
+    assert n_draws == {0: 6, 1: 6, 2: 4}
+
+    # the unadapted numbers are the model's own
+    d = next(d for d in draws if d["k"] == 1)
+    rows = {r["ID"]: r for r in helpers.read_rows(csv)}
+    hyps = model.transcribe_waveforms([model.load_audio(rows[u]["wav"]) for u in d["query"]])
+    wer, cer = error_rates(hyps, [rows[u]["wrd"] for u in d["query"]])
+    assert d["unadapted"]["wer"] == pytest.approx(wer)
+    assert d["unadapted"]["cer"] == pytest.approx(cer)
+
+    summary = results["summary"]
+    assert set(summary) == {"finetune", "anil"}
+    assert set(summary["finetune"]) == {"0", "1", "2"}
+    assert summary["finetune"]["2"]["n"] == 4 and summary["finetune"]["2"]["tasks"] == 2
+    assert summary["finetune"]["0"] == summary["anil"]["0"]
+    ft1 = [d["adapted"]["finetune"]["wer"] for d in draws if d["k"] == 1]
+    assert summary["finetune"]["1"]["wer_mean"] == pytest.approx(sum(ft1) / len(ft1))
+    per_task = results["per_task"]
+    assert set(per_task) == {"t0", "t1", "t2"}
+    assert "2" not in per_task["t2"]["finetune"]
+    assert per_task["t0"]["anil"]["1"]["n"] == 2
+
+    # the same seed gives the same draws
+    again = evaluate_kshot(model, csv, ks=(1,), repeats=2, strategies=("finetune",), steps=1,
+                           lr=0.05, seed=3, progress=False, tasks=["t0"])
+    first = [d["support"] for d in draws if d["k"] == 1 and d["task"] == "t0"]
+    assert [d["support"] for d in again["draws"]] == first
+
+    # report
+    paths = write_report(results, tmp_path / "report")
+    assert json.loads(paths["json"].read_text())["summary"] == json.loads(json.dumps(summary))
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["markdown"].read_text()
+    assert "## Summary" in md and "| finetune | 2 |" in md and "| t2 | 2 | anil | 1 |" in md
+    assert "k=2 needs at least 3" in md
+    table = summary_table(results)
+    assert table.splitlines()[0].split()[:2] == ["strategy", "k"]
+    assert len(table.splitlines()) == 1 + 6
+
+
+def test_only_k0_uses_every_utterance(model_and_data):
+    from sb_meta.evaluation import evaluate_kshot
+
+    results = evaluate_kshot(model_and_data["model"], model_and_data["csv"], ks=(0,), repeats=2,
+                             strategies=(), progress=False)
+    assert results["skipped"] == []
+    for d in results["draws"]:
+        assert d["matched_k"] is None and len(d["query"]) == results["tasks"][d["task"]]
+    for task in results["tasks"]:  # the same utterances every repeat
+        assert results["per_task"][task]["unadapted"]["0"]["wer_std"] == 0.0
+
+
+def test_bad_evaluation_inputs(model_and_data, tmp_path):
+    from sb_meta.evaluation import evaluate_kshot
+    from sb_meta.plugins import UnknownPluginError
+
+    model, csv = model_and_data["model"], model_and_data["csv"]
+    with pytest.raises(UnknownPluginError, match="unknown strategy 'nope'"):
+        evaluate_kshot(model, csv, strategies=("finetune", "nope"), progress=False)
+    with pytest.raises(KeyError, match="accent"):
+        evaluate_kshot(model, csv, task_column="accent", progress=False)
+    with pytest.raises(ValueError, match="repeats"):
+        evaluate_kshot(model, csv, repeats=0, progress=False)
+    rows = helpers.read_rows(csv)
+    rows[1]["wav"] = str(tmp_path / "gone.wav")
+    rows[2]["wrd"] = ""
+    rows[3]["wrd"] = "ABZ"
+    bad = model_and_data["write_manifest"](tmp_path / "bad.csv", rows)
+    with pytest.raises(ValueError) as info:
+        evaluate_kshot(model, bad, ks=(0, 1), progress=False)
+    msg = str(info.value)
+    assert "3 bad utterance(s)" in msg and "gone.wav" in msg
+    assert f"empty transcript for {rows[2]['ID']}" in msg and "'Z'" in msg
+
+
+def test_draw_support_is_seeded():
+    from sb_meta.evaluation import draw_support
+
+    ids = [f"u{i}" for i in range(10)]
+    a = draw_support(ids, 3, 0, "t", 0)
+    assert a == draw_support(ids, 3, 0, "t", 0)
+    others = [draw_support(ids, 3, *key) for key in ((1, "t", 0), (0, "t", 1), (0, "t2", 0))]
+    assert any(o != a for o in others)
+    with pytest.raises(ValueError):
+        draw_support(ids, 11, 0, "t", 0)

@@ -1,0 +1,116 @@
+"""``sb-meta adapt``, ``transcribe`` and ``evaluate`` on tiny data."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+
+from sb_meta.cli import main
+
+_spec = importlib.util.spec_from_file_location(
+    "sbmeta_test_inference_helpers", pathlib.Path(__file__).with_name("test_inference.py")
+)
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from sb_meta.inference import export_brain
+
+    tmp = tmp_path_factory.mktemp("cli")
+    csv = helpers.make_corpus(tmp / "corpus", speakers=(("s0", 5), ("s1", 4), ("s2", 2)))
+    brain, yaml_path = helpers.train_tiny_brain(tmp / "exp", csv, strategy="fomaml")
+    model = export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)
+    return {"tmp": tmp, "csv": csv, "model": model, "rows": helpers.read_rows(csv)}
+
+
+def test_transcribe(exported, capsys):
+    from sb_meta.inference import load_model
+
+    files = [r["wav"] for r in exported["rows"][:3]]
+    assert main(["transcribe", "--model", str(exported["model"])] + files) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model = load_model(exported["model"])
+    assert lines == [f"{f}\t{model.transcribe_file(f)}" for f in files]
+
+    missing = str(exported["tmp"] / "missing.wav")
+    assert main(["transcribe", "--model", str(exported["model"]), missing, files[0]]) == 1
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [lines[0]]
+    assert "missing.wav does not exist" in out.err
+
+
+def test_adapt(exported, capsys, tmp_path):
+    from sb_meta.inference import load_model
+
+    out = tmp_path / "adapted"
+    argv = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
+            "--k", "2", "--steps", "1", "--lr", "0.05", "--strategy", "finetune",
+            "--task", "s1", "--task-column", "spk_id", "--seed", "4", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Exported to" in printed
+    info = json.loads((out / "sbmeta.json").read_text())
+    rec = info["adaptations"][-1]
+    assert rec["strategy"] == "finetune" and rec["steps"] == 1 and rec["lr"] == 0.05
+    ids = [s["id"] for s in rec["support"]]
+    assert len(ids) == 2 and all(i.startswith("s1_") for i in ids)
+    assert ", ".join(ids) in printed
+    adapted = load_model(out)
+    assert adapted.adaptations == info["adaptations"]
+    helpers.speechbrain_asr(out).transcribe_file(exported["rows"][0]["wav"])
+
+    # the same seed draws the same support; the adapted export is replaced atomically
+    assert main(argv) == 0
+    again = json.loads((out / "sbmeta.json").read_text())["adaptations"][-1]
+    assert [s["id"] for s in again["support"]] == ids
+
+
+def test_adapt_errors(exported, capsys, tmp_path):
+    base = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
+            "--steps", "1", "--out", str(tmp_path / "out")]
+    assert main(base + ["--k", "3", "--task", "s2"]) == 2
+    assert "--k 3 support utterances requested but spk_id='s2' has 2" in capsys.readouterr().err
+    assert main(base + ["--k", "1", "--task", "nobody"]) == 2
+    assert "no utterance of spk_id='nobody'" in capsys.readouterr().err
+    assert main(base + ["--k", "1", "--strategy", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown strategy 'nope'" in err and "finetune" in err
+    assert main(base + ["--k", "1", "--strategy", "metasgd"]) == 2
+    assert "does not have" in capsys.readouterr().err
+    assert main(["adapt", "--model", str(tmp_path / "none"), "--support", str(exported["csv"]),
+                 "--k", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate(exported, capsys, tmp_path):
+    out = tmp_path / "report"
+    argv = ["evaluate", "--model", str(exported["model"]), "--data", str(exported["csv"]),
+            "--task-column", "spk_id", "--k", "0,1,2", "--repeats", "1",
+            "--strategies", "finetune,anil", "--steps", "1", "--lr", "0.05", "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split()[:2] == ["strategy", "k"]
+    assert "skipped: task 's2' has 2 utterance(s); k=2 needs at least 3" in printed
+    for name in ("results.json", "report.md", "wer_vs_k.png"):
+        assert (out / name).is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["strategies"] == ["finetune", "anil"]
+    assert set(results["summary"]["anil"]) == {"0", "1", "2"}
+
+    assert main(argv[:-1] + [str(tmp_path / "r2"), "--strategies", "finetune,bogus"]) == 2
+    assert "unknown strategy 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
