@@ -167,10 +167,20 @@ class MetaBrain(sb.Brain):
         return hook
 
     def inner_loop_context(self, create_graph):
-        """cuDNN RNNs have no double backward: disable cuDNN for second-order inner loops."""
-        if create_graph and self.device_type == "cuda":
-            return torch.backends.cudnn.flags(enabled=False)
-        return contextlib.nullcontext()
+        """Kernel choices for an inner loop.
+
+        Second-order inner loops run with cuDNN disabled on GPU (cuDNN RNNs
+        have no double backward) and with oneDNN (mkldnn) disabled on CPU:
+        differentiating oneDNN's LSTM backward measured 10-20x slower than
+        the composite LSTM on the AN4 CRDNN (see benchmarks/RESULTS.md).
+        First-order loops keep the fast fused kernels.
+        """
+        stack = contextlib.ExitStack()
+        if create_graph:
+            if self.device_type == "cuda":
+                stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+        return stack
 
     # ------------------------------------------------------------ data
     def make_episode_loader(self, dataset, **overrides):
