@@ -9,6 +9,10 @@ class Reptile(GradientStrategy):
     support then query batches; the outer pseudo-gradient is
     ``theta - theta'`` (averaged over the episode's tasks), so an outer SGD
     step of size epsilon moves the initialisation towards the adapted weights.
+
+    Reptile has no outer forward pass, so the first inner forward of each
+    task updates the normalisation statistics (once per task, as the query
+    forward does for the MAML family).
     """
 
     name = "reptile"
@@ -16,7 +20,7 @@ class Reptile(GradientStrategy):
 
     def task_backward(self, task, weight):
         batches = [task.support] + ([task.query] if task.query is not None else [])
-        fast = self.adapt(batches, create_graph=False)
+        fast = self.adapt(batches, create_graph=False, update_statistics=True)
         base = self.brain.base_params()
         for name, w in fast.items():
             p = base[name]

@@ -13,7 +13,8 @@ with the support batch's statistics, but **no running statistic may drift**:
 variance, ``num_batches_tracked``, SpeechBrain's ``GlobalNorm``) and the
 statistics of SpeechBrain's ``InputNormalization`` and restores them when the
 inner loop ends. The outer (query) forward then updates them once per task,
-exactly as ordinary training would. At test-time adaptation the same snapshot
+exactly as ordinary training would (Reptile, which has no outer forward, keeps
+the update of its first inner forward instead). At test-time adaptation the same snapshot
 is taken, so adapting to a speaker never changes the shared statistics.
 """
 

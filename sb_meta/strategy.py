@@ -11,6 +11,7 @@ Writing a new strategy means subclassing :class:`Strategy` (usually
 plugin's ``sbmeta_strategies`` hook.
 """
 
+import contextlib
 import logging
 
 import torch
@@ -184,7 +185,10 @@ class GradientStrategy(Strategy):
         lr = float(self.config["inner_lr"])
         return {n: lr for n in names}
 
-    def adapt(self, support, steps=None, lr=None, create_graph=False, names=None):
+    def adapt(
+        self, support, steps=None, lr=None, create_graph=False, names=None,
+        update_statistics=False,
+    ):
         """Adapt to ``support``; returns ``{name: tensor}`` for the adapted names.
 
         Arguments
@@ -199,6 +203,10 @@ class GradientStrategy(Strategy):
             Keep the graph through the updates (exact second-order MAML).
         names : list of str, optional
             Parameters to adapt; default :meth:`adapt_names`.
+        update_statistics : bool
+            Let the first inner forward update normalisation statistics (once
+            per task), for strategies with no outer forward such as Reptile;
+            otherwise every statistic is restored after the loop.
         """
         batches = support if isinstance(support, (list, tuple)) else [support]
         steps = self.config["inner_steps"] if steps is None else steps
@@ -209,10 +217,16 @@ class GradientStrategy(Strategy):
             fast = {n: params[n] for n in names}
         else:
             fast = {n: params[n].detach().requires_grad_() for n in names}
-        with frozen_statistics(self.brain.modules), self.brain.inner_loop_context(create_graph):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.brain.inner_loop_context(create_graph))
+            if not update_statistics:
+                stack.enter_context(frozen_statistics(self.brain.modules))
             for step in range(steps):
                 loss = self.loss(fast, batches[step % len(batches)])
                 self.last_inner_loss = loss.detach()
+                if update_statistics and step == 0:
+                    # snapshot after the first forward: its update is kept
+                    stack.enter_context(frozen_statistics(self.brain.modules))
                 grads = torch.autograd.grad(
                     loss, list(fast.values()), create_graph=create_graph, allow_unused=True
                 )

@@ -210,6 +210,15 @@ def test_inner_loop_leaves_batchnorm_statistics_alone():
     assert not torch.equal(bn.running_mean, before["running_mean"])
 
 
+def test_reptile_updates_statistics_once_per_task():
+    brain = make_toy_brain(hp("reptile", inner_steps=3), batchnorm=True)
+    task, _ = first_task(brain)
+    bn = brain.modules.bn
+    before = int(bn.num_batches_tracked)
+    brain.strategy.task_backward(task, 1.0)
+    assert int(bn.num_batches_tracked) == before + 1
+
+
 class NormToy(ToyBrain):
     def compute_forward(self, batch, stage):
         x = self.modules.norm(batch.x.data.unsqueeze(1), torch.ones(len(batch.x.data)))
