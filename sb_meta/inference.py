@@ -84,6 +84,25 @@ statistics during adaptation (modules in eval mode: five utterances give no
 usable batch statistics), and every normalisation statistic is frozen
 (:func:`sb_meta.functional.frozen_statistics`), so adapting never changes the
 model's statistics.
+
+Parameter-efficient adapters
+----------------------------
+``adapt(..., addons=["lora"])`` (or ``peft="lora"``; also ``houlsby``,
+``lhuc``, see :mod:`sb_meta_plugins.peft`) applies the add-on's module
+surgery to the adapted copy and adapts only the adapter parameters; the base
+weights stay bit-identical. :meth:`AdaptableASR.export_adapters` writes the
+adapters alone::
+
+    speaker42/
+        adapters.ckpt    the adapter tensors, by parameter name
+        adapters.json    format, add-ons and their configuration, the base
+                         model's identity (SHA-256 of its weights and
+                         statistics, see base_model_sha256) and provenance
+
+``load_model(base, adapters="speaker42")`` (or
+``load_model(base).with_adapters("speaker42")``) puts them back on the same
+base model (another base model is refused); :meth:`AdaptableASR.merge_adapters`
+folds LoRA / LHUC adapters into the layers for a plain pretrained folder.
 """
 
 import contextlib
@@ -116,6 +135,8 @@ __all__ = [
     "model_yaml_section",
     "HPARAMS_FILE",
     "META_FILE",
+    "ADAPTERS_META_FILE",
+    "base_model_sha256",
 ]
 
 #: SpeechBrain's hyperparameters file of a pretrained folder.
@@ -124,6 +145,10 @@ HPARAMS_FILE = "hyperparams.yaml"
 META_FILE = "sbmeta.json"
 #: meta-learned strategy state (Meta-SGD step sizes), as checkpointed in training.
 META_STATE_FILE = "meta_strategy.ckpt"
+#: adapter-only exports (:meth:`AdaptableASR.export_adapters`): metadata and tensors.
+ADAPTERS_META_FILE = "adapters.json"
+ADAPTERS_FILE = "adapters.ckpt"
+ADAPTERS_FORMAT = "sb-meta-adapters/1"
 FORMAT = "sb-meta-pretrained/1"
 BLANK_LABEL = "<blank>"
 
@@ -483,7 +508,11 @@ def _tokenizer_export(tokenizer, n_outputs):
 
 def _is_export(folder):
     folder = pathlib.Path(folder)
-    return (folder / HPARAMS_FILE).is_file() or (folder / META_FILE).is_file()
+    return (
+        (folder / HPARAMS_FILE).is_file()
+        or (folder / META_FILE).is_file()
+        or (folder / ADAPTERS_META_FILE).is_file()
+    )
 
 
 def _exchange(a, b):
@@ -757,6 +786,10 @@ def export_brain(brain, folder, tokenizer=None, hparams_file=None, verify=True):
         Load the new folder with ``EncoderASR.from_hparams`` and check that it
         reproduces the brain's log-probabilities before it replaces ``folder``.
 
+    A brain meta-trained with the ``lora`` or ``lhuc`` add-ons is exported
+    with its adapters merged into the layers they wrap (a plain model);
+    ``houlsby`` adapters cannot be merged (``ValueError``).
+
     Returns
     -------
     pathlib.Path
@@ -766,6 +799,16 @@ def export_brain(brain, folder, tokenizer=None, hparams_file=None, verify=True):
     -------
     >>> export_brain(brain, "results/pretrained", hparams_file="hparams.yaml")  # doctest: +SKIP
     """
+    merging = [a for a in (getattr(brain, "addons", None) or []) if hasattr(a, "merged")]
+    if merging and not getattr(brain, "_sbmeta_adapters_merged", False):
+        # adapters of PEFT add-ons (LoRA, LHUC) are folded into the layers they
+        # wrap for the export, then put back; Houlsby adapters raise here
+        with contextlib.ExitStack() as stack:
+            for addon in merging:
+                stack.enter_context(addon.merged(brain))
+            brain._sbmeta_adapters_merged = True
+            stack.callback(delattr, brain, "_sbmeta_adapters_merged")
+            return export_brain(brain, folder, tokenizer, hparams_file, verify)
     tokenizer = tokenizer if tokenizer is not None else getattr(brain, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("export_brain needs a tokenizer (set brain.tokenizer or pass tokenizer=)")
@@ -863,7 +906,7 @@ def export_brain(brain, folder, tokenizer=None, hparams_file=None, verify=True):
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-def load_model(source, savedir=None, device=None):
+def load_model(source, savedir=None, device=None, adapters=None):
     """Load a SpeechBrain pretrained CTC recognizer as an :class:`AdaptableASR`.
 
     Loading is offline (``FetchConfig(allow_network=False)``).
@@ -878,6 +921,10 @@ def load_model(source, savedir=None, device=None):
         (for hub ids: the hub cache).
     device : str, optional
         ``"cpu"``, ``"cuda:0"``...; default SpeechBrain's choice.
+    adapters : str or pathlib.Path, optional
+        A folder written by :meth:`AdaptableASR.export_adapters` for this
+        base model: the adapters are applied on top of it (same as
+        ``load_model(source).with_adapters(adapters)``).
 
     Returns
     -------
@@ -888,6 +935,8 @@ def load_model(source, savedir=None, device=None):
     FileNotFoundError
         For a missing folder, an incomplete export (naming the missing files),
         or a hub id that is not cached.
+    ValueError
+        When ``adapters`` were made for another base model.
 
     Example
     -------
@@ -962,6 +1011,8 @@ def load_model(source, savedir=None, device=None):
         meta_state=meta_state,
     )
     model._check_tokenizer()
+    if adapters is not None:
+        model = model.with_adapters(adapters)
     return model
 
 
@@ -1045,10 +1096,15 @@ class AdaptableASR:
         Raw bytes of the loadables stored as files (the tokenizer).
     meta_state : dict, optional
         State of the meta-learned strategy modules (Meta-SGD step sizes).
+    adapters : dict, optional
+        Parameter-efficient adapters this model carries (made by
+        :meth:`adapt` with ``addons`` or by :meth:`with_adapters`): add-on
+        names, their configuration, adapter parameter names and the identity
+        of the base model (see :meth:`export_adapters`).
     """
 
     def __init__(self, asr, yaml_text=None, info=None, source=None, loadables=None,
-                 files=None, meta_state=None):
+                 files=None, meta_state=None, adapters=None):
         self.asr = asr
         self.yaml_text = yaml_text
         self.info = info
@@ -1058,6 +1114,7 @@ class AdaptableASR:
         self.meta_state = meta_state
         self._registry = None
         self.last_adaptation = None
+        self.adapters = adapters
 
     def __repr__(self):
         return (
@@ -1297,7 +1354,8 @@ class AdaptableASR:
         return hparams, loadables
 
     def adapt(self, wavs_or_paths, transcripts, strategy=None, steps=3, lr=None,
-              adapt_params=None, batch_size=None, ids=None):
+              adapt_params=None, batch_size=None, ids=None, addons=None, peft=None,
+              addon_config=None):
         """A new model adapted to the support utterances (this one is unchanged).
 
         Arguments
@@ -1322,6 +1380,18 @@ class AdaptableASR:
             Support utterances per batch; default all in one batch.
         ids : list of str, optional
             Utterance ids, used in messages and in the provenance record.
+        addons : list of str, optional
+            Add-ons applied to the adapted copy, e.g. ``["lora"]`` (the
+            parameter-efficient ones of :mod:`sb_meta_plugins.peft`: ``lora``,
+            ``houlsby``, ``lhuc``): their module surgery is done on the copy
+            and only their adapter parameters adapt. The result carries the
+            adapters (:meth:`export_adapters` writes them alone). The default
+            strategy is then ``finetune``. A model that already carries
+            adapters adapts those adapters further (no ``addons`` then).
+        peft : str, optional
+            Shorthand for ``addons=[peft]``.
+        addon_config : dict, optional
+            Add-on settings, e.g. ``{"peft_rank": 4, "peft_targets": ["ctc_lin"]}``.
 
         Returns
         -------
@@ -1333,8 +1403,18 @@ class AdaptableASR:
         from sb_meta.functional import select_params
         from sb_meta.strategy import MetaConfig, Strategy
 
+        addons, addon_config = self._check_addons(addons, peft, addon_config)
+        carried = self.adapters
+        if addons or carried:
+            strategy = strategy or "finetune"
         strategy = strategy or self.default_strategy
         cls = self.check_strategy(strategy)
+        if (addons or carried) and cls.meta_modules is not Strategy.meta_modules:
+            raise ValueError(
+                f"strategy {strategy!r} adapts with meta-learned state of the model's own "
+                "parameters and cannot adapt add-on adapters; use finetune, fomaml or anil"
+            )
+        base_model = self._base_model_record() if addons else None
         if isinstance(adapt_params, str):
             adapt_params = [adapt_params]
         if not isinstance(steps, int) or steps < 0:
@@ -1364,11 +1444,12 @@ class AdaptableASR:
             "first_order": True,
             "adapt_params": saved_cfg.get("adapt_params") if uses_state else adapt_params,
             "plugins": saved_cfg.get("plugins") or [],
-            "meta_addons": [],
+            "meta_addons": list(addons),
             "ctc_cost": _ctc_cost(self.blank_index),
             "layer_names": [n for n, _ in layers],
             "lengths_args": lengths_args,
         }
+        brain_hparams.update(addon_config)
         MetaConfig.from_hparams(brain_hparams)
         with _quiet("speechbrain.core"):  # no per-adaptation "model statistics" logs
             brain = _AdaptBrain(
@@ -1377,6 +1458,7 @@ class AdaptableASR:
                 run_opts={"device": str(self.device), "noprogressbar": True},
                 registry=self.registry,
             )
+        _sync_encoder(encoder, brain)  # add-ons may have replaced whole layers
         brain.modules.eval()
         names_to_adapt = None
         if uses_state:
@@ -1392,6 +1474,23 @@ class AdaptableASR:
                         f"{names_to_adapt[:3]}"
                     )
             names_to_adapt = chosen
+            if addons:  # explicit names bypass adapt_names(): let the add-ons narrow them
+                for narrowed in brain.addon_hook("sbmeta_adapt_params", names=names_to_adapt):
+                    if narrowed is not None:
+                        names_to_adapt = [n for n in names_to_adapt if n in set(narrowed)]
+                if not names_to_adapt:
+                    raise ValueError(
+                        f"adapt_params {adapt_params} selects no adapter parameter of "
+                        f"the add-ons {addons}"
+                    )
+        if carried:  # adapt the adapters this model carries, nothing else
+            pool = names_to_adapt if names_to_adapt is not None else brain.base_param_names()
+            names_to_adapt = [n for n in pool if n in set(carried["names"])]
+            if not names_to_adapt:
+                raise ValueError(
+                    f"adapt_params {adapt_params} selects none of the model's adapter parameters "
+                    f"(such as {carried['names'][:3]})"
+                )
 
         size = len(wavs) if not batch_size else int(batch_size)
         batches = []
@@ -1447,12 +1546,20 @@ class AdaptableASR:
             "support": records,
             "last_inner_loss": float(final_loss) if final_loss is not None else None,
         }
+        adapters = copy.deepcopy(carried) if carried else None
+        if addons:
+            record["addons"] = list(addons)
+            adapters = _adapters_record(brain, base_model)
+        if adapters is not None:
+            record["adapter_config"] = adapters["config"]
+            adapters["adaptations"] = list(adapters.get("adaptations") or []) + [record]
         info = copy.deepcopy(self.info) if self.info is not None else None
         if info is not None:
             info["adaptations"] = list(info.get("adaptations") or []) + [record]
         adapted = AdaptableASR(
             new_asr, yaml_text=self.yaml_text, info=info, source=self.source,
             loadables=loadables, files=self._files, meta_state=self.meta_state,
+            adapters=adapters,
         )
         adapted._registry = self._registry
         adapted.last_adaptation = record
@@ -1499,6 +1606,13 @@ class AdaptableASR:
                 f"{self.source} is not an sb-meta export (no {META_FILE}); only those can be "
                 "exported again"
             )
+        if self.adapters:
+            raise ValueError(
+                f"this model carries {'+'.join(self.adapters['addons'])} adapters, which a "
+                "SpeechBrain pretrained folder cannot hold: write them alone with "
+                "export_adapters(folder) (loaded with load_model(base, adapters=folder)), or "
+                "export merge_adapters() (LoRA and LHUC only)"
+            )
         info = copy.deepcopy(self.info)
         info["created"] = _now()
         info["versions"] = _versions()
@@ -1518,3 +1632,348 @@ class AdaptableASR:
                     tmp, lambda w, l: self.log_probs(w, l), self.sample_rate, self.device
                 )
         return pathlib.Path(folder)
+
+    # ------------------------------------------------------------ adapters
+    def _check_addons(self, addons, peft, addon_config):
+        """(add-on names, their hparams) for :meth:`adapt`, validated."""
+        if peft is not None:
+            if addons:
+                raise ValueError("give addons= or peft=, not both")
+            addons = [peft]
+        if isinstance(addons, str):
+            addons = [addons]
+        addons = list(addons or [])
+        for name in addons:
+            self.registry.get_addon(name)  # UnknownPluginError listing the valid ones
+        if len(set(addons)) != len(addons):
+            raise ValueError(f"add-on listed twice: {addons}")
+        if addons and self.adapters:
+            raise ValueError(
+                f"this model already carries {'+'.join(self.adapters['addons'])} adapters; "
+                "adapt them further without addons=, or adapt the base model"
+            )
+        addon_config = dict(addon_config or {})
+        if addon_config and not addons:
+            raise ValueError("addon_config is given but no add-on (addons=[...])")
+        from sb_meta.strategy import META_KEYS
+
+        reserved = set(META_KEYS) | {"ctc_cost", "layer_names", "lengths_args"}
+        clash = sorted(set(addon_config) & reserved)
+        if clash:
+            raise ValueError(f"addon_config cannot set {clash}; pass them to adapt() itself")
+        return addons, addon_config
+
+    def _base_model_record(self):
+        """Identity of this model as the base of adapters."""
+        return {
+            "source": self.source,
+            "weights_sha256": base_model_sha256(self),
+            "strategy": self.trained_strategy,
+            "adaptations": len(self.adaptations),
+        }
+
+    @property
+    def has_adapters(self):
+        """Whether this model carries add-on adapters (see :meth:`export_adapters`)."""
+        return bool(self.adapters)
+
+    def _adapter_tensors(self):
+        """The current values of the adapters (CPU copies), by parameter name."""
+        params = dict(self.asr.hparams.encoder.named_parameters())
+        return {n: params[n].detach().cpu().clone() for n in self.adapters["names"]}
+
+    def export_adapters(self, folder):
+        """Write only the adapters of this model (atomically).
+
+        The folder holds ``adapters.ckpt`` (the adapter tensors, by parameter
+        name) and ``adapters.json`` (format, add-ons and their configuration,
+        the base model's identity: the SHA-256 of its weights and
+        normalisation statistics, :func:`base_model_sha256`, and where it was
+        loaded from, plus the adaptation records). Load them on top of the
+        same base model with ``load_model(base, adapters=folder)`` or
+        :meth:`with_adapters`.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        ValueError
+            When the model carries no adapters.
+
+        Example
+        -------
+        >>> adapted = load_model("pretrained").adapt(wavs, texts, addons=["lora"])  # doctest: +SKIP
+        >>> adapted.export_adapters("speaker42_lora")  # doctest: +SKIP
+        """
+        if not self.adapters:
+            raise ValueError(
+                "this model carries no adapters; make some with adapt(..., addons=['lora'])"
+            )
+        state = self._adapter_tensors()
+        meta = {
+            "format": ADAPTERS_FORMAT,
+            "created": _now(),
+            "versions": _versions(),
+            "addons": list(self.adapters["addons"]),
+            "config": self.adapters["config"],
+            "base_model": self.adapters["base_model"],
+            "parameters": int(sum(t.numel() for t in state.values())),
+            "tensors": {n: list(t.shape) for n, t in state.items()},
+            "files": [ADAPTERS_FILE, ADAPTERS_META_FILE],
+            "adaptations": self.adapters.get("adaptations") or [],
+        }
+        with atomic_folder(folder) as tmp:
+            torch.save(state, tmp / ADAPTERS_FILE)
+            _write_json(tmp / ADAPTERS_META_FILE, _jsonable(meta))
+        return pathlib.Path(folder)
+
+    def with_adapters(self, folder):
+        """A new model: this (base) model with the adapters of ``folder`` applied.
+
+        Arguments
+        ---------
+        folder : str or pathlib.Path
+            Written by :meth:`export_adapters`.
+
+        Returns
+        -------
+        AdaptableASR
+            It transcribes exactly as the model whose adapters were exported.
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``folder`` holds no adapters.
+        ValueError
+            When the adapters were made for another base model (its weights
+            differ from this model's), or do not fit this model.
+        """
+        from speechbrain.inference.ASR import EncoderASR
+
+        folder = pathlib.Path(folder)
+        meta_path = folder / ADAPTERS_META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder} holds no adapters: no {ADAPTERS_META_FILE}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{meta_path} is corrupt: {exc}") from exc
+        if meta.get("format") != ADAPTERS_FORMAT:
+            raise ValueError(
+                f"{meta_path} has format {meta.get('format')!r}, expected {ADAPTERS_FORMAT!r}"
+            )
+        if self.adapters:
+            raise ValueError(
+                f"this model already carries {'+'.join(self.adapters['addons'])} adapters; "
+                "load the adapters on top of the base model"
+            )
+        base = meta.get("base_model") or {}
+        mine = base_model_sha256(self)
+        if base.get("weights_sha256") != mine:
+            raise ValueError(
+                f"the adapters in {folder} were made for another base model: they expect "
+                f"weights with SHA-256 {str(base.get('weights_sha256'))[:16]}... (the model "
+                f"loaded from {base.get('source')}), but {self.source} has {mine[:16]}...; "
+                "load them on top of the model they were adapted from"
+            )
+        try:
+            state = torch.load(folder / ADAPTERS_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"cannot read the adapters {folder / ADAPTERS_FILE}: {exc}") from exc
+
+        hparams, loadables = self._copy_state()
+        encoder = hparams["encoder"]
+        if not isinstance(encoder, sb.nnet.containers.Sequential):
+            raise ValueError(
+                f"cannot apply adapters to {self.source}: its encoder is a "
+                f"{type(encoder).__name__}, not a (LengthsCapable)Sequential"
+            )
+        layers = list(encoder.named_children())
+        brain_hparams = {
+            "meta_strategy": "finetune",
+            "inner_steps": 0,
+            "meta_addons": list(meta["addons"]),
+            "plugins": self.meta_config.get("plugins") or [],
+            "ctc_cost": _ctc_cost(self.blank_index),
+            "layer_names": [n for n, _ in layers],
+            "lengths_args": list(getattr(encoder, "lengths_arg_names", [None] * len(layers))),
+        }
+        brain_hparams.update(meta.get("config") or {})
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        with _quiet("speechbrain.core"):
+            brain = _AdaptBrain(
+                modules=dict(layers),
+                hparams=brain_hparams,
+                run_opts={"device": str(self.device), "noprogressbar": True},
+                registry=self.registry,
+            )
+        _sync_encoder(encoder, brain)
+        expected = {n for a in brain.addons for n in a.adapter_state_dict(brain)}
+        if set(state) != expected:
+            raise ValueError(
+                f"the adapters in {folder} do not fit this model: missing "
+                f"{sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
+            )
+        for addon in brain.addons:
+            own = addon.adapter_state_dict(brain)
+            addon.load_adapter_state_dict(brain, {n: state[n] for n in own})
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        encoder.eval()
+        new_asr = EncoderASR(
+            modules=hparams["modules"], hparams=hparams, run_opts={"device": str(self.device)}
+        )
+        adapters = _adapters_record(brain, base)
+        adapters["adaptations"] = list(meta.get("adaptations") or [])
+        adapters["loaded_from"] = str(folder)
+        model = AdaptableASR(
+            new_asr, yaml_text=self.yaml_text, info=copy.deepcopy(self.info), source=self.source,
+            loadables=loadables, files=self._files, meta_state=self.meta_state,
+            adapters=adapters,
+        )
+        model._registry = self._registry
+        return model
+
+    def merge_adapters(self):
+        """A new model with LoRA / LHUC adapters folded into the layers they wrap.
+
+        The result is a plain model (no adapters) computing the same function
+        up to rounding, which :meth:`export` writes as a SpeechBrain
+        pretrained folder. Houlsby adapters are non-linear and cannot be merged.
+
+        Returns
+        -------
+        AdaptableASR
+        """
+        from speechbrain.inference.ASR import EncoderASR
+        from speechbrain.nnet.adapters import replace_module
+
+        from sb_meta_plugins.peft import _PRETRAINED_CHILD, merge_wrapper
+
+        if not self.adapters:
+            raise ValueError("this model carries no adapters to merge")
+        hparams, loadables = self._copy_state()
+        encoder = hparams["encoder"]
+        outermost = []
+        for name, module in encoder.named_modules():
+            if type(module) in _PRETRAINED_CHILD and not any(
+                name.startswith(o + ".") for o, _ in outermost
+            ):
+                outermost.append((name, module))
+        replaced = {}  # top-level layers: id(what other containers hold) -> merged
+        for name, module in outermost:
+            merged_layer = merge_wrapper(module)
+            replace_module(encoder, name, merged_layer)
+            if "." not in name:
+                inner = module
+                while type(inner) in _PRETRAINED_CHILD:
+                    inner = getattr(inner, _PRETRAINED_CHILD[type(inner)])
+                replaced[id(module)] = replaced[id(inner)] = merged_layer
+        for obj in loadables.values():  # e.g. the pretrainer's ModuleList([enc, ctc_lin])
+            if isinstance(obj, torch.nn.Module) and replaced:
+                for parent in list(obj.modules()):
+                    for cname, child in list(parent.named_children()):
+                        if id(child) in replaced:
+                            setattr(parent, cname, replaced[id(child)])
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        encoder.eval()
+        new_asr = EncoderASR(
+            modules=hparams["modules"], hparams=hparams, run_opts={"device": str(self.device)}
+        )
+        info = copy.deepcopy(self.info) if self.info is not None else None
+        if info is not None:
+            info["adaptations"] = list(info.get("adaptations") or []) + [
+                {"time": _now(), "merged_adapters": list(self.adapters["addons"]),
+                 "adapter_config": self.adapters["config"]}
+            ]
+        merged = AdaptableASR(
+            new_asr, yaml_text=self.yaml_text, info=info, source=self.source,
+            loadables=loadables, files=self._files, meta_state=self.meta_state,
+        )
+        merged._registry = self._registry
+        return merged
+
+
+def base_model_sha256(model):
+    """SHA-256 of a model's weights and normalisation statistics.
+
+    It identifies the base model adapters were made for: every module the
+    model's pretrainer loads (``model``, ``normalizer``...), state dict and
+    statistics (e.g. ``InputNormalization``'s), in a fixed order, by name,
+    dtype, shape and bytes. Files and devices do not matter.
+
+    Arguments
+    ---------
+    model : AdaptableASR or dict of str to torch.nn.Module
+
+    Returns
+    -------
+    str
+        Hex digest.
+
+    Example
+    -------
+    >>> torch.manual_seed(0) is not None
+    True
+    >>> a = {"model": torch.nn.Linear(2, 2)}
+    >>> b = {"model": torch.nn.Linear(2, 2)}
+    >>> base_model_sha256(a) == base_model_sha256({"model": a["model"]})
+    True
+    >>> base_model_sha256(a) == base_model_sha256(b)
+    False
+    """
+    import hashlib
+
+    if isinstance(model, AdaptableASR):
+        modules = {n: m for n, m in model._loadables.items() if isinstance(m, torch.nn.Module)}
+        if not modules:
+            modules = {"mods": model.asr.mods}
+    else:
+        modules = dict(model)
+    h = hashlib.sha256()
+    for lname in sorted(modules):
+        module = modules[lname]
+        items = list(module.state_dict().items())
+        for sub_name, sub in module.named_modules():
+            if hasattr(sub, "_statistics_dict"):
+                items += [(f"{sub_name}#{k}", v) for k, v in sub._statistics_dict().items()]
+        for key, value in sorted(items, key=lambda kv: kv[0]):
+            h.update(f"{lname}.{key}\0".encode())
+            if torch.is_tensor(value):
+                t = value.detach().to("cpu").contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}\0".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(f"{value!r}\0".encode())
+    return h.hexdigest()
+
+
+def _sync_encoder(encoder, brain):
+    """Put layers an add-on replaced in ``brain.modules`` back into ``encoder``."""
+    for name, module in brain.modules.items():
+        if getattr(encoder, name, None) is not module and name in dict(encoder.named_children()):
+            setattr(encoder, name, module)
+
+
+def _adapters_record(brain, base_model):
+    """What an :class:`AdaptableASR` remembers of the add-ons applied by ``brain``."""
+    names, config = [], {}
+    for addon in brain.addons:
+        if not hasattr(addon, "adapter_state_dict"):
+            raise ValueError(
+                f"add-on {addon.name!r} has no adapters (no adapter_state_dict); test-time "
+                "add-ons must be adapter add-ons such as lora, houlsby or lhuc"
+            )
+        names += list(addon.adapter_state_dict(brain))
+        config.update(getattr(addon, "settings", {}) or {})
+    return {
+        "addons": [a.name for a in brain.addons],
+        "config": config,
+        "names": names,
+        "base_model": base_model,
+        "adaptations": [],
+    }
