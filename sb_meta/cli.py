@@ -46,6 +46,7 @@ def _cmd_synth(args):
         seed=args.seed,
         channel=not args.no_channel,
         progress=not args.quiet,
+        wordlist=args.wordlist,
     )
     print(f"Synthetic corpus written to {args.out}")
     print(format_summary_table(args.out))
@@ -78,6 +79,8 @@ def build_parser():
     p.add_argument("--langs", default="en", help="comma-separated espeak languages, e.g. en,de,fr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-channel", action="store_true", help="no per-speaker noise/reverb channel")
+    p.add_argument("--wordlist", default=None,
+                   help="one word list for all speakers instead of each language's (e.g. digits)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 

@@ -1,0 +1,110 @@
+"""The embedded espeak-ng corpus generator."""
+
+import numpy as np
+import pytest
+import soundfile
+
+from sb_meta.cli import main
+from sb_meta.data.manifest import read_manifest
+from sb_meta.data.synth import generate_corpus, list_voices, make_speakers, synthesize
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c1")
+    summary = generate_corpus(out, speakers=6, utts_per_speaker=3, seed=4, progress=False)
+    return out, summary
+
+
+def test_manifests_columns_durations_and_sample_rate(corpus):
+    out, summary = corpus
+    for split in ("train", "valid", "test"):
+        rows = read_manifest(out / f"{split}.csv")
+        assert list(rows[0]) == ["ID", "duration", "wav", "spk_id", "wrd", "lang", "voice"]
+        assert len(rows) == summary[split]["utterances"]
+        for row in rows:
+            info = soundfile.info(row["wav"])
+            assert info.samplerate == 16000 and info.channels == 1
+            assert float(row["duration"]) == pytest.approx(info.frames / 16000, abs=1e-3)
+            assert row["wrd"] == row["wrd"].upper() and 2 <= len(row["wrd"].split()) <= 6
+
+
+def test_speakers_are_disjoint_across_splits(corpus):
+    out, summary = corpus
+    spk = {s: {r["spk_id"] for r in read_manifest(out / f"{s}.csv")} for s in ("train", "valid", "test")}
+    assert not spk["train"] & spk["valid"] and not spk["train"] & spk["test"]
+    assert not spk["valid"] & spk["test"]
+    assert sum(len(v) for v in spk.values()) == 6
+    assert summary["train"]["speakers"] == 4
+
+
+def test_same_seed_gives_identical_corpus_and_other_seed_differs(corpus, tmp_path):
+    out, _ = corpus
+    again = tmp_path / "again"
+    generate_corpus(again, speakers=6, utts_per_speaker=3, seed=4, progress=False)
+    for split in ("train", "test"):
+        a = (out / f"{split}.csv").read_text().replace(str(out), "X")
+        b = (again / f"{split}.csv").read_text().replace(str(again), "X")
+        assert a == b
+    first = read_manifest(out / "train.csv")[0]["wav"]
+    assert open(first, "rb").read() == open(first.replace(str(out), str(again)), "rb").read()
+    other = tmp_path / "other"
+    generate_corpus(other, speakers=6, utts_per_speaker=3, seed=5, progress=False)
+    assert (other / "train.csv").read_text().replace(str(other), "X") != a
+
+
+def test_at_least_60_distinct_speakers():
+    specs = make_speakers(80, langs=("en", "de"), seed=0)
+    assert len({s.config for s in specs}) == 80
+    assert len(list_voices()) >= 60
+
+
+def test_speakers_sound_different_for_the_same_text():
+    specs = make_speakers(4, seed=0, channel=False)
+    waves = [synthesize("seven red houses", s.voice, s.rate, s.pitch, s.pitch_range)[0] for s in specs]
+    assert len({len(w) for w in waves}) > 1 or any(not np.array_equal(waves[0], w) for w in waves[1:])
+    # different pitch settings change the spectrum's centroid
+    def centroid(w):
+        spec = np.abs(np.fft.rfft(w.astype(np.float64)))
+        return float((spec * np.arange(len(spec))).sum() / spec.sum() / len(spec))
+    assert len({round(centroid(w), 3) for w in waves}) == len(waves)
+
+
+def test_multilingual_corpus(tmp_path):
+    generate_corpus(tmp_path, speakers=4, utts_per_speaker=2, langs="en,de", progress=False,
+                    valid_speakers=1, test_speakers=1)
+    rows = sum((read_manifest(tmp_path / f"{s}.csv") for s in ("train", "valid", "test")), [])
+    assert {r["lang"] for r in rows} == {"en", "de"}
+    assert all(r["voice"].startswith(r["lang"] + "+") for r in rows)
+
+
+def test_named_wordlist(tmp_path):
+    generate_corpus(tmp_path, speakers=3, utts_per_speaker=3, wordlist="digits", progress=False)
+    digits = {"ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE", "OH"}
+    words = {w for r in read_manifest(tmp_path / "train.csv") for w in r["wrd"].split()}
+    assert words <= digits
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(speakers=2), "speakers must be an integer >= 3"),
+        (dict(utts_per_speaker=0), "utts_per_speaker must be"),
+        (dict(langs=["xx"]), r"unknown language\(s\) \['xx'\]"),
+        (dict(speakers=3, valid_speakers=2), "leaves 0 training speakers"),
+        (dict(wordlist="nope"), "no word list named 'nope'"),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, kwargs, message):
+    args = dict(speakers=4, utts_per_speaker=1, progress=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate_corpus(tmp_path, **args)
+
+
+def test_cli_synth_prints_the_task_summary(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--speakers", "5", "--utts-per-speaker", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "spk_ids" in out and "hours" in out
+    assert main(["synth", "--out", str(tmp_path), "--speakers", "2", "--quiet"]) == 2
+    assert "speakers must be" in capsys.readouterr().err
