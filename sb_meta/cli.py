@@ -60,6 +60,20 @@ def _cmd_summary(args):
     return 0
 
 
+def _cmd_demo(args):
+    from sb_meta.demo import DEMO_DEFAULTS, run_demo
+
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in DEMO_DEFAULTS:
+            raise KeyError(f"unknown demo setting {key!r}; settings are {sorted(DEMO_DEFAULTS)}")
+        kind = type(DEMO_DEFAULTS[key])
+        overrides[key] = kind(value)
+    run_demo(args.out, progress=not args.quiet, **overrides)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="sb-meta",
@@ -89,6 +103,13 @@ def build_parser():
     p.add_argument("--splits", default="train,valid,dev,test")
     p.add_argument("--task-column", default="spk_id")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("demo", help="synthesise, meta-train, adapt held-out speakers, report")
+    p.add_argument("--out", default="demo_out", help="working folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo setting (e.g. epochs=2); see sb_meta.demo.DEMO_DEFAULTS")
+    p.set_defaults(func=_cmd_demo)
 
     _add_later_commands(sub)
     return parser
