@@ -108,3 +108,40 @@ def test_cli_synth_prints_the_task_summary(tmp_path, capsys):
     assert "train" in out and "spk_ids" in out and "hours" in out
     assert main(["synth", "--out", str(tmp_path), "--speakers", "2", "--quiet"]) == 2
     assert "speakers must be" in capsys.readouterr().err
+
+
+def test_espeak_state_does_not_leak_between_utterances():
+    # espeak-ng keeps function-level statics (pitch flutter phase...) that no API
+    # resets; the private per-utterance library copy must make audio reproducible
+    a, sr = synthesize("red house seven", "en+m3", seed=1)
+    synthesize("bonjour le monde", "fr+f2", rate=300, pitch=90, seed=2)
+    b, _ = synthesize("red house seven", "en+m3", seed=1)
+    assert sr == 22050 and np.array_equal(a, b)
+
+
+def test_manifest_header_and_wav_layout(corpus):
+    out, _ = corpus
+    header = (out / "train.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "ID,duration,wav,spk_id,wrd,lang,voice"
+    for row in read_manifest(out / "valid.csv"):
+        assert soundfile.info(row["wav"]).subtype == "PCM_16"
+        assert row["wav"].endswith(f"/wav/{row['spk_id']}/{row['ID']}.wav")
+        assert row["ID"].startswith(row["spk_id"] + "_")
+
+
+def test_wordlists_and_many_speakers():
+    from sb_meta.data.synth import available_languages, load_wordlist
+
+    assert {"en", "de", "fr", "es", "it"} <= set(available_languages())
+    assert len(load_wordlist("en")) >= 400
+    assert all(len(load_wordlist(lang)) >= 150 for lang in ("de", "fr", "es", "it"))
+    specs = make_speakers(300, langs=["en", "fr"], seed=1)
+    assert len({s.config for s in specs}) == 300
+    assert make_speakers(80, seed=5) == make_speakers(80, seed=5)
+
+
+def test_unknown_language_message_lists_available(tmp_path):
+    with pytest.raises(ValueError) as err:
+        generate_corpus(tmp_path, speakers=3, langs=["xx"], progress=False)
+    assert "'en'" in str(err.value) and "'de'" in str(err.value)
+    assert not (tmp_path / "train.csv").exists()
