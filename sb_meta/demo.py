@@ -35,14 +35,6 @@ def _repo_root():
     return root
 
 
-def _load_recipe(path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sbmeta_synth_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def run_demo(out, progress=True, **overrides):
     """Run the demo into folder ``out``; returns the evaluation results.
@@ -61,6 +53,7 @@ def run_demo(out, progress=True, **overrides):
     from sb_meta.data.synth import generate_corpus
     from sb_meta.evaluation import evaluate_kshot, write_report
     from sb_meta.inference import load_model
+    from sb_meta.utils import load_script
 
     cfg = dict(DEMO_DEFAULTS, **overrides)
     out = pathlib.Path(out)
@@ -80,7 +73,7 @@ def run_demo(out, progress=True, **overrides):
     print(format_summary_table(corpus), flush=True)
 
     print(f"[2/3] Meta-training ({cfg['strategy']}, inner_steps={cfg['inner_steps']}) ...", flush=True)
-    recipe = _load_recipe(root / "recipes" / "SynthVoices" / "train.py")
+    recipe = load_script(root / "recipes" / "SynthVoices" / "train.py", "sbmeta_synth_recipe")
     exp = out / "experiment"
     argv = [
         str(root / "recipes" / "SynthVoices" / "hparams" / "crdnn_ctc_meta.yaml"),

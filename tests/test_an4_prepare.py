@@ -3,7 +3,6 @@
 Bad-input handling is in ``test_bad_input.py``.
 """
 
-import importlib.util
 import pathlib
 import shutil
 import tarfile
@@ -12,20 +11,15 @@ import numpy as np
 import pytest
 import soundfile
 
+from sb_meta.utils import load_script
 from sb_meta.data.manifest import read_manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_recipe_module(relpath, name):
-    """Import a recipe script (``recipes/`` is not a package) by its path."""
-    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-an4 = load_recipe_module("recipes/AN4/an4_prepare.py", "an4_prepare_under_test")
+an4 = load_script(REPO / "recipes/AN4/an4_prepare.py", "an4_prepare_under_test")
 
 
 def write_sph(path, seconds=0.1, sr=16000):

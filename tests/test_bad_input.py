@@ -7,7 +7,6 @@ manifests untouched), or with ``skip_bad=True`` warns once, reports the
 skipped items in the result and writes manifests without the bad rows.
 """
 
-import importlib.util
 import logging
 import pathlib
 
@@ -16,21 +15,16 @@ import pytest
 import soundfile
 
 from sb_meta.data import validate as v
+from sb_meta.utils import load_script
 from sb_meta.data.manifest import read_manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_recipe_module(relpath, name):
-    """Import a recipe script (``recipes/`` is not a package) by its path."""
-    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-an4 = load_recipe_module("recipes/AN4/an4_prepare.py", "an4_prepare_bad_input")
-libri = load_recipe_module("recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_bad_input")
+an4 = load_script(REPO / "recipes/AN4/an4_prepare.py", "an4_prepare_bad_input")
+libri = load_script(REPO / "recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_bad_input")
 
 
 def write_audio(path, frames=1600, fmt="FLAC"):

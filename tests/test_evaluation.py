@@ -1,17 +1,14 @@
 """k-shot evaluation and its report (``sb_meta.evaluation``)."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "sbmeta_test_inference_helpers", pathlib.Path(__file__).with_name("test_inference.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from sb_meta.utils import load_script
+
+helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,19 +1,16 @@
 """``sb-meta adapt``, ``transcribe`` and ``evaluate`` on tiny data."""
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 import torch
 
+from sb_meta.utils import load_script
+
 from sb_meta.cli import main
 
-_spec = importlib.util.spec_from_file_location(
-    "sbmeta_test_inference_helpers", pathlib.Path(__file__).with_name("test_inference.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,27 +3,21 @@
 Bad-input handling is in ``test_bad_input.py``.
 """
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 import soundfile
 
+from sb_meta.utils import load_script
 from sb_meta.data.manifest import read_manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_recipe_module(relpath, name):
-    """Import a recipe script (``recipes/`` is not a package) by its path."""
-    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-libri = load_recipe_module("recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_under_test")
+libri = load_script(REPO / "recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_under_test")
 
 SPEAKERS_TXT = """\
 ; comment lines start with a semicolon

@@ -1,7 +1,6 @@
 """Parameter-efficient adaptation add-ons (``sb_meta_plugins.peft``) and adapter
 export / loading in ``sb_meta.inference``."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -9,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from sb_meta.utils import load_script
+
 from sb_meta.testing import make_toy_brain, toy_dataset
 
-_spec = importlib.util.spec_from_file_location(
-    "sbmeta_test_inference_helpers_peft", pathlib.Path(__file__).with_name("test_inference.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers_peft")
 
 ADDONS = ["lora", "houlsby", "lhuc"]
 AN4_YAML = pathlib.Path(__file__).parents[1] / "recipes" / "AN4" / "hparams" / "crdnn_ctc_meta.yaml"
