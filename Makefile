@@ -5,6 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sb-meta-installed
 DEMO   ?= demo_out
+# real corpora, when a ../shared/data checkout is beside this one (CI exports the same);
+# empty (= unset: real-data tests skip) otherwise. Override on the command line.
+export SBMETA_AN4_ROOT ?= $(wildcard $(abspath ../shared/data/an4))
+export SBMETA_LIBRISPEECH_ROOT ?= $(wildcard $(abspath ../shared/data/librispeech-mini/LibriSpeech))
 
 .PHONY: venv test demo bench bench-quick clean
 
