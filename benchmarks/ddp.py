@@ -13,7 +13,6 @@ for the same cores: the speed-up measured there says little about a machine
 with a core per process.
 """
 
-import os
 import pathlib
 import tempfile
 import time

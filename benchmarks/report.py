@@ -69,7 +69,11 @@ def provenance(sec):
                    + ").")
     m = sec.get("machine")
     if m:
-        out.append(f"Machine: {machine_line(m)}.")
+        load = ""
+        start, end = m.get("loadavg_at_start"), sec.get("loadavg_at_end")
+        if start and end:
+            load = f"; 1-min load average {start[0]:.1f} at the start, {end[0]:.1f} at the end"
+        out.append(f"Machine: {machine_line(m)}{load}.")
     return "\n".join(out)
 
 
@@ -429,8 +433,15 @@ def render(results):
             ["torch / threads", f"{m.get('torch', '?')} / {m.get('torch_threads', '?')}"],
             ["SpeechBrain", m.get("speechbrain", "?")],
             ["Python", m.get("python", "?")],
-            ["load average at start", fmt(m.get("loadavg_at_start"))],
+            ["load average (1, 5, 15 min) at start",
+             ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+             if m.get("loadavg_at_start") else "–"],
         ]))
+        load, cores = m.get("loadavg_at_start"), m.get("usable_cores") or m.get("cores")
+        if load and cores and load[0] > 0.5 * cores:
+            out += ["", f"**Warning**: the machine was busy when this run started (1-min load "
+                        f"average {load[0]:.1f} on {cores} cores): timings and ratios are "
+                        "unreliable; rerun on a quiet machine."]
     else:
         out.append("(not recorded)")
     out += ["", "## Targets", ""]

@@ -323,6 +323,7 @@ def run_section(name, ctx, command, mode):
         machine=machine,
         started_at=started,
         elapsed_s=round(time.perf_counter() - t0, 2),
+        loadavg_at_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     )
     gc.collect()
     return result
