@@ -32,8 +32,9 @@ import math
 import os
 import pathlib
 import random
-import tempfile
 import time
+
+from sb_meta.utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -469,16 +470,8 @@ def summary_table(results, markdown=False):
 
 
 def _write_atomic(path, data, binary=False):
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        f.write(data)
 
 
 def _report_markdown(results):

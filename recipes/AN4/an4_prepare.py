@@ -34,6 +34,7 @@ import tarfile
 import tempfile
 import urllib.request
 
+from sb_meta.utils import atomic_open
 from sb_meta.data.manifest import format_summary_table, read_manifest, write_manifest
 from sb_meta.data.validate import (
     AUDIO_WITHOUT_TRANSCRIPT,
@@ -329,15 +330,8 @@ def download_an4(data_folder, url=AN4_URL):
     archive = data_folder / ARCHIVE_NAME
     if not archive.is_file():
         logger.info("Downloading %s to %s", url, archive)
-        fd, tmp = tempfile.mkstemp(dir=data_folder, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
-                shutil.copyfileobj(response, out, length=1 << 20)
-            os.replace(tmp, archive)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(archive, "wb", suffix=".part") as out, urllib.request.urlopen(url) as response:
+            shutil.copyfileobj(response, out, length=1 << 20)
     logger.info("Unpacking %s", archive)
     unpack_dir = pathlib.Path(tempfile.mkdtemp(dir=data_folder, prefix=".an4_unpack."))
     try:

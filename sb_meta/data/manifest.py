@@ -7,9 +7,9 @@ so an interrupted preparation never leaves a half-written manifest behind.
 """
 
 import csv
-import os
 import pathlib
-import tempfile
+
+from sb_meta.utils import atomic_open
 
 BASE_COLUMNS = ("ID", "duration", "wav", "spk_id", "wrd")
 
@@ -45,24 +45,17 @@ def write_manifest(path, rows, extra_columns=()):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fieldnames = list(BASE_COLUMNS) + [c for c in extra_columns if c not in BASE_COLUMNS]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                missing = [c for c in fieldnames if c not in row]
-                if missing:
-                    raise ValueError(f"manifest row {row.get('ID', row)!r} lacks columns {missing}")
-                out = dict(row)
-                if isinstance(out["duration"], float):
-                    out["duration"] = f"{out['duration']:.3f}"
-                writer.writerow(out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            missing = [c for c in fieldnames if c not in row]
+            if missing:
+                raise ValueError(f"manifest row {row.get('ID', row)!r} lacks columns {missing}")
+            out = dict(row)
+            if isinstance(out["duration"], float):
+                out["duration"] = f"{out['duration']:.3f}"
+            writer.writerow(out)
     return path
 
 

@@ -16,11 +16,12 @@ as SpeechBrain recipes do.
 
 import json
 import logging
-import os
 import pathlib
 import tempfile
 
 import soundfile
+
+from sb_meta.utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -368,15 +369,8 @@ def record_prep_options(save_folder, options, skipped):
     save_folder = pathlib.Path(save_folder)
     save_folder.mkdir(parents=True, exist_ok=True)
     content = json.dumps({"options": _jsonable(options), "skipped": skipped}, indent=2)
-    fd, tmp = tempfile.mkstemp(dir=save_folder, prefix=f".{OPTIONS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content + "\n")
-        os.replace(tmp, save_folder / OPTIONS_FILE)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(save_folder / OPTIONS_FILE) as f:
+        f.write(content + "\n")
 
 
 def forget_prep_options(save_folder):
