@@ -9,6 +9,7 @@ import os
 import pathlib
 
 import pytest
+import torch
 
 
 def _corpus_root(var, must_contain):
@@ -35,3 +36,13 @@ def an4_root():
 def librispeech_root():
     """A LibriSpeech root in native layout ($SBMETA_LIBRISPEECH_ROOT)."""
     return _corpus_root("SBMETA_LIBRISPEECH_ROOT", [])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one torch thread: tiny models are fastest so and do not
+    suffer from a busy machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

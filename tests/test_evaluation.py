@@ -4,19 +4,13 @@ import json
 import pathlib
 
 import pytest
-import torch
 
 from sb_meta.utils import load_script
 
 helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

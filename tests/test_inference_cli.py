@@ -4,7 +4,6 @@ import json
 import pathlib
 
 import pytest
-import torch
 
 from sb_meta.utils import load_script
 
@@ -13,12 +12,7 @@ from sb_meta.cli import main
 helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

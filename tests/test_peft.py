@@ -18,12 +18,7 @@ ADDONS = ["lora", "houlsby", "lhuc"]
 AN4_YAML = pathlib.Path(__file__).parents[1] / "recipes" / "AN4" / "hparams" / "crdnn_ctc_meta.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(addons=(), **hp):
