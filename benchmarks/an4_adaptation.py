@@ -107,6 +107,10 @@ SCRIPT = "benchmarks/an4_adaptation.py"
 
 ALL_STRATEGIES = ("maml", "fomaml", "reptile", "metasgd", "joint")
 BASELINE = "joint"
+#: The shared warm start (``--pretrain-minutes``): trained once with this
+#: strategy in ``<out>/_pretrain/``, then every model starts from its export.
+PRETRAIN_STRATEGY = "joint"
+PRETRAIN_NAME = "_pretrain"
 
 #: YAML overrides shared by every model (the rest of the YAML is used as is:
 #: Adam lr 0.002, inner_lr 0.05, CRDNN, 15 epochs replaced by the budget).
@@ -287,8 +291,8 @@ def model_overrides(strategy):
     return out
 
 
-def _record_key(strategy, budget_minutes, data_root, device):
-    return {
+def _record_key(strategy, budget_minutes, data_root, device, init=None):
+    key = {
         "strategy": strategy,
         "budget_minutes": float(budget_minutes),
         "overrides": model_overrides(strategy),
@@ -296,6 +300,9 @@ def _record_key(strategy, budget_minutes, data_root, device):
         "data_root": str(data_root),
         "device": device,
     }
+    if init is not None:
+        key["init_from"] = init
+    return key
 
 
 def _reusable(folder, key):
@@ -318,22 +325,33 @@ def _reusable(folder, key):
     return True, record
 
 
-def train_model(strategy, budget_minutes, out, data_root, recipe, device=None, reuse=False):
+def train_model(strategy, budget_minutes, out, data_root, recipe, device=None, reuse=False,
+                init=None, name=None):
     """Train ``strategy`` for ``budget_minutes`` with the AN4 recipe (or reuse it).
 
-    Returns the training record (also written to ``<out>/<strategy>/``).
+    ``init`` (the training record of the shared warm start) makes the model
+    start from that record's export (the recipe's ``init_from`` key); ``name``
+    is the folder under ``out`` (default: the strategy). Returns the training
+    record (also written to ``<out>/<name>/``).
     """
-    folder = pathlib.Path(out) / strategy
-    key = _record_key(strategy, budget_minutes, data_root, device)
+    name = name or strategy
+    folder = pathlib.Path(out) / name
+    init_key = None
+    if init is not None:
+        init_key = {"export_folder": init["export_folder"], "trained_at": init["finished_at"],
+                    "budget_minutes": init["key"]["budget_minutes"]}
+    key = _record_key(strategy, budget_minutes, data_root, device, init_key)
     if reuse:
         ok, got = _reusable(folder, key)
         if ok:
-            _say(f"{strategy}: reusing the model trained in {folder}")
+            _say(f"{name}: reusing the model trained in {folder}")
             return dict(got, reused=True)
-        _say(f"{strategy}: not reusing {folder}: {got}; training again")
+        _say(f"{name}: not reusing {folder}: {got}; training again")
     if folder.exists():
         shutil.rmtree(folder)  # stale checkpoints would be resumed, outside the budget
     overrides = model_overrides(strategy)
+    if init is not None:
+        overrides["init_from"] = init["export_folder"]
     argv = [
         str(YAML),
         f"--data_folder={data_root}",
@@ -344,7 +362,8 @@ def train_model(strategy, budget_minutes, out, data_root, recipe, device=None, r
     if device:
         argv.append(f"--device={device}")
     budget_s = 60.0 * float(budget_minutes)
-    _say(f"{strategy}: training for {budget_minutes:g} min in {folder} ...")
+    _say(f"{name}: training {strategy} for {budget_minutes:g} min in {folder}"
+         + (f", starting from {init['export_folder']}" if init is not None else "") + " ...")
     load0 = _loadavg()
     t0 = time.perf_counter()
     from sb_meta.asr import run_recipe
@@ -381,7 +400,7 @@ def train_model(strategy, budget_minutes, out, data_root, recipe, device=None, r
     }
     _write_json(folder / RECORD_FILE, record)
     _say(
-        f"{strategy}: {steps} outer steps in {b['train_s']:.0f} s of training "
+        f"{name}: {steps} outer steps in {b['train_s']:.0f} s of training "
         f"({b['epochs']} epochs), test WER "
         + ("-" if record["si_test"]["wer"] is None else f"{record['si_test']['wer']:.2f}%")
     )
@@ -575,9 +594,11 @@ def measure_latency(folder, test_csv, strategy, lr, k, steps, seed, command, spe
 
 # --------------------------------------------------------------------- driver
 def cli_command(budget_minutes, strategies, out, quick=False, reuse=False, json_path=None,
-                repeats=None, dev_repeats=None, lr_grid=None):
+                repeats=None, dev_repeats=None, lr_grid=None, pretrain_minutes=0):
     parts = ["python", SCRIPT, "--budget-minutes", f"{budget_minutes:g}",
              "--strategies", ",".join(strategies), "--out", str(out)]
+    if pretrain_minutes:
+        parts += ["--pretrain-minutes", f"{pretrain_minutes:g}"]
     if quick:
         parts.append("--quick")
     if reuse:
@@ -597,7 +618,8 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
                   repeats=FULL["repeats"], dev_repeats=FULL["dev_repeats"],
                   lr_grid=FULL["lr_grid"], steps=3, k=5, seed=0, reuse=False, device=None,
                   mode="full", command=None, progress=False, json_path=None,
-                  dev_speakers=None, test_speakers=None, latency_speakers=None):
+                  dev_speakers=None, test_speakers=None, latency_speakers=None,
+                  pretrain_minutes=0):
     """Train, evaluate and time; returns the result dict (see the module doc).
 
     Without ``joint`` in ``strategies`` the "beats joint" comparisons are None.
@@ -605,6 +627,12 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
     restrict the lr search, the test evaluation and the latency measurement
     to the first speakers in sorted order: for tests only, since the
     benchmark's numbers are over all of them.
+
+    ``pretrain_minutes`` > 0 adds a shared warm start: one ``joint`` model is
+    trained for that long (``<out>/_pretrain/``) and every strategy then
+    trains for ``budget_minutes`` from its weights (the recipe's
+    ``init_from``), so each model has had ``pretrain_minutes +
+    budget_minutes`` of training, the same for all.
     """
     from sb_meta.evaluation import write_report
     from sb_meta.inference import load_model
@@ -626,7 +654,8 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
         raise ValueError("lr_grid is empty")
     command = command or cli_command(budget_minutes, strategies, out, reuse=reuse,
                                      json_path=json_path, repeats=repeats,
-                                     dev_repeats=dev_repeats, lr_grid=lr_grid)
+                                     dev_repeats=dev_repeats, lr_grid=lr_grid,
+                                     pretrain_minutes=pretrain_minutes)
     recipe = _load_recipe()
     started = _now()
     phases = {}
@@ -634,9 +663,22 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
 
     # 1. training (the recipe prepares the shared manifests in <out>/manifests)
     training = {}
-    for name in strategies:
+    pretrain = None
+    if pretrain_minutes and pretrain_minutes > 0:
         try:
-            training[name] = train_model(name, budget_minutes, out, root, recipe, device, reuse)
+            pretrain = train_model(PRETRAIN_STRATEGY, pretrain_minutes, out, root, recipe,
+                                   device, reuse, name=PRETRAIN_NAME)
+        except Exception as exc:  # noqa: BLE001 - recorded below
+            logger.exception("the shared warm start failed")
+            pretrain = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    for name in strategies:
+        if pretrain is not None and pretrain.get("status") != "ok":
+            training[name] = {"status": "error",
+                              "error": f"the shared warm start failed: {pretrain.get('error')}"}
+            continue
+        try:
+            training[name] = train_model(name, budget_minutes, out, root, recipe, device, reuse,
+                                         init=pretrain)
         except Exception as exc:  # noqa: BLE001 - recorded; the others still run
             logger.exception("training %s failed", name)
             _say(f"{name}: training FAILED: {type(exc).__name__}: {exc}")
@@ -781,6 +823,8 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
         "mode": mode,
         "command": command,
         "budget_minutes_per_model": float(budget_minutes),
+        "pretrain_minutes": float(pretrain_minutes or 0),
+        "training_minutes_per_model": float(budget_minutes) + float(pretrain_minutes or 0),
         "strategies": strategies,
         "adaptation_lr": lr,
         "targets": {
@@ -826,6 +870,12 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
             "common_overrides": COMMON_OVERRIDES,
             "strategy_overrides": {s: STRATEGY_OVERRIDES.get(s, {}) for s in strategies},
             "per_model": training,
+            "shared_warm_start": None if pretrain is None else dict(
+                pretrain,
+                what=f"one {PRETRAIN_STRATEGY} model trained for {pretrain_minutes:g} min; every "
+                     f"model above starts from its export (init_from) and trains "
+                     f"{budget_minutes:g} min more with its own strategy",
+            ),
         },
         "details": details,
         "adaptation_latency_s": latency,
@@ -871,6 +921,9 @@ def summary_lines(result):
         lines.append(f"adaptation latency: median {lat['median_s']:.2f} s over {lat['n']} "
                      f"speakers (target <= {lat['target_s']:g} s: {'met' if lat['met'] else 'NOT met'})")
     lines.append(f"adaptation step size (chosen on dev): {result['adaptation_lr']}")
+    if result.get("pretrain_minutes"):
+        lines.append(f"every model: {result['pretrain_minutes']:g} min of shared joint warm start "
+                     f"+ {result['budget_minutes_per_model']:g} min of its own strategy")
     lines.append(f"meta strategies meeting all targets: "
                  f"{', '.join(result['targets']['meta_strategies_meeting_all']) or 'none'}")
     return lines
@@ -884,13 +937,16 @@ def run(quick):
         out = QUICK_OUT
     else:
         cfg = dict(FULL, strategies=ALL_STRATEGIES,
-                   budget_minutes=float(os.environ.get("SBMETA_AN4_BUDGET_MIN", "60")))
+                   budget_minutes=float(os.environ.get("SBMETA_AN4_BUDGET_MIN", "60")),
+                   pretrain_minutes=float(os.environ.get("SBMETA_AN4_PRETRAIN_MIN", "0")))
         out = DEFAULT_OUT
-    command = cli_command(cfg["budget_minutes"], cfg["strategies"], out, quick=quick, reuse=reuse)
+    pre = cfg.get("pretrain_minutes", 0)
+    command = cli_command(cfg["budget_minutes"], cfg["strategies"], out, quick=quick, reuse=reuse,
+                          pretrain_minutes=pre)
     return run_benchmark(
         cfg["budget_minutes"], cfg["strategies"], out, repeats=cfg["repeats"],
         dev_repeats=cfg["dev_repeats"], lr_grid=cfg["lr_grid"], reuse=reuse,
-        mode="quick" if quick else "full", command=command,
+        mode="quick" if quick else "full", command=command, pretrain_minutes=pre,
     )
 
 
@@ -906,6 +962,10 @@ def parse_args(argv=None):
     p.add_argument("--budget-minutes", type=float,
                    help="training wall-clock minutes per model (default $SBMETA_AN4_BUDGET_MIN "
                         "or 60; 0.5 with --quick)")
+    p.add_argument("--pretrain-minutes", type=float,
+                   help="shared warm start: train one joint model this long first and start "
+                        "every model from it (default $SBMETA_AN4_PRETRAIN_MIN or 0: from "
+                        "scratch); each model then has pretrain + budget minutes of training")
     p.add_argument("--strategies", help=f"comma-separated (default {','.join(ALL_STRATEGIES)}; "
                                         f"{','.join(QUICK['strategies'])} with --quick)")
     p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)}/ in the "
@@ -958,6 +1018,9 @@ def main(argv=None):
             reuse=args.reuse, device=args.device, mode="quick" if args.quick else "full",
             command=command, progress=sys.stderr.isatty(), dev_speakers=args.dev_speakers,
             test_speakers=args.test_speakers, latency_speakers=args.latency_speakers,
+            pretrain_minutes=(args.pretrain_minutes if args.pretrain_minutes is not None
+                              else 0.0 if args.quick
+                              else float(os.environ.get("SBMETA_AN4_PRETRAIN_MIN", "0"))),
         )
     except CorpusMissing as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,23 +9,44 @@ from sb_meta.strategy import GradientStrategy
 class Joint(GradientStrategy):
     """Joint (pooled multi-task) training on the same tasks and data budget.
 
-    Each episode's support and query utterances are pooled into one batch and
-    trained on exactly as plain SpeechBrain training would; at test time the
-    model adapts with plain gradient steps.
+    Each episode's support and query utterances are pooled and trained on as
+    plain SpeechBrain training would: the objective is the mean loss over the
+    pooled utterances. By default the pool is processed one task at a time
+    (each task's support + query as one batch, gradients accumulated with
+    weight ``utterances of the task / pooled utterances``): for a per-utterance
+    mean loss (CTC, MSE) this is the same objective and gradient as the single
+    pooled batch, on the same speaker-sized batches the meta-learners see, and
+    on CPU it is several times faster (one 32-utterance CRDNN batch measured
+    3-5x slower than four 8-utterance ones, from padding and cache misses).
+    Layers that couple the utterances of a batch (BatchNorm statistics) see
+    per-task batches; set ``joint_pooled: True`` in the YAML (hparams) to
+    forward the whole pool as one batch instead. At test time the model
+    adapts with plain gradient steps.
     """
 
     name = "joint"
 
+    def _pooled(self):
+        hp = getattr(self.brain, "hparams", None)
+        return bool(getattr(hp, "joint_pooled", False)) if hp is not None else False
+
     def episode_backward(self, episode, scale=1.0):
         if not episode.tasks:
             return torch.tensor(0.0)
-        ids = [i for t in episode.tasks for i in t.support_ids + t.query_ids]
-        batch = episode.tasks[0]._collate(ids)
-        loss = self.loss({}, batch, outer=True)
-        self.brain.check_loss_isfinite(loss)
-        # ranks hold equal shares of tasks: weight by this rank's share
-        (loss * scale * len(episode.tasks) / episode.n_global_tasks).backward()
-        return loss.detach()
+        groups = [t.support_ids + t.query_ids for t in episode.tasks]
+        if self._pooled():
+            groups = [[i for g in groups for i in g]]
+        total = sum(len(g) for g in groups)
+        collate = episode.tasks[0]._collate
+        weight = scale * len(episode.tasks) / episode.n_global_tasks
+        value = 0.0
+        for ids in groups:
+            loss = self.loss({}, collate(ids), outer=True)
+            self.brain.check_loss_isfinite(loss)
+            share = len(ids) / total
+            (loss * (share * weight)).backward()
+            value = value + loss.detach() * share
+        return value
 
 
 class FineTune(Joint):

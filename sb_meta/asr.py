@@ -285,6 +285,76 @@ class CTCASRBrain(MetaBrain):
                     self.wer_metric.write_stats(w)
 
 
+def load_initialisation(hparams, folder, tokenizer=None):
+    """Initialise a recipe's ``model`` and ``normalize`` from a pretrained folder.
+
+    This is what the recipes' ``init_from`` key does: meta-train (or keep
+    training) from a model exported in SpeechBrain's pretrained format by a
+    recipe or by :meth:`sb_meta.inference.AdaptableASR.export` (``model.ckpt``:
+    the state dict of ``ModuleList([enc, ctc_lin])``; ``normalizer.ckpt``:
+    the feature statistics). Only the weights are taken: the optimizer, the
+    epoch counter and the episode stream start afresh. A checkpoint already in
+    the experiment's ``save_folder`` still takes precedence (``fit`` recovers
+    it), so an interrupted run resumes rather than restarting from ``folder``.
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's loaded hyperparameters (``model``, ``normalize``).
+    folder : str or pathlib.Path
+        The pretrained folder.
+    tokenizer : CharTokenizer, optional
+        The recipe's tokenizer. With a character tokenizer and a
+        ``tokenizer.ckpt`` in ``folder``, their alphabets must be the same
+        (the output layer's rows are tied to them).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` or one of its two files is missing (named).
+    ValueError
+        When the tokenizers or the network shapes differ.
+
+    Example
+    -------
+    >>> load_initialisation({"model": None, "normalize": None}, "/no/such/folder")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: init_from: /no/such/folder is not a folder
+    """
+    import torch
+
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"init_from: {folder} is not a folder")
+    files = {name: folder / f"{name}.ckpt" for name in ("model", "normalizer")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"init_from: {folder} lacks {', '.join(missing)}")
+    tok_file = folder / "tokenizer.ckpt"
+    if isinstance(tokenizer, CharTokenizer) and tok_file.is_file():
+        from speechbrain.dataio.encoder import CTCTextEncoder
+
+        enc = CTCTextEncoder()
+        try:
+            enc.load(tok_file)
+            theirs = [enc.ind2lab[i] for i in range(1, len(tokenizer.chars) + 1)]
+        except (KeyError, ValueError, OSError) as exc:
+            theirs = f"unreadable ({exc})"
+        if theirs != tokenizer.chars:
+            raise ValueError(
+                f"init_from: the tokenizer of {folder} ({theirs!r}) differs from this "
+                f"recipe's ({tokenizer.chars!r}); the output layer would be misread"
+            )
+    state = torch.load(files["model"], map_location="cpu", weights_only=True)
+    try:
+        hparams["model"].load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"init_from: {files['model']} does not fit this recipe's model: {exc}") from None
+    hparams["normalize"]._load(files["normalizer"])
+    logger.info("Initialised model and normalizer from %s", folder)
+
+
 def run_recipe(argv, prepare):
     """The body of a recipe's ``train.py``: parse, prepare, meta-train, test.
 
@@ -327,6 +397,10 @@ def run_recipe(argv, prepare):
             f"output_neurons is {hparams['output_neurons']}; raise output_neurons in {hparams_file}"
         )
     datasets = dataio_prepare(hparams, tokenizer, csvs)
+    if hparams.get("init_from"):
+        # before the brain moves the modules to its device; a checkpoint in
+        # save_folder (resume) still wins, since fit() recovers it afterwards
+        load_initialisation(hparams, hparams["init_from"], tokenizer)
     brain = CTCASRBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

@@ -177,14 +177,21 @@ class PlainToy(sb.Brain):
     compute_objectives = ToyBrain.compute_objectives
 
 
-@pytest.mark.parametrize("strategy", ["joint", "finetune"])
-def test_joint_equals_plain_speechbrain_training_on_the_pooled_batch(strategy):
-    brain = make_toy_brain(hp(strategy, meta_batch_tasks=2), lr=0.05)
+@pytest.mark.parametrize(
+    "strategy,pooled,batchnorm",
+    [("joint", False, False), ("finetune", False, False), ("joint", True, True)],
+)
+def test_joint_equals_plain_speechbrain_training_on_the_pooled_batch(strategy, pooled, batchnorm):
+    # per-task micro-batches (the default) give the pooled mean loss exactly
+    # when nothing couples utterances; joint_pooled forwards one pooled batch
+    # (so it matches even through BatchNorm's batch statistics)
+    extra = {"joint_pooled": True} if pooled else {}
+    brain = make_toy_brain(hp(strategy, meta_batch_tasks=2, **extra), lr=0.05, batchnorm=batchnorm)
     loader = brain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=8))
     episode = next(iter(loader))
     ids = [i for t in episode.tasks for i in t.support_ids + t.query_ids]
     plain = PlainToy(
-        toy_modules(0),
+        toy_modules(0, batchnorm=batchnorm),
         lambda params: torch.optim.SGD(params, lr=0.05),
         hparams={"max_grad_norm": float("inf")},
         run_opts={"device": "cpu"},
@@ -195,6 +202,16 @@ def test_joint_equals_plain_speechbrain_training_on_the_pooled_batch(strategy):
     torch.testing.assert_close(joint_loss, plain_loss)
     for (n, p), q in zip(brain.base_params().items(), plain.modules.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_joint_per_task_batches_differ_from_pooled_only_through_batchnorm():
+    # guards the default against silently pooling: with BatchNorm the two differ
+    losses = {}
+    for pooled in (False, True):
+        brain = make_toy_brain(hp("joint", meta_batch_tasks=2, joint_pooled=pooled), batchnorm=True)
+        episode = next(iter(brain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=8))))
+        losses[pooled] = brain.fit_batch(episode)
+    assert not torch.allclose(losses[False], losses[True])
 
 
 def test_inner_loop_leaves_batchnorm_statistics_alone():
