@@ -5,6 +5,8 @@
     python benchmarks/run.py --quick    # `make bench-quick`: every section, a few minutes
     python benchmarks/run.py --full --only meta_step,peers   # merge these into RESULTS.json
     python benchmarks/run.py --quick --skip an4   # all but an4, merged (an4 takes long)
+    python benchmarks/run.py --full --only an4 --an4-json results/an4_adaptation/results.json
+        # merge a finished `an4_adaptation.py` run (hours) instead of running it again
 
 Writes ``benchmarks/RESULTS.json`` (``--out``) and regenerates
 ``benchmarks/RESULTS.md`` beside it (``--md``) with ``report.py``. Without
@@ -93,6 +95,17 @@ def an4_adaptation_module():
 def section_an4(ctx):
     if "an4" in ctx.cache:
         return ctx.cache["an4"]
+    if ctx.an4_json:
+        path = pathlib.Path(ctx.an4_json)
+        try:
+            out = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--an4-json {path}: {exc}") from None
+        if not isinstance(out, dict) or "results" not in out:
+            raise ValueError(f"--an4-json {path} is not a result of benchmarks/an4_adaptation.py")
+        out = dict(out, source=f"benchmarks/an4_adaptation.py, imported from {path}")
+        ctx.cache["an4"] = out
+        return out
     mod = an4_adaptation_module()
     if mod is None:
         raise common.SkipSection("benchmarks/an4_adaptation.py does not exist yet")
@@ -235,6 +248,7 @@ class Context:
         self.quick = quick
         self.workdir = pathlib.Path(workdir)
         self.an4_root = an4_root
+        self.an4_json = None
         self.cache = {}
         self.extra = {}
         self._setup = None
@@ -344,6 +358,9 @@ def main(argv=None):
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="RESULTS.json path")
     parser.add_argument("--md", help="RESULTS.md path (default: beside --out, .md)")
     parser.add_argument("--an4-root", help="AN4 corpus root (default: $SBMETA_AN4_ROOT)")
+    parser.add_argument("--an4-json", help="take the an4 section (and the adaptation latency) "
+                        "from this finished `benchmarks/an4_adaptation.py` result instead of "
+                        "running it")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
 
@@ -364,6 +381,8 @@ def main(argv=None):
         parts = ["--quick" if quick else "--full"]
         if args.merge:
             parts += ["--only", name]
+        if args.an4_json and name in ("an4", "adaptation_latency_s"):
+            parts += ["--an4-json", args.an4_json]
         return common.command_line(parts)
 
     logging.basicConfig(level=logging.WARNING)
@@ -382,6 +401,7 @@ def _run(args, sections, quick, mode_name, out, md, command_for):
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="sbmeta-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick, workdir, os.environ.get("SBMETA_AN4_ROOT"))
+    ctx.an4_json = args.an4_json
     results["machine"] = common.machine_info()
     t_all = time.perf_counter()
     try:
