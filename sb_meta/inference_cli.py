@@ -68,6 +68,16 @@ def _cmd_adapt(args):
     rows = sorted(rows, key=lambda r: r["ID"])
     chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     data_root = args.data_root or pathlib.Path(args.support).parent
+    if args.adapters_only and not args.peft:
+        raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
+    if args.peft == "houlsby" and not args.adapters_only:
+        raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
+                         "add --adapters-only (or use lora / lhuc, which merge into the weights)")
+    addon_config = {}
+    if args.peft_rank is not None:
+        addon_config["peft_rank"] = args.peft_rank
+    if args.peft_targets:
+        addon_config["peft_targets"] = _name_list(args.peft_targets)
     model = load_model(args.model, device=args.device)
     try:
         adapted = model.adapt(
@@ -78,8 +88,13 @@ def _cmd_adapt(args):
             lr=args.lr,
             adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
             ids=[r["ID"] for r in chosen],
+            peft=args.peft,
+            addon_config=addon_config or None,
         )
-        out = adapted.export(args.out)
+        if args.adapters_only:
+            out = adapted.export_adapters(args.out)
+        else:  # lora / lhuc merge into the base weights: a plain SpeechBrain folder
+            out = (adapted.merge_adapters() if args.peft else adapted).export(args.out)
     except (AdaptationError, RuntimeError, OSError) as exc:
         return _fail("adapt", exc)
     rec = adapted.last_adaptation
@@ -87,7 +102,11 @@ def _cmd_adapt(args):
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec['lr']}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
-    print(f"Exported to {out}")
+    if args.adapters_only:
+        print(f"Exported the adapters only to {out} (load them on the base model with "
+              f"sb_meta.inference.load_model({str(args.model)!r}, adapters={str(out)!r}))")
+    else:
+        print(f"Exported to {out}")
     return 0
 
 
@@ -159,6 +178,15 @@ def add_commands(subparsers):
     p.add_argument("--task-column", default="spk_id")
     p.add_argument("--adapt-params", default=None,
                    help="comma-separated parameter name patterns to adapt, e.g. 'ctc_lin.*'")
+    p.add_argument("--peft", choices=["lora", "houlsby", "lhuc"], default=None,
+                   help="adapt only parameter-efficient adapters added to the model; lora and "
+                        "lhuc are merged into the exported weights unless --adapters-only")
+    p.add_argument("--peft-rank", type=int, default=None, help="adapter rank (default 8)")
+    p.add_argument("--peft-targets", default=None,
+                   help="comma-separated module name patterns to adapt with --peft "
+                        "(default the DNN and CTC output layers)")
+    p.add_argument("--adapters-only", action="store_true",
+                   help="with --peft: export the adapter weights alone (a few %% of the model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     p.add_argument("--data-root", default=None,
                    help="replaces $data_root in wav paths (default: the manifest's folder)")

@@ -68,6 +68,40 @@ def test_adapt(exported, capsys, tmp_path):
     assert [s["id"] for s in again["support"]] == ids
 
 
+def test_adapt_peft_exports_adapters_only(exported, capsys, tmp_path):
+    from sb_meta.inference import load_model
+
+    out = tmp_path / "adapters"
+    argv = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
+            "--k", "2", "--steps", "2", "--lr", "0.05", "--task", "s0", "--peft", "lora",
+            "--peft-rank", "2", "--peft-targets", "*ctc_lin*", "--adapters-only",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert "Exported the adapters only" in capsys.readouterr().out
+    assert not (out / "model.ckpt").exists()
+    size = sum(f.stat().st_size for f in out.iterdir())
+    full = sum(f.stat().st_size for f in pathlib.Path(exported["model"]).iterdir())
+    assert size < full
+    base = dict(load_model(exported["model"]).asr.mods.named_parameters())
+    params = dict(load_model(exported["model"], adapters=out).asr.mods.named_parameters())
+    # rank-2 LoRA on ctc_lin only, trained (its up-projection starts at zero), base kept
+    assert params["encoder.ctc_lin.w.adapter_up_proj.weight"].shape[1] == 2
+    assert params["encoder.ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
+    assert not any("adapter" in n for n in params if "ctc_lin" not in n)
+    assert params["encoder.ctc_lin.w.pretrained_module.weight"].equal(base["encoder.ctc_lin.w.weight"])
+
+    # --peft without --adapters-only: LoRA merged into a plain SpeechBrain folder
+    assert main(argv[:-3] + ["--out", str(tmp_path / "x")]) == 0
+    merged = dict(helpers.speechbrain_asr(tmp_path / "x").mods.named_parameters())
+    assert not any("adapter" in n for n in merged)
+    assert not merged["encoder.ctc_lin.w.weight"].equal(base["encoder.ctc_lin.w.weight"])
+    houlsby = [a if a != "lora" else "houlsby" for a in argv[:-3]] + ["--out", str(tmp_path / "h")]
+    assert main(houlsby) == 2
+    assert "add --adapters-only" in capsys.readouterr().err
+    assert main([a for a in argv if a not in ("--peft", "lora")]) == 2
+    assert "--adapters-only exports adapter weights: it needs --peft" in capsys.readouterr().err
+
+
 def test_adapt_errors(exported, capsys, tmp_path):
     base = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
             "--steps", "1", "--out", str(tmp_path / "out")]
