@@ -529,3 +529,34 @@ def test_sentencepiece_export(setup, tmp_path):
     wavs, lens = file_batch([r["wav"] for r in setup["rows"][:3]])
     out = adapted.export(tmp_path / "sp_adapted")
     assert speechbrain_asr(out).transcribe_batch(wavs, lens)[0] == adapted.transcribe_batch(wavs, lens)[0]
+
+
+def test_init_from_loads_an_export_into_a_fresh_recipe_model(setup, tmp_path):
+    # the recipes' init_from key: start (meta-)training from an exported model
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sb_meta.asr import CharTokenizer, load_initialisation
+
+    torch.manual_seed(123)  # other initial weights than the exported model's
+    hp = load_hyperpyyaml(TINY_YAML)
+    hp["model"] = torch.nn.ModuleList([hp["enc"], hp["ctc_lin"]])
+    trained = setup["brain"].modules
+    assert not torch.equal(hp["ctc_lin"].w.weight, trained.ctc_lin.w.weight)
+    load_initialisation(hp, setup["export"], CharTokenizer.from_texts(["A B C"]))
+    for (name, p), q in zip(hp["model"].named_parameters(),
+                            torch.nn.ModuleList([trained.enc, trained.ctc_lin]).parameters()):
+        assert torch.equal(p, q), name
+    torch.testing.assert_close(hp["normalize"].glob_mean, trained.normalize.glob_mean)
+
+    # another alphabet would misread the output layer: refused, naming both
+    with pytest.raises(ValueError, match="tokenizer of .* differs"):
+        load_initialisation(hp, setup["export"], CharTokenizer.from_texts(["A B D"]))
+    # a folder without the weights is named
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks .*model.ckpt"):
+        load_initialisation(hp, tmp_path / "empty")
+    # a model of another shape is refused with the file named
+    hp2 = load_hyperpyyaml(TINY_YAML, {"output_neurons": 9})
+    hp2["model"] = torch.nn.ModuleList([hp2["enc"], hp2["ctc_lin"]])
+    with pytest.raises(ValueError, match="does not fit this recipe's model"):
+        load_initialisation(hp2, setup["export"])
