@@ -308,23 +308,30 @@ def render_an4(sec):
     rows = []
     for model, r in res.items():
         if r.get("status", "ok") != "ok":
-            rows.append([model] + ["–"] * 6 + [f"{r.get('status')}: {r.get('reason', '')}"])
+            rows.append([model] + ["–"] * 7 + [f"{r.get('status')}: {r.get('reason', '')}"])
             continue
         m = met.get(model) or {}
         rows.append([
             model, fmt(r.get("outer_steps")), fmt(r.get("train_seconds")),
             fmt(r.get("si_test_wer")), fmt(r.get("query_wer_unadapted")),
             fmt(r.get("query_wer_adapted")), fmt(r.get("relative_reduction_pct")),
+            fmt(r.get("adapted_wer_minus_joint")),
             ", ".join(f"{k.replace('_', ' ')} {status(v)}" for k, v in m.items()) or "–",
         ])
+    pre = sec.get("pretrain_minutes")
+    budget = (f"A shared {fmt(pre)}-min joint warm start, then "
+              f"{fmt(sec.get('budget_minutes_per_model'))} min of each strategy "
+              f"({fmt(sec.get('training_minutes_per_model'))} min of training per model)"
+              if pre else f"Budget {fmt(sec.get('budget_minutes_per_model'))} min of training "
+                          "per model")
     parts = [
-        f"Budget {fmt(sec.get('budget_minutes_per_model'))} min of training per model; "
+        f"{budget}; "
         f"test-time adaptation: {fmt((sec.get('evaluation') or {}).get('steps'))} steps at lr "
         f"{fmt(sec.get('adaptation_lr'))} (chosen on the dev speakers) from "
         f"{fmt((sec.get('evaluation') or {}).get('support_utterances'))} utterances per test "
         "speaker. WER in %.",
         table(["model", "outer steps", "train s", "SI test WER", "query WER", "adapted",
-               "rel. reduction %", "targets"], rows),
+               "rel. reduction %", "adapted − joint", "targets"], rows),
         f"Targets: speaker-independent test WER <= {fmt(targets.get('si_test_wer_max_pct'))} %; "
         f"adaptation gain >= {fmt(targets.get('relative_reduction_min_pct'))} % relative; "
         f"beats joint: {targets.get('beats_joint', '–')}. Meta strategies meeting all: "

@@ -18,6 +18,8 @@ DEMO_DEFAULTS = dict(
     wordlist="digits",
     strategy="fomaml",
     inner_steps=1,
+    meta_batch_tasks=4,
+    lr=0.002,
     epochs=12,
     episodes_per_epoch=12,
     k=5,
@@ -83,6 +85,8 @@ def run_demo(out, progress=True, **overrides):
         f"--inner_steps={cfg['inner_steps']}",
         f"--number_of_epochs={cfg['epochs']}",
         f"--episodes_per_epoch={cfg['episodes_per_epoch']}",
+        f"--meta_batch_tasks={cfg['meta_batch_tasks']}",
+        f"--lr={cfg['lr']}",
         f"--seed={cfg['seed']}",
     ]
     if not progress:
