@@ -19,7 +19,8 @@ they differ only in how the meta-gradient is computed.
 ``compute_objectives`` on them, so the peers see exactly our parameters.
 
 Kernels: for second-order inner loops our brain switches kernels
-(``MetaBrain.inner_loop_context``: oneDNN off on CPU, cuDNN off on GPU), which
+(``MetaBrain.inner_loop_context``: oneDNN off in RNN layers on CPU, cuDNN off
+on GPU), which
 changes float32 rounding. The peers are therefore run twice for MAML: as a
 user writes them (default kernels; their meta-gradient then differs from ours
 by rounding only, checked with a looser, stated tolerance) and with the same

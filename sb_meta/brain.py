@@ -68,6 +68,50 @@ class RNGState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def onednn_off_in_rnns(modules):
+    """oneDNN (mkldnn) disabled while the recurrent layers of ``modules`` run.
+
+    The kernel an RNN's backward uses is fixed by its forward, so switching
+    oneDNN off around each ``torch.nn.RNNBase`` forward (hooks, removed on
+    exit) makes only those layers use the composite, cheaply
+    twice-differentiable implementation; everything else keeps oneDNN.
+    Without recurrent layers this changes nothing.
+
+    Example
+    -------
+    >>> rnn = torch.nn.LSTM(3, 4, batch_first=True)
+    >>> seen = []
+    >>> _ = rnn.register_forward_hook(lambda m, a, o: seen.append(torch._C._get_mkldnn_enabled()))
+    >>> with onednn_off_in_rnns(torch.nn.ModuleList([rnn])):
+    ...     _ = rnn(torch.randn(2, 5, 3))
+    >>> seen, torch._C._get_mkldnn_enabled() == torch.backends.mkldnn.enabled
+    ([False], True)
+    """
+    rnns = [m for m in modules.modules() if isinstance(m, torch.nn.RNNBase)]
+    outer = torch._C._get_mkldnn_enabled()
+    saved = []
+
+    def pre(module, args):
+        saved.append(torch._C._get_mkldnn_enabled())
+        torch._C._set_mkldnn_enabled(False)
+
+    def post(module, args, output):
+        torch._C._set_mkldnn_enabled(saved.pop())
+
+    handles = []
+    try:
+        for m in rnns:
+            # prepend: run before any user hook, so theirs see our setting consistently
+            handles.append(m.register_forward_pre_hook(pre, prepend=True))
+            handles.append(m.register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        torch._C._set_mkldnn_enabled(outer)  # also after an exception inside an RNN
+
+
 class MetaBrain(sb.Brain):
     """``sb.Brain`` whose training batches are episodes of tasks.
 
@@ -173,13 +217,16 @@ class MetaBrain(sb.Brain):
         have no double backward) and with oneDNN (mkldnn) disabled on CPU:
         differentiating oneDNN's LSTM backward measured 10-20x slower than
         the composite LSTM on the AN4 CRDNN (see benchmarks/RESULTS.md).
-        First-order loops keep the fast fused kernels.
+        oneDNN is switched off only while recurrent layers run
+        (:func:`onednn_off_in_rnns`): convolutions keep oneDNN, whose double
+        backward is made of ordinary (fast) convolutions. First-order loops
+        keep the fast fused kernels everywhere.
         """
         stack = contextlib.ExitStack()
         if create_graph:
             if self.device_type == "cuda":
                 stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-            stack.enter_context(torch.backends.mkldnn.flags(enabled=False))
+            stack.enter_context(onednn_off_in_rnns(self.modules))
         return stack
 
     # ------------------------------------------------------------ data

@@ -308,3 +308,29 @@ def test_every_strategy_lowers_the_training_loss(strategy):
     before = query_loss()
     brain.fit(range(1, 4), loader, progressbar=False)
     assert query_loss() < before
+
+
+def test_second_order_inner_loops_switch_onednn_off_in_rnns_only():
+    # differentiating oneDNN's LSTM backward is what made CPU MAML 10-20x slower;
+    # convolutions and linear layers keep oneDNN, first-order loops keep it everywhere
+    brain = make_toy_brain(hp("maml"))
+    lstm, lin = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.Linear(3, 3)
+    brain.modules.add_module("rnn", lstm)
+    seen = []
+    for name, m in (("rnn", lstm), ("lin", lin)):
+        m.register_forward_hook(lambda mod, a, o, name=name: seen.append(
+            (name, torch._C._get_mkldnn_enabled())))
+    before = torch._C._get_mkldnn_enabled()
+    for create_graph in (True, False):
+        with brain.inner_loop_context(create_graph):
+            lstm(torch.randn(2, 5, 3))
+            lin(torch.randn(2, 3))
+    assert seen == [("rnn", False), ("lin", before), ("rnn", before), ("lin", before)]
+    assert torch._C._get_mkldnn_enabled() == before
+    # an error inside an RNN forward leaves the setting as it was
+    with pytest.raises(RuntimeError):
+        with brain.inner_loop_context(True):
+            lstm(torch.randn(2, 5, 7))
+    assert torch._C._get_mkldnn_enabled() == before
+    lstm(torch.randn(2, 5, 3))  # hooks removed: no more records from our context
+    assert seen[-1] == ("rnn", before)
