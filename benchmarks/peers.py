@@ -84,11 +84,25 @@ def _task(episode):
     return task.support, (task.query if task.query is not None else task.support)
 
 
-def _kernels(net, second_order, same_kernels):
-    """Our brain's kernel choice for an inner loop, or the defaults."""
-    if same_kernels:
+def _kernels(net, second_order, same_kernels, modules=None):
+    """Our brain's kernel choice for an inner loop, or the defaults.
+
+    The choice is made per RNN module (:func:`sb_meta.brain.onednn_off_in_rnns`):
+    ``higher`` runs patched copies of the modules, given as ``modules``, so
+    the choice is applied to those.
+    """
+    if not same_kernels:
+        return contextlib.nullcontext()
+    if modules is None:
         return net._brain.inner_loop_context(second_order)
-    return contextlib.nullcontext()
+    from sb_meta.brain import onednn_off_in_rnns
+
+    stack = contextlib.ExitStack()
+    if second_order:
+        if net._brain.device_type == "cuda":
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        stack.enter_context(onednn_off_in_rnns(modules))
+    return stack
 
 
 def higher_meta_grad(net, episode, k, lr, second_order, same_kernels=False):
@@ -100,7 +114,7 @@ def higher_meta_grad(net, episode, k, lr, second_order, same_kernels=False):
     with higher.innerloop_ctx(
         net, inner, copy_initial_weights=False, track_higher_grads=second_order
     ) as (fnet, diffopt):
-        with _kernels(net, second_order, same_kernels):
+        with _kernels(net, second_order, same_kernels, modules=fnet):
             for _ in range(k):
                 diffopt.step(fnet(support))
         loss = fnet(query)

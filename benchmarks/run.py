@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The single entry point of the sb-meta benchmarks.
 
-    python benchmarks/run.py --full     # `make bench`: every section, ~20-30 min on 2 cores
+    python benchmarks/run.py --full     # `make bench`: every section, ~2.5 h on 2 cores
     python benchmarks/run.py --quick    # `make bench-quick`: every section, a few minutes
     python benchmarks/run.py --full --only meta_step,peers   # merge these into RESULTS.json
     python benchmarks/run.py --quick --skip an4   # all but an4, merged (an4 takes long)
@@ -350,7 +350,7 @@ def main(argv=None):
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes: fewer repeats and k")
-    mode.add_argument("--full", action="store_true", help="the reported numbers (~20-30 min)")
+    mode.add_argument("--full", action="store_true", help="the reported numbers (~2.5 h, 1.5 h of it the AN4 study)")
     parser.add_argument("--only", help=f"comma-separated sections among {', '.join(SECTIONS)}; "
                         "merged into the existing JSON")
     parser.add_argument("--skip", help="comma-separated sections to leave out (the others "
