@@ -526,12 +526,18 @@ def _report_markdown(results):
 
 
 def _plot(results, path):
+    """Two panels: WER vs k, and the paired change of WER vs k.
+
+    The query utterances differ between k (they are what is left after the
+    support draw), so the right panel, adapted minus unadapted WER on the
+    same query utterances, is the one to compare k by.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
-    ax = fig.add_subplot(1, 1, 1)
+    ax, ax_d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     names = list(results["summary"])
     all_ks = sorted({int(k) for by_k in results["summary"].values() for k in by_k})
     span = (all_ks[-1] - all_ks[0]) if len(all_ks) > 1 else 1
@@ -547,14 +553,26 @@ def _plot(results, path):
             yerr=[by_k[k]["wer_std"] for k in ks],
             marker="o", capsize=3, label=name,
         )
-    if all_ks:
-        ax.set_xticks(all_ks)
-    ax.set_xlabel("k (support utterances)")
+        paired = [k for k in ks if by_k[k].get("delta_wer_mean") is not None]
+        if paired:
+            ax_d.errorbar(
+                [int(k) + dodge for k in paired],
+                [by_k[k]["delta_wer_mean"] for k in paired],
+                yerr=[by_k[k]["delta_wer_std"] or 0.0 for k in paired],
+                marker="o", capsize=3, label=name,
+            )
+    for a in (ax, ax_d):
+        if all_ks:
+            a.set_xticks(all_ks)
+        a.set_xlabel("k (support utterances)")
+        a.grid(True, alpha=0.3)
+        if results["summary"]:
+            a.legend()
     ax.set_ylabel("WER (%)")
-    ax.set_title("WER vs support size (mean ± std)")
-    ax.grid(True, alpha=0.3)
-    if results["summary"]:
-        ax.legend()
+    ax.set_title("WER on the query utterances (mean ± std)")
+    ax_d.axhline(0.0, color="grey", linewidth=0.8)
+    ax_d.set_ylabel("adapted − unadapted WER (points)")
+    ax_d.set_title("Paired change on the same utterances")
     fig.tight_layout()
     import io
 
