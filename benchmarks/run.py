@@ -135,7 +135,9 @@ def section_adaptation(ctx):
             if latency is not None:
                 out = dict(latency) if isinstance(latency, dict) else {"median_s": latency}
                 out.setdefault("status", "ok")
-                out["source"] = "benchmarks/an4_adaptation.py"
+                out["source"] = an4.get("source", "benchmarks/an4_adaptation.py")
+                if an4.get("machine"):  # measured where the study ran
+                    out.setdefault("machine", an4["machine"])
                 return out
             why = "benchmarks/an4_adaptation.py reports no adaptation_latency_s"
     out = measure_adaptation(ctx)
@@ -331,14 +333,14 @@ def run_section(name, ctx, command, mode):
     result = dict(result)
     if result.get("command") and result["command"] != command:
         result["inner_command"] = result["command"]  # e.g. an4_adaptation.py's own CLI
-    result.update(
-        command=command,
-        mode=mode,
-        machine=machine,
-        started_at=started,
-        elapsed_s=round(time.perf_counter() - t0, 2),
-        loadavg_at_end=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    )
+    imported = "machine" in result
+    result.update(command=command, mode=mode)
+    if not imported:
+        result["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    # a section measured elsewhere (an imported AN4 study) keeps its own machine and times
+    result.setdefault("machine", machine)
+    result.setdefault("started_at", started)
+    result.setdefault("elapsed_s", round(time.perf_counter() - t0, 2))
     gc.collect()
     return result
 
