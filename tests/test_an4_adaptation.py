@@ -58,13 +58,14 @@ def test_end_to_end_tiny_budget(an4_root, tmp_path):
         "--budget-minutes", "0.1", "--strategies", ",".join(STRATEGIES), "--out", str(out),
         "--json", str(json_path), "--repeats", "1", "--dev-repeats", "1",
         "--lr-grid", "0.02,0.05", "--an4-root", str(an4_root),
-        "--dev-speakers", "2", "--latency-speakers", "2",
+        "--dev-speakers", "2", "--latency-speakers", "2", "--pretrain-minutes", "0.1",
     ])
     assert rc == 0
     res = json.loads(json_path.read_text(encoding="utf-8"))
 
     assert res["status"] == "ok"
     assert res["budget_minutes_per_model"] == 0.1
+    assert res["pretrain_minutes"] == 0.1 and res["training_minutes_per_model"] == 0.2
     assert res["strategies"] == STRATEGIES
     assert res["command"].startswith("python benchmarks/an4_adaptation.py --budget-minutes 0.1")
     assert res["adaptation_lr"] in (0.02, 0.05)
@@ -86,8 +87,19 @@ def test_end_to_end_tiny_budget(an4_root, tmp_path):
         assert (out / name / "train_log.txt").is_file()
         assert (out / name / "kshot_test" / "results.json").is_file()
 
+    # the shared warm start: one joint model, every model starts from its export
+    warm = training["shared_warm_start"]
+    assert warm["status"] == "ok" and warm["key"]["strategy"] == "joint"
+    assert warm["budget_s"] == pytest.approx(6.0)
+    assert (out / "_pretrain" / "pretrained" / "model.ckpt").is_file()
+    for name in STRATEGIES:
+        init = training["per_model"][name]["key"]["init_from"]
+        assert init["export_folder"] == warm["export_folder"]
+        assert init["lr"] == an4_adaptation.WARM_START_LR
+        assert f"--init_from={warm['export_folder']}" in training["per_model"][name]["command"]
+
     # --reuse takes a model folder only when it was trained with the same settings
-    key = an4_adaptation._record_key("fomaml", 0.1, an4_root.resolve(), None)
+    key = training["per_model"]["fomaml"]["key"]
     ok, record = an4_adaptation._reusable(out / "fomaml", key)
     assert ok and record["outer_steps"] == training["per_model"]["fomaml"]["outer_steps"]
     ok, why = an4_adaptation._reusable(out / "fomaml", dict(key, budget_minutes=60.0))
