@@ -87,22 +87,12 @@ def _task(episode):
 def _kernels(net, second_order, same_kernels, modules=None):
     """Our brain's kernel choice for an inner loop, or the defaults.
 
-    The choice is made per RNN module (:func:`sb_meta.brain.onednn_off_in_rnns`):
-    ``higher`` runs patched copies of the modules, given as ``modules``, so
-    the choice is applied to those.
+    The choice is made per RNN module: ``higher`` runs patched copies of the
+    modules, given as ``modules``, so the choice is applied to those.
     """
-    if not same_kernels:
-        return contextlib.nullcontext()
-    if modules is None:
-        return net._brain.inner_loop_context(second_order)
-    from sb_meta.brain import onednn_off_in_rnns
-
-    stack = contextlib.ExitStack()
-    if second_order:
-        if net._brain.device_type == "cuda":
-            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-        stack.enter_context(onednn_off_in_rnns(modules))
-    return stack
+    if same_kernels:
+        return net._brain.inner_loop_context(second_order, modules=modules)
+    return contextlib.nullcontext()
 
 
 def higher_meta_grad(net, episode, k, lr, second_order, same_kernels=False):

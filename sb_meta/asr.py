@@ -322,8 +322,6 @@ def load_initialisation(hparams, folder, tokenizer=None):
     ...
     FileNotFoundError: init_from: /no/such/folder is not a folder
     """
-    import torch
-
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"init_from: {folder} is not a folder")

@@ -210,7 +210,7 @@ class MetaBrain(sb.Brain):
 
         return hook
 
-    def inner_loop_context(self, create_graph):
+    def inner_loop_context(self, create_graph, modules=None):
         """Kernel choices for an inner loop.
 
         Second-order inner loops run with cuDNN disabled on GPU (cuDNN RNNs
@@ -221,12 +221,16 @@ class MetaBrain(sb.Brain):
         (:func:`onednn_off_in_rnns`): convolutions keep oneDNN, whose double
         backward is made of ordinary (fast) convolutions. First-order loops
         keep the fast fused kernels everywhere.
+
+        ``modules`` (default the brain's own) are those whose RNN layers the
+        choice applies to: other code running copies of them (``higher``'s
+        patched modules) passes the copies.
         """
         stack = contextlib.ExitStack()
         if create_graph:
             if self.device_type == "cuda":
                 stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-            stack.enter_context(onednn_off_in_rnns(self.modules))
+            stack.enter_context(onednn_off_in_rnns(self.modules if modules is None else modules))
         return stack
 
     # ------------------------------------------------------------ data

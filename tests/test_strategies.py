@@ -334,3 +334,10 @@ def test_second_order_inner_loops_switch_onednn_off_in_rnns_only():
     assert torch._C._get_mkldnn_enabled() == before
     lstm(torch.randn(2, 5, 3))  # hooks removed: no more records from our context
     assert seen[-1] == ("rnn", before)
+    # modules= applies the choice to copies the brain does not hold (higher's patched modules)
+    copy = torch.nn.LSTM(3, 4, batch_first=True)
+    copy.register_forward_hook(lambda mod, a, o: seen.append(("copy", torch._C._get_mkldnn_enabled())))
+    with brain.inner_loop_context(True, modules=torch.nn.ModuleList([copy])):
+        copy(torch.randn(2, 5, 3))
+        lstm(torch.randn(2, 5, 3))
+    assert seen[-2:] == [("copy", False), ("rnn", before)]
