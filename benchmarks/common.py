@@ -238,7 +238,18 @@ def an4_missing_reason():
     return None
 
 
-class AN4Setup:
+class _EpisodeSource:
+    """Episodes over ``self.train`` for a setup's brains."""
+
+    def loader(self, brain, seed=0, **sampler):
+        return brain.make_episode_loader(self.train, seed=seed, **sampler)
+
+    def episode(self, brain, seed=0, **sampler):
+        """The first episode of the stream of ``seed`` (collated)."""
+        return next(iter(self.loader(brain, seed=seed, **sampler)))
+
+
+class AN4Setup(_EpisodeSource):
     """AN4 CRDNN-CTC brains and real AN4 episodes.
 
     Arguments
@@ -297,15 +308,8 @@ class AN4Setup:
         brain.modules.train()
         return brain
 
-    def loader(self, brain, seed=0, **sampler):
-        return brain.make_episode_loader(self.train, seed=seed, **sampler)
 
-    def episode(self, brain, seed=0, **sampler):
-        """The first episode of the stream of ``seed`` (collated)."""
-        return next(iter(self.loader(brain, seed=seed, **sampler)))
-
-
-class ToySetup:
+class ToySetup(_EpisodeSource):
     """The toy regression brain of :mod:`sb_meta.testing` (same interface)."""
 
     name = "toy (sb_meta.testing)"
@@ -323,12 +327,6 @@ class ToySetup:
         brain = make_toy_brain(hp, opt="adam", lr=0.002, hidden=64, batchnorm=True)
         brain.modules.train()
         return brain
-
-    def loader(self, brain, seed=0, **sampler):
-        return brain.make_episode_loader(self.train, seed=seed, **sampler)
-
-    def episode(self, brain, seed=0, **sampler):
-        return next(iter(self.loader(brain, seed=seed, **sampler)))
 
 
 def make_setup(kind, workdir=None):
