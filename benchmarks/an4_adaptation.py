@@ -158,6 +158,14 @@ STRATEGY_OVERRIDES = {
 DEFAULT_BUDGET_MIN = "8"
 DEFAULT_PRETRAIN_MIN = "35"
 
+
+
+def full_minutes():
+    """(budget, pretrain) minutes of a full run: the environment, else the defaults."""
+    return (float(os.environ.get("SBMETA_AN4_BUDGET_MIN", DEFAULT_BUDGET_MIN)),
+            float(os.environ.get("SBMETA_AN4_PRETRAIN_MIN", DEFAULT_PRETRAIN_MIN)))
+
+
 TARGET_SI_WER = 12.0  # %
 TARGET_REL_REDUCTION = 10.0  # % relative
 TARGET_LATENCY_S = 2.0
@@ -173,6 +181,8 @@ QUICK = {
     "repeats": 1,
     "dev_repeats": 1,
     "lr_grid": (0.02, 0.05),
+    # only fills the structure: a few speakers keep it to minutes
+    "speakers": {"dev_speakers": 2, "test_speakers": 3, "latency_speakers": 3},
 }
 
 
@@ -961,17 +971,15 @@ def run(quick):
         cfg = dict(QUICK)
         out = QUICK_OUT
     else:
-        cfg = dict(FULL, strategies=ALL_STRATEGIES,
-                   budget_minutes=float(os.environ.get("SBMETA_AN4_BUDGET_MIN", DEFAULT_BUDGET_MIN)),
-                   pretrain_minutes=float(os.environ.get("SBMETA_AN4_PRETRAIN_MIN", DEFAULT_PRETRAIN_MIN)))
+        budget, pretrain = full_minutes()
+        cfg = dict(FULL, strategies=ALL_STRATEGIES, budget_minutes=budget,
+                   pretrain_minutes=pretrain)
         out = DEFAULT_OUT
     pre = cfg.get("pretrain_minutes", 0)
+    few = cfg.get("speakers", {})
     command = cli_command(cfg["budget_minutes"], cfg["strategies"], out, quick=quick, reuse=reuse,
                           pretrain_minutes=pre)
-    if quick:
-        command += " --dev-speakers 2 --test-speakers 3 --latency-speakers 3"
-    # quick mode only fills the structure: a few speakers keep it to minutes
-    few = dict(dev_speakers=2, test_speakers=3, latency_speakers=3) if quick else {}
+    command += "".join(f" --{k.replace('_', '-')} {v}" for k, v in few.items())
     return run_benchmark(
         cfg["budget_minutes"], cfg["strategies"], out, repeats=cfg["repeats"],
         dev_repeats=cfg["dev_repeats"], lr_grid=cfg["lr_grid"], reuse=reuse,
@@ -1027,10 +1035,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     base = QUICK if args.quick else FULL
+    env_budget, env_pretrain = full_minutes()
     budget = args.budget_minutes
     if budget is None:
-        budget = QUICK["budget_minutes"] if args.quick else float(
-            os.environ.get("SBMETA_AN4_BUDGET_MIN", DEFAULT_BUDGET_MIN))
+        budget = QUICK["budget_minutes"] if args.quick else env_budget
     if budget <= 0:
         raise SystemExit("--budget-minutes must be > 0")
     strategies = ([s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -1048,8 +1056,7 @@ def main(argv=None):
             command=command, progress=sys.stderr.isatty(), dev_speakers=args.dev_speakers,
             test_speakers=args.test_speakers, latency_speakers=args.latency_speakers,
             pretrain_minutes=(args.pretrain_minutes if args.pretrain_minutes is not None
-                              else 0.0 if args.quick
-                              else float(os.environ.get("SBMETA_AN4_PRETRAIN_MIN", DEFAULT_PRETRAIN_MIN))),
+                              else 0.0 if args.quick else env_pretrain),
         )
     except CorpusMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
