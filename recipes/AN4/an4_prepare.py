@@ -16,6 +16,8 @@ is CMU's test set. Columns: ``ID,duration,wav,spk_id,wrd``.
 Every problem in the corpus (see :mod:`sb_meta.data.validate`) is collected
 before anything is written; then either a ``DataPreparationError`` lists them
 all, or (``skip_bad=True``) the bad utterances are left out with one warning.
+Run again, the preparation is skipped only when the options and the corpus
+(every file's size and modification time) are unchanged.
 
 Usage::
 
@@ -47,9 +49,10 @@ from sb_meta.data.validate import (
     DataPreparationError,
     ProblemReport,
     check_audio,
+    corpus_fingerprint,
     forget_prep_options,
     load_prep_record,
-    prep_is_current,
+    prep_staleness,
     raise_or_warn,
     read_transcript_lines,
     record_prep_options,
@@ -99,7 +102,10 @@ def prepare_an4(
         (e.g. ``AN4_URL``) and unpack it there first.
     skip_prep_if_exists : bool
         If True and ``save_folder`` holds the three manifests of a preparation
-        with the same options (``opts.json``), do nothing.
+        with the same options and the same corpus (``opts.json`` records both:
+        the corpus as the size and modification time of every file read), do
+        nothing. When the corpus changed, the log says which files were
+        added, removed or modified, and the corpus is prepared again.
 
     Returns
     -------
@@ -153,9 +159,14 @@ def prepare_an4(
         "skip_bad": bool(skip_bad),
     }
     manifests = {s: save_folder / f"{s}.csv" for s in MANIFESTS}
-    if skip_prep_if_exists and prep_is_current(save_folder, options, [p.name for p in manifests.values()]):
-        logger.info("AN4 manifests in %s are up to date; skipping preparation", save_folder)
-        return _summary_from_files(manifests, load_prep_record(save_folder))
+    # Taken before the corpus is read: a change made while preparing is seen next time.
+    corpus = corpus_fingerprint(root, corpus_files(root))
+    if skip_prep_if_exists:
+        stale = prep_staleness(save_folder, options, [p.name for p in manifests.values()], corpus)
+        if stale is None:
+            logger.info("AN4 manifests in %s are up to date; skipping preparation", save_folder)
+            return _summary_from_files(manifests, load_prep_record(save_folder))
+        logger.info("Preparing AN4 manifests in %s: %s", save_folder, stale)
 
     # 1. Read and check everything; nothing is written before this is over.
     report = ProblemReport()
@@ -185,7 +196,7 @@ def prepare_an4(
     forget_prep_options(save_folder)
     for split in MANIFESTS:
         write_manifest(manifests[split], split_rows[split])
-    record_prep_options(save_folder, options, skipped)
+    record_prep_options(save_folder, options, skipped, corpus=corpus)
     result = {
         "save_folder": str(save_folder),
         "manifests": {s: str(p) for s, p in manifests.items()},
@@ -197,6 +208,30 @@ def prepare_an4(
     }
     logger.info("AN4 manifests written to %s: %s", save_folder, result["utterances"])
     return result
+
+
+def corpus_files(root):
+    """Return every file an AN4 preparation of ``root`` reads or looks at.
+
+    These are the two transcription files and every file under the two audio
+    folders (``.sph`` files are read, others are noticed and ignored); their
+    sizes and modification times make the corpus fingerprint recorded in
+    ``opts.json``.
+
+    Example
+    -------
+    >>> import os
+    >>> files = corpus_files(os.environ["SBMETA_AN4_ROOT"])  # doctest: +SKIP
+    >>> len(files)  # doctest: +SKIP
+    1093
+    """
+    root = pathlib.Path(root)
+    files = [root / trans_rel for trans_rel, _ in AN4_SPLITS.values()]
+    for _, audio_rel in AN4_SPLITS.values():
+        audio_dir = root / audio_rel
+        if audio_dir.is_dir():
+            files.extend(p for p in sorted(audio_dir.rglob("*")) if p.is_file())
+    return files
 
 
 def _read_split(root, split, report):

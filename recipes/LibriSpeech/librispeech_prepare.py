@@ -16,6 +16,8 @@ columns ``ID,duration,wav,spk_id,wrd,chapter`` (+ ``gender`` when
 All splits are read and checked (see :mod:`sb_meta.data.validate`) before any
 manifest is written: either a ``DataPreparationError`` lists every problem,
 or (``skip_bad=True``) the bad utterances are left out with one warning.
+Run again, the preparation is skipped only when the options and the corpus
+(every file's size and modification time) are unchanged.
 
 Usage::
 
@@ -41,9 +43,10 @@ from sb_meta.data.validate import (
     DataPreparationError,
     ProblemReport,
     check_audio,
+    corpus_fingerprint,
     forget_prep_options,
     load_prep_record,
-    prep_is_current,
+    prep_staleness,
     raise_or_warn,
     read_transcript_lines,
     record_prep_options,
@@ -78,7 +81,10 @@ def prepare_librispeech(
         If True, leave bad utterances out with one warning instead of raising.
     skip_prep_if_exists : bool
         If True and ``save_folder`` holds the manifests of a preparation with
-        the same options (``opts.json``), do nothing.
+        the same options and the same corpus (``opts.json`` records both: the
+        corpus as the size and modification time of every file read), do
+        nothing. When the corpus changed, the log says which files were
+        added, removed or modified, and the splits are prepared again.
 
     Returns
     -------
@@ -119,9 +125,14 @@ def prepare_librispeech(
         "skip_bad": bool(skip_bad),
     }
     manifests = {s: save_folder / f"{s}.csv" for s in splits}
-    if skip_prep_if_exists and prep_is_current(save_folder, options, [p.name for p in manifests.values()]):
-        logger.info("LibriSpeech manifests in %s are up to date; skipping preparation", save_folder)
-        return _summary_from_files(save_folder, manifests, load_prep_record(save_folder))
+    # Taken before the corpus is read: a change made while preparing is seen next time.
+    corpus = corpus_fingerprint(root, corpus_files(root, splits))
+    if skip_prep_if_exists:
+        stale = prep_staleness(save_folder, options, [p.name for p in manifests.values()], corpus)
+        if stale is None:
+            logger.info("LibriSpeech manifests in %s are up to date; skipping preparation", save_folder)
+            return _summary_from_files(save_folder, manifests, load_prep_record(save_folder))
+        logger.info("Preparing LibriSpeech manifests in %s: %s", save_folder, stale)
 
     # 1. Read and check all splits; nothing is written before this is over.
     genders = _read_speakers(speakers_file) if speakers_file.is_file() else None
@@ -153,7 +164,7 @@ def prepare_librispeech(
     forget_prep_options(save_folder)
     for split in splits:
         write_manifest(manifests[split], rows[split], extra_columns=extra)
-    record_prep_options(save_folder, options, skipped)
+    record_prep_options(save_folder, options, skipped, corpus=corpus)
     result = {
         "save_folder": str(save_folder),
         "manifests": {s: str(p) for s, p in manifests.items()},
@@ -179,6 +190,30 @@ def _find_root(folder, splits):
         f"(split folders there: {', '.join(found) or 'none'}). Download them from "
         "https://www.openslr.org/12 and unpack them there."
     )
+
+
+def corpus_files(root, splits):
+    """Return every file a preparation of ``splits`` under ``root`` reads.
+
+    These are ``SPEAKERS.TXT`` (when present) and each split's
+    ``*.trans.txt`` and ``*.flac`` files; their sizes and modification times
+    make the corpus fingerprint recorded in ``opts.json``. Other splits and
+    other files are not part of it.
+
+    Example
+    -------
+    >>> import os
+    >>> files = corpus_files(os.environ["SBMETA_LIBRISPEECH_ROOT"], ["test-other"])  # doctest: +SKIP
+    >>> sorted({f.suffix for f in files})  # doctest: +SKIP
+    ['.TXT', '.flac', '.txt']
+    """
+    root = pathlib.Path(root)
+    files = [root / SPEAKERS_FILE] if (root / SPEAKERS_FILE).is_file() else []
+    for split in splits:
+        for path in sorted((root / split).rglob("*")):
+            if path.name.endswith((".trans.txt", ".flac")) and path.is_file():
+                files.append(path)
+    return files
 
 
 def _read_speakers(path):
