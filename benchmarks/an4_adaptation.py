@@ -12,7 +12,7 @@ What it does
 1. **Meta-training at equal compute.** Every strategy (``maml``, ``fomaml``,
    ``reptile``, ``metasgd`` and the ``joint`` baseline by default) is trained
    by the AN4 recipe itself (``recipes/AN4/train.py``'s ``prepare`` and
-   :func:`sb_meta.asr.run_recipe`: same YAML, same manifests, same initial
+   ``main``: same YAML, same manifests, same initial
    weights since the YAML seeds torch, same episodes) in its own experiment
    folder ``<out>/<strategy>/`` (SpeechBrain's ``log.txt``, ``train_log.txt``,
    checkpoints, ``wer_test.txt`` and the exported model ``pretrained/``).
@@ -29,10 +29,10 @@ What it does
    ``--pretrain-minutes 0 --budget-minutes 60`` trains each from scratch.
 
    *The budget* is wall-clock time in SpeechBrain's training stage (episode
-   loading and outer steps). ``number_of_epochs`` is set very large; a
-   subclass of the recipe's brain (:func:`budgeted_brain_class`) sets
+   loading and outer steps): the recipe's own ``train_budget_minutes`` key
+   (``number_of_epochs`` is set very large; :class:`sb_meta.MetaBrain` sets
    SpeechBrain's own ``optimizer_step_limit`` to the current step once the
-   budget is used up (checked after every outer step), so the epoch stops, is
+   budget is used up, checked after every outer step), so the epoch stops, is
    validated on ``dev`` and training ends. Per-epoch validation on the dev
    speakers (``episodes_per_epoch`` episodes per epoch), checkpointing, the
    recipe's test pass and the export are outside the budget and recorded
@@ -86,7 +86,6 @@ The corpus is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``).
 """
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -251,72 +250,6 @@ def _fmt_lr(lr):
 
 
 # --------------------------------------------------------------------- budget
-def budgeted_brain_class(base, budget_s):
-    """``base`` (the recipe's brain class) with a wall-clock training budget.
-
-    Time is counted inside SpeechBrain's TRAIN stage (from ``on_stage_start``
-    to ``on_stage_end``: episode loading and outer steps). After each outer
-    step, once the budget is used, ``optimizer_step_limit`` is set to the
-    current ``optimizer_step``: SpeechBrain's loop then ends the epoch,
-    validates and stops ``fit``. ``brain.budget`` holds what was measured.
-    """
-    import speechbrain as sb
-
-    class TimeBudgetBrain(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.budget = {
-                "budget_s": float(budget_s),
-                "train_s": 0.0,
-                "train_cpu_s": 0.0,
-                "epochs": 0,
-                "stopped_by_budget": False,
-            }
-            self._train_t0 = None
-
-        def on_stage_start(self, stage, epoch=None):
-            if stage == sb.Stage.TRAIN:
-                self._train_t0 = (time.perf_counter(), time.process_time())
-            return super().on_stage_start(stage, epoch)
-
-        def on_fit_batch_end(self, batch, outputs, loss, should_step):
-            super().on_fit_batch_end(batch, outputs, loss, should_step)
-            used = self.budget["train_s"] + time.perf_counter() - self._train_t0[0]
-            if used >= self.budget["budget_s"] and not self.budget["stopped_by_budget"]:
-                self.optimizer_step_limit = self.optimizer_step
-                self.budget["stopped_by_budget"] = True
-
-        def on_stage_end(self, stage, stage_loss, epoch=None):
-            if stage == sb.Stage.TRAIN and self._train_t0 is not None:
-                t0, c0 = self._train_t0
-                self.budget["train_s"] += time.perf_counter() - t0
-                self.budget["train_cpu_s"] += time.process_time() - c0
-                self.budget["epochs"] += 1
-                self._train_t0 = None
-            return super().on_stage_end(stage, stage_loss, epoch)
-
-    TimeBudgetBrain.__name__ = TimeBudgetBrain.__qualname__ = f"TimeBudget{base.__name__}"
-    return TimeBudgetBrain
-
-
-@contextlib.contextmanager
-def _recipe_with_budget(budget_s):
-    """Make ``run_recipe`` build the budgeted subclass of ``CTCASRBrain``.
-
-    ``sb_meta.asr.run_recipe`` instantiates the module-level ``CTCASRBrain``;
-    it is swapped for the subclass while the recipe runs, so everything else
-    (data, tokenizer, training, test, export) is the recipe's own code.
-    """
-    import sb_meta.asr as asr
-
-    base = asr.CTCASRBrain
-    asr.CTCASRBrain = budgeted_brain_class(base, budget_s)
-    try:
-        yield
-    finally:
-        asr.CTCASRBrain = base
-
-
 # --------------------------------------------------------------------- training
 def model_overrides(strategy):
     out = dict(COMMON_OVERRIDES)
@@ -397,16 +330,19 @@ def train_model(strategy, budget_minutes, out, data_root, recipe, device=None, r
     if device:
         argv.append(f"--device={device}")
     budget_s = 60.0 * float(budget_minutes)
+    argv.append(f"--train_budget_minutes={float(budget_minutes)}")
     _say(f"{name}: training {strategy} for {budget_minutes:g} min in {folder}"
          + (f", starting from {init['export_folder']}" if init is not None else "") + " ...")
     load0 = _loadavg()
-    t0 = time.perf_counter()
-    from sb_meta.asr import run_recipe
-
-    with _recipe_with_budget(budget_s):
-        brain = run_recipe(argv, recipe.prepare)
+    t0, c0 = time.perf_counter(), time.process_time()
+    brain = recipe.main(argv)
     total = time.perf_counter() - t0
-    b = brain.budget
+    b = {
+        "train_s": brain.train_clock.seconds,
+        "train_cpu_s": time.process_time() - c0,  # the whole run: training, validation, test, export
+        "epochs": int(brain.hparams.epoch_counter.current),
+        "stopped_by_budget": brain.optimizer_step_limit is not None,
+    }
     steps = int(brain.optimizer_step)
     record = {
         "key": key,
@@ -572,7 +508,7 @@ def measure_latency(folder, test_csv, strategy, lr, k, steps, seed, command, spe
 
     from sb_meta.data.manifest import read_manifest
     from sb_meta.evaluation import draw_support
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     t0 = time.perf_counter()
     model = load_model(str(folder))
@@ -618,7 +554,7 @@ def measure_latency(folder, test_csv, strategy, lr, k, steps, seed, command, spe
         "warmup_s": round(warmup_s, 4),
         "load_model_s": round(load_s, 3),
         "model": str(folder),
-        "path": "sb_meta.inference.load_model(folder).adapt",
+        "path": "sb_meta.adapt.load_model(folder).adapt",
         "what": (f"load_model(exported folder) once, then per test speaker "
                  f".adapt({k} audio file paths, transcripts, strategy={strategy!r}, "
                  f"steps={steps}): reading the audio included; one untimed warm-up"),
@@ -670,7 +606,7 @@ def run_benchmark(budget_minutes, strategies=ALL_STRATEGIES, out=DEFAULT_OUT, da
     budget_minutes`` of training, the same for all.
     """
     from sb_meta.evaluation import write_report
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
     from sb_meta.plugins import PluginRegistry
 
     t_all = time.perf_counter()

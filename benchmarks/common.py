@@ -7,7 +7,7 @@ Two "setups" build brains and episodes with one interface:
   ``recipes/AN4/hparams/crdnn_ctc_meta.yaml`` (loaded with hyperpyyaml, every
   brain with the same initial weights since the YAML seeds torch) on real AN4
   episodes (``prepare_an4`` into a work folder, the char tokenizer and datasets
-  of :mod:`sb_meta.asr`, an :class:`~sb_meta.episodes.EpisodeLoader` with a
+  of the AN4 recipe (``recipes/AN4/train.py``), an :class:`~sb_meta.episodes.EpisodeLoader` with a
   fixed seed);
 * :class:`ToySetup`: the toy regression brain of :mod:`sb_meta.testing`, for
   tests and the quick DDP run.
@@ -266,44 +266,46 @@ class AN4Setup(_EpisodeSource):
         sys.path.insert(0, str(REPO / "recipes" / "AN4"))
         from an4_prepare import prepare_an4
 
-        from sb_meta.asr import build_tokenizer, dataio_prepare
+        from sb_meta.utils import load_script
 
+        self.recipe = load_script(REPO / "recipes" / "AN4" / "train.py", "sbmeta_bench_an4_recipe")
         self.data_folder = str(data_folder)
         self.workdir = pathlib.Path(workdir)
         manifests = self.workdir / "manifests"
         prepare_an4(self.data_folder, str(manifests), dev_speakers=6, seed=1234)
         self.csvs = {"train": manifests / "train.csv"}
-        self.tokenizer = build_tokenizer("char", self.csvs["train"], self.workdir / "tokenizer")
-        hp = {"sample_rate": 16000, "data_folder": self.data_folder}
-        self.datasets = dataio_prepare(hp, self.tokenizer, self.csvs)
+        hp = self.hparams()
+        self.datasets = self.recipe.dataio_prepare(hp, self.csvs)
+        self.tokenizer = hp["tokenizer"]
         self.train = self.datasets["train"]
 
     def hparams(self, **overrides):
         from hyperpyyaml import load_hyperpyyaml
 
+        from sb_meta.recipe import prepare_tokenizer
+
         ov = {"data_folder": self.data_folder, "output_folder": str(self.workdir / "out")}
         ov.update(overrides)
         with open(AN4_YAML, encoding="utf-8") as f:
-            return load_hyperpyyaml(f, ov)
+            hp = load_hyperpyyaml(f, ov)
+        prepare_tokenizer(hp, self.csvs["train"], self.workdir / "tokenizer")
+        return hp
 
     def brain(self, dropout=True, **meta):
-        """A fresh CTCASRBrain on CPU (same initial weights every time).
+        """A fresh AN4 recipe brain on CPU (same initial weights every time).
 
         ``meta`` overrides YAML keys (``meta_strategy``, ``inner_steps``...).
         """
-        from sb_meta.asr import CTCASRBrain
-
         hp = self.hparams(**meta)
         if not dropout:
             disable_dropout(hp["modules"]["enc"])
-        brain = CTCASRBrain(
+        brain = self.recipe.ASR(
             modules=hp["modules"],
             opt_class=hp["opt_class"],
             hparams=hp,
             run_opts={"device": "cpu", "noprogressbar": True},
             checkpointer=None,
         )
-        brain.tokenizer = self.tokenizer
         brain.init_optimizers()
         brain.modules.train()
         return brain

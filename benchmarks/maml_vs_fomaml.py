@@ -23,16 +23,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "AN4"))
 from an4_prepare import prepare_an4  # noqa: E402
 
-from sb_meta.asr import CTCASRBrain, build_tokenizer, dataio_prepare  # noqa: E402
+from sb_meta.recipe import prepare_tokenizer  # noqa: E402
+from sb_meta.utils import load_script  # noqa: E402
+
+RECIPE = load_script(ROOT / "recipes" / "AN4" / "train.py", "sbmeta_maml_vs_fomaml_recipe")
 
 
 def make(strategy, root, tmp):
     with open(ROOT / "recipes/AN4/hparams/crdnn_ctc_meta.yaml") as f:
         hp = load_hyperpyyaml(f, {"data_folder": root, "output_folder": tmp, "meta_strategy": strategy,
                                   "inner_steps": 1, "meta_batch_tasks": 1})
-    tok = build_tokenizer("char", f"{tmp}/m/train.csv", tmp)
-    ds = dataio_prepare(hp, tok, {"train": f"{tmp}/m/train.csv"})
-    brain = CTCASRBrain(hp["modules"], hp["opt_class"], hp, run_opts={"device": "cpu"})
+    prepare_tokenizer(hp, f"{tmp}/m/train.csv", tmp)
+    ds = RECIPE.dataio_prepare(hp, {"train": f"{tmp}/m/train.csv"})
+    brain = RECIPE.ASR(hp["modules"], hp["opt_class"], hp, run_opts={"device": "cpu"})
     brain.modules.train()
     return brain, next(iter(brain.make_episode_loader(ds["train"]))).tasks[0]
 

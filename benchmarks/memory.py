@@ -213,6 +213,40 @@ def run(quick, setup_kind="an4", workdir=None, ks=None, strategies=("fomaml", "m
     return result
 
 
+
+def attach_peer_memory(result, quick, setup_kind="an4", workdir=None):
+    """Add peak memory per implementation to the ``peers`` section ``result``
+    (what :func:`peers.run` measured), one fresh process per point."""
+    import peers
+
+    # quick mode: second order only (where the implementations differ most)
+    mem_rows = [r for r in result["results"] if not quick or r["algorithm"] == "maml"]
+    specs = [
+        {"setup": setup_kind, "workdir": str(workdir) if workdir else None, "impl": impl,
+         "strategy": row["algorithm"], "k": row["k"], "dropout": False, "peer_mode": True}
+        for row in mem_rows
+        for impl in peers.impls_for(row["algorithm"] == "maml")
+    ]
+    measured = iter(run_workers(specs))
+    result["memory_method"] = (
+        "as the memory section: fresh process per point, peak RSS of one outer step over "
+        "the RSS before it (after a warm-up step), MALLOC_MMAP_THRESHOLD_=65536"
+    )
+    if quick:
+        result["memory_note"] = "quick mode: peak memory measured for MAML only"
+    for row in mem_rows:
+        mem = {impl: next(measured) for impl in peers.impls_for(row["algorithm"] == "maml")}
+        row["memory"] = mem
+        if "delta_mib" in mem["ours"]:
+            row["memory_ratio_peer_over_ours"] = {
+                i: m["delta_mib"] / max(mem["ours"]["delta_mib"], 1e-9)
+                for i, m in mem.items()
+                if i != "ours" and "delta_mib" in m and row["gradient_check"][i]["match"]
+            }
+        peers._judge(row)
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help="JSON spec of one measurement (internal)")

@@ -255,9 +255,9 @@ def compare_gradients(brain, net, episode, k, second_order, impls=None):
     return out
 
 
-def run(quick, setup=None, setup_kind="an4", workdir=None, repeats=None, warmup=1,
-        ks=None, with_memory=True):
-    """Compare ours with higher and torchopt; returns the ``peers`` section."""
+def run(quick, setup=None, setup_kind="an4", workdir=None, repeats=None, warmup=1, ks=None):
+    """Compare ours with higher and torchopt; returns the ``peers`` section
+    (peak memory is added by ``memory.attach_peer_memory``)."""
     setup = setup or common.make_setup(setup_kind, workdir)
     ks = ks or ([1] if quick else [1, 3])
     repeats = repeats or (3 if quick else 7)
@@ -309,34 +309,6 @@ def run(quick, setup=None, setup_kind="an4", workdir=None, repeats=None, warmup=
             _judge(row)
             result["results"].append(row)
             del brain, net, episode, steps
-    if with_memory:
-        import memory
-
-        # quick mode: second order only (where the implementations differ most)
-        mem_rows = [r for r in result["results"] if not quick or r["algorithm"] == "maml"]
-        specs = [
-            {"setup": setup_kind, "workdir": str(workdir) if workdir else None, "impl": impl,
-             "strategy": row["algorithm"], "k": row["k"], "dropout": False, "peer_mode": True}
-            for row in mem_rows
-            for impl in impls_for(row["algorithm"] == "maml")
-        ]
-        measured = iter(memory.run_workers(specs))
-        result["memory_method"] = (
-            "as the memory section: fresh process per point, peak RSS of one outer step over "
-            "the RSS before it (after a warm-up step), MALLOC_MMAP_THRESHOLD_=65536"
-        )
-        if quick:
-            result["memory_note"] = "quick mode: peak memory measured for MAML only"
-        for row in mem_rows:
-            mem = {impl: next(measured) for impl in impls_for(row["algorithm"] == "maml")}
-            row["memory"] = mem
-            if "delta_mib" in mem["ours"]:
-                row["memory_ratio_peer_over_ours"] = {
-                    i: m["delta_mib"] / max(mem["ours"]["delta_mib"], 1e-9)
-                    for i, m in mem.items()
-                    if i != "ours" and "delta_mib" in m and row["gradient_check"][i]["match"]
-                }
-            _judge(row)
     mismatched = [
         f"{r['algorithm']} k={r['k']} {i}"
         for r in result["results"]

@@ -260,8 +260,6 @@ def render_adaptation(sec):
         rows.append(["target", f"<= {fmt(sec['target_s'])} s: {status(sec.get('met'))}"])
     if sec.get("inner_command"):
         rows.append(["produced by", f"`{sec['inner_command']}`"])
-    if sec.get("inference_path"):
-        rows.append(["sb_meta.inference", sec["inference_path"]])
     return table(["", ""], rows)
 
 

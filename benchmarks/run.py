@@ -64,9 +64,11 @@ def section_meta_step(ctx):
 
 
 def section_peers(ctx):
+    import memory
     import peers
 
-    return peers.run(ctx.quick, setup=ctx.an4_setup(), setup_kind="an4", workdir=ctx.workdir)
+    result = peers.run(ctx.quick, setup=ctx.an4_setup(), setup_kind="an4", workdir=ctx.workdir)
+    return memory.attach_peer_memory(result, ctx.quick, setup_kind="an4", workdir=ctx.workdir)
 
 
 def section_memory(ctx):
@@ -148,10 +150,8 @@ def section_adaptation(ctx):
 def measure_adaptation(ctx, n_utts=5, steps=3):
     """Time adapting the AN4 model to 5 utterances of one speaker, 3 steps.
 
-    Through ``sb_meta.inference`` (export the YAML's model, ``load_model(folder)
-    .adapt(wav_paths, transcripts, strategy="finetune", steps=3)``) when that
-    module provides ``load_model`` and an export function; otherwise
-    ``brain.strategy.adapt`` of a ``finetune`` brain on the collated batch.
+    Through ``sb_meta.adapt`` (export the YAML's model, ``load_model(folder)
+    .adapt(wav_paths, transcripts, strategy="finetune", steps=3)``).
     """
     import torch
 
@@ -175,63 +175,28 @@ def measure_adaptation(ctx, n_utts=5, steps=3):
         "warmup": 1,
         "torch_threads": torch.get_num_threads(),
     }
-    inference_error = None
-    try:
-        inference = importlib.import_module("sb_meta.inference")
-    except ImportError as exc:
-        inference = None
-        inference_error = f"sb_meta.inference not importable: {exc}"
-    if inference is not None and hasattr(inference, "load_model"):
-        export = next(
-            (getattr(inference, n) for n in ("export_brain", "export_model", "export")
-             if callable(getattr(inference, n, None))),
-            None,
-        )
-        try:
-            if export is None:
-                raise AttributeError("sb_meta.inference has load_model but no export function")
-            folder = pathlib.Path(ctx.workdir) / "pretrained"
-            # a trained model has normalisation statistics: prime them on the support set
-            import speechbrain as sb
+    import speechbrain as sb
 
-            brain.modules.train()
-            with torch.no_grad():
-                brain.compute_forward(task.support, sb.Stage.TRAIN)
-            export(brain, folder, hparams_file=str(common.AN4_YAML))
-            model = inference.load_model(str(folder))
+    from sb_meta.adapt import load_model
+    from sb_meta.export import export_brain
 
-            def adapt():
-                return model.adapt(wavs, texts, strategy="finetune", steps=steps)
-
-            adapt()
-            samples = [common.timed(adapt) for _ in range(repeats)]
-            return dict(base, status="ok", path="sb_meta.inference.load_model(folder).adapt",
-                        what="load_model(exported folder).adapt(wav_paths, transcripts, "
-                             f"strategy='finetune', steps={steps}): audio loading included",
-                        **common.summarize(samples))
-        except Exception as exc:  # noqa: BLE001 - fall back, saying why
-            inference_error = f"sb_meta.inference path failed: {exc!r}"
-    elif inference is not None:
-        inference_error = "sb_meta.inference has no load_model"
-
-    def load():
-        return task._collate(task.support_ids)
+    folder = pathlib.Path(ctx.workdir) / "pretrained"
+    # a trained model has normalisation statistics: prime them on the support set
+    brain.modules.train()
+    with torch.no_grad():
+        brain.compute_forward(task.support, sb.Stage.TRAIN)
+    export_brain(brain, folder, hparams_file=str(common.AN4_YAML), force=True)
+    model = load_model(str(folder))
 
     def adapt():
-        batch = load()
-        with torch.enable_grad():
-            return brain.strategy.adapt(batch, steps=steps, lr=brain.meta_config["inner_lr"])
+        return model.adapt(wavs, texts, strategy="finetune", steps=steps)
 
     adapt()
     samples = [common.timed(adapt) for _ in range(repeats)]
-    load_samples = [common.timed(load) for _ in range(repeats)]
-    out = dict(base, status="ok", path="brain.strategy.adapt (finetune strategy)",
-               what=f"read + collate {n_utts} wavs, then {steps} gradient steps on them",
-               **common.summarize(samples))
-    out["load_collate_s"] = common.summarize(load_samples)
-    if inference_error:
-        out["inference_path"] = inference_error
-    return out
+    return dict(base, status="ok", path="sb_meta.adapt.load_model(folder).adapt",
+                what="load_model(exported folder).adapt(wav_paths, transcripts, "
+                     f"strategy='finetune', steps={steps}): audio loading included",
+                **common.summarize(samples))
 
 
 RUNNERS = {

@@ -8,6 +8,7 @@ sizes are meta-learned.
 
 import torch
 
+from sb_meta.contract import Phase
 from sb_meta.plugins import hookimpl
 from sb_meta.strategy import GradientStrategy
 
@@ -72,6 +73,29 @@ class MetaSGD(GradientStrategy):
 
     def inner_lrs(self, names):
         return {n: self.lrs[_key(n)] for n in names}
+
+    def load_state(self, state):
+        """Load exported step sizes; only parameters that have some adapt.
+
+        An export of a model whose inner loop adapted a subset (``adapt_params``,
+        a PEFT add-on) carries step sizes for that subset alone.
+        """
+        own = {f"metasgd_lr.{k}" for k in self.lrs}
+        unexpected = sorted(set(state) - own)
+        if unexpected:
+            raise ValueError(
+                f"the Meta-SGD step sizes do not match the model's parameters: unexpected "
+                f"{[k.split('.', 1)[1].replace('__', '.') for k in unexpected[:5]]}"
+            )
+        try:
+            torch.nn.ModuleDict(self.meta_modules()).load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes
+            raise ValueError(f"the Meta-SGD step sizes do not fit the model: {exc}") from None
+        covered = {k.split(".", 1)[1] for k in state}
+        names = [n for n in self.adapt_names(Phase.ADAPT) if _key(n) in covered]
+        if not names:
+            raise ValueError("the Meta-SGD step sizes cover no parameter of this model")
+        return names
 
 
 @hookimpl

@@ -2,6 +2,8 @@
 
 import torch
 
+from sb_meta.contract import FastWeights, Phase
+from sb_meta.episodes import Task
 from sb_meta.plugins import hookimpl
 from sb_meta.strategy import GradientStrategy
 
@@ -33,15 +35,17 @@ class Joint(GradientStrategy):
     def episode_backward(self, episode, scale=1.0):
         if not episode.tasks:
             return torch.tensor(0.0)
-        groups = [t.support_ids + t.query_ids for t in episode.tasks]
+        groups = [(t, t.support_ids + t.query_ids) for t in episode.tasks]
         if self._pooled():
-            groups = [[i for g in groups for i in g]]
-        total = sum(len(g) for g in groups)
+            ids = [i for _, g in groups for i in g]
+            rows = {k: v for t in episode.tasks for k, v in t.rows.items()}
+            groups = [(Task("pooled", ids, [], column=episode.tasks[0].column, rows=rows), ids)]
+        total = sum(len(g) for _, g in groups)
         collate = episode.tasks[0]._collate
         weight = scale * len(episode.tasks) / episode.n_global_tasks
         value = 0.0
-        for ids in groups:
-            loss = self.loss({}, collate(ids), outer=True)
+        for task, ids in groups:
+            loss = self.forward(FastWeights(), collate(ids), Phase.OUTER, task)[0]
             self.brain.check_loss_isfinite(loss)
             share = len(ids) / total
             (loss * (share * weight)).backward()

@@ -66,7 +66,6 @@ Example
 ['lin1.adapter_down_proj.weight', 'lin1.adapter_up_proj.weight']
 """
 
-import contextlib
 import fnmatch
 
 import torch
@@ -259,11 +258,6 @@ def select_linear_layers(modules, patterns=None):
     return [n for n in linears if n in chosen]
 
 
-def _hp(hparams, key, default):
-    value = hparams.get(key) if isinstance(hparams, dict) else getattr(hparams, key, None)
-    return default if value is None else value
-
-
 def merge_wrapper(wrapper):
     """A plain ``torch.nn.Linear`` computing what a LoRA or LHUC wrapper computes.
 
@@ -337,16 +331,18 @@ class PEFTAddOn(AddOn):
     """
 
     wrapper_type = None
+    options = {"peft_targets": None, "peft_rank": 8, "peft_alpha": None, "peft_freeze_base": False}
+    option_prefix = "peft_"
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        hp = brain.hparams
-        targets = _hp(hp, "peft_targets", None)
-        self.rank = int(_hp(hp, "peft_rank", 8))
-        if self.rank < 1:
+        targets = self.option("peft_targets")
+        self.rank = self.option("peft_rank")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"peft_rank must be a positive integer, got {self.rank!r}")
-        self.alpha = float(_hp(hp, "peft_alpha", self.rank))
-        self.freeze_base = bool(_hp(hp, "peft_freeze_base", False))
+        alpha = self.option("peft_alpha")
+        self.alpha = float(self.rank if alpha is None else alpha)
+        self.freeze_base = bool(self.option("peft_freeze_base"))
         self.wrapped = self.apply(brain.modules, targets)
         self.settings = {
             "peft_targets": list(targets) if targets is not None and not isinstance(targets, str)
@@ -435,23 +431,18 @@ class PEFTAddOn(AddOn):
                     )
                 params[n].copy_(value.to(params[n].device, params[n].dtype))
 
-    @contextlib.contextmanager
-    def merged(self, brain):
-        """Inside the block, this add-on's wrappers are replaced by plain linear
-        layers computing the same function (for exporting a standalone model);
-        the wrappers are put back afterwards. Not available for ``houlsby``."""
-        swapped = []
-        for name, module in list(brain.modules.named_modules()):
-            if type(module) is self.wrapper_type:
-                swapped.append((name, module))
-        plain = [(name, merge_wrapper(module)) for name, module in swapped]
-        try:
-            for name, linear in plain:
-                replace_module(brain.modules, name, linear)
-            yield
-        finally:
-            for name, module in swapped:
-                replace_module(brain.modules, name, module)
+    def merge_into(self, root):
+        """Replace this add-on's wrappers inside module ``root`` by plain linear
+        layers computing the same function (outermost first); returns their names."""
+        merged = []
+        for name, module in list(root.named_modules()):
+            if type(module) is not self.wrapper_type or any(name.startswith(m + ".") for m in merged):
+                continue
+            if not name:
+                raise ValueError(f"cannot merge a {self.name} adapter that is the exported module itself")
+            replace_module(root, name, merge_wrapper(module))
+            merged.append(name)
+        return merged
 
     # ---------------------------------------------------------------- hooks
     @hookimpl
@@ -459,6 +450,26 @@ class PEFTAddOn(AddOn):
         """Only adapter parameters (of any PEFT add-on, so that they stack) adapt."""
         adapters = set(adapter_param_names(brain.modules))
         return [n for n in names if n in adapters]
+
+    @hookimpl
+    def sbmeta_adapter_state(self, brain):
+        """This add-on's adapter tensors travel without the model."""
+        return self.adapter_state_dict(brain)
+
+    @hookimpl
+    def sbmeta_load_adapter_state(self, brain, state):
+        """Take this add-on's entries of an adapter-only export."""
+        own = self.adapter_state_dict(brain)
+        self.load_adapter_state_dict(brain, {n: state[n] for n in own if n in state})
+        return list(own)
+
+    @hookimpl
+    def sbmeta_before_export(self, brain, plan):
+        """A SpeechBrain pretrained folder holds plain layers: fold the adapters in."""
+        for obj in plan.loadables.values():
+            if isinstance(obj, torch.nn.Module):
+                self.merge_into(obj)
+        plan.info.setdefault("merged_adapters", []).append(self.name)
 
 
 class LoRAAddOn(PEFTAddOn):
@@ -483,13 +494,12 @@ class HoulsbyAddOn(PEFTAddOn):
             wrapper.adapter_up_proj.weight.zero_()
         return wrapper
 
-    @contextlib.contextmanager
-    def merged(self, brain):
+    def merge_into(self, root):
         raise ValueError(
-            "Houlsby adapters are non-linear and cannot be merged into the model; "
-            "export them with AdaptableASR.export_adapters"
+            "Houlsby adapters are non-linear and cannot be merged into a SpeechBrain "
+            "pretrained folder; export them alone (AdaptableASR.export_adapters, "
+            "`sb-meta adapt --adapters-only`)"
         )
-        yield  # pragma: no cover
 
 
 class LHUCAddOn(PEFTAddOn):

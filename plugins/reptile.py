@@ -20,8 +20,8 @@ class Reptile(GradientStrategy):
 
     def task_backward(self, task, weight):
         batches = [task.support] + ([task.query] if task.query is not None else [])
-        fast = self.adapt(batches, create_graph=False, update_statistics=True)
-        base = self.brain.base_params()
+        fast = self.adapt(batches, create_graph=False, update_statistics=True, task=task)
+        base = self.brain.trainable_params()
         for name, w in fast.items():
             p = base[name]
             g = (p.detach() - w.detach()) * weight

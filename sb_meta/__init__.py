@@ -14,4 +14,12 @@ def __getattr__(name):
         from sb_meta.brain import MetaBrain
 
         return MetaBrain
+    if name in ("ASRPredictions", "FastWeights", "Phase"):
+        from sb_meta import contract
+
+        return getattr(contract, name)
+    if name == "hookimpl":
+        from sb_meta.plugins import hookimpl
+
+        return hookimpl
     raise AttributeError(f"module 'sb_meta' has no attribute {name!r}")

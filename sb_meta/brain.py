@@ -17,17 +17,17 @@ which does not work with ``torch.autograd.grad``.
 import contextlib
 import logging
 import random
+import time
 
 import numpy as np
-import pluggy
 import speechbrain as sb
 import torch
 
-from sb_meta import hookspecs
+from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
-from sb_meta.plugins import PluginRegistry
-from sb_meta.strategy import MetaConfig
+from sb_meta.plugins import PluginManager, PluginRegistry
+from sb_meta.strategy import MetaConfig, check_options
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
     mark_as_saver,
@@ -36,9 +36,11 @@ from speechbrain.utils.checkpoints import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetaBrain", "RNGState"]
+__all__ = ["MetaBrain", "RNGState", "TrainClock"]
 
 META_PREFIX = "sbmeta_"
+#: where plugin-owned modules live in ``brain.modules``
+ADDON_MODULES = "sbmeta_addons"
 
 
 @register_checkpoint_hooks
@@ -66,6 +68,25 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if state["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@register_checkpoint_hooks
+class TrainClock:
+    """Seconds spent training (validation excluded), checkpointed so that
+    ``train_budget_minutes`` and learning curves survive a resume."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @mark_as_saver
+    def _save(self, path):
+        with open(path, "w") as f:
+            f.write(f"{self.seconds!r}\n")
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        with open(path) as f:
+            self.seconds = float(f.read())
 
 
 @contextlib.contextmanager
@@ -160,30 +181,53 @@ class MetaBrain(sb.Brain):
         self.meta_config = MetaConfig.from_hparams(hparams or {})
         super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
         check_functional_compatible(self.modules)
-        self.registry = registry or PluginRegistry(extra=self.meta_config["plugins"] or ())
-        strategy_cls = self.registry.get_strategy(self.meta_config["meta_strategy"])
-        self._addon_pm = pluggy.PluginManager("sb_meta")
-        self._addon_pm.add_hookspecs(hookspecs)
+        cfg = self.meta_config
+        self.registry = registry or PluginRegistry(extra=cfg["plugins"])
+        strategy_cls = self.registry.get_strategy(cfg["meta_strategy"])
+        addon_classes = [self.registry.get_addon(name) for name in cfg["meta_addons"]]
+        if len(set(cfg["meta_addons"])) != len(cfg["meta_addons"]):
+            raise ValueError(f"meta_addons lists an add-on twice: {cfg['meta_addons']}")
+        check_options(
+            hparams or {}, [i.cls for i in self.registry.addons.values()], cfg["meta_addons"]
+        )
+        # hooks run on the strategy first, then the add-ons in meta_addons order
+        self._pm = PluginManager()
+        self._plugins = []
         self.addons = []
-        for name in self.meta_config["meta_addons"] or []:
-            addon = self.registry.get_addon(name)(self, self.meta_config)
-            self._addon_pm.register(addon, name=name)
+        for name, cls in zip(cfg["meta_addons"], addon_classes):
+            addon = cls(self, cfg)
+            self._pm.register(addon, name=f"addon:{name}")
+            self._plugins.append(addon)
             self.addons.append(addon)
-        self.strategy = strategy_cls(self, self.meta_config)
+        self.strategy = strategy_cls(self, cfg)
+        self._pm.register(self.strategy, name=f"strategy:{strategy_cls.name}")
+        self._plugins.insert(0, self.strategy)
         for key, module in self.strategy.meta_modules().items():
             self.modules[META_PREFIX + key] = module.to(self.device)
+        owned = {}
+        for plugin, mods in self.call_hook("sbmeta_modules"):
+            if mods:
+                owned[plugin.name] = torch.nn.ModuleDict(dict(mods))
+        if owned:
+            self.modules[ADDON_MODULES] = torch.nn.ModuleDict(owned).to(self.device)
+        self.train_clock = TrainClock()
         if self.checkpointer is not None:
             if self.strategy.meta_modules():
                 self.checkpointer.add_recoverable(
                     "meta_strategy",
                     torch.nn.ModuleDict(self.strategy.meta_modules()),
                 )
+            if owned:
+                self.checkpointer.add_recoverable(ADDON_MODULES, self.modules[ADDON_MODULES])
             self.checkpointer.add_recoverable("rng", RNGState())
+            self.checkpointer.add_recoverable("train_clock", self.train_clock)
         self.meta_stage = sb.Stage.TRAIN
+        self._term_sums = {}
+        self._last_batch_end = None
 
     # ------------------------------------------------------------ parameters
     def base_params(self):
-        """The model's own trainable parameters (meta-learned state excluded)."""
+        """The model's own trainable parameters (meta-learned and plugin-owned state excluded)."""
         return {
             n: p
             for n, p in self.modules.named_parameters()
@@ -193,22 +237,99 @@ class MetaBrain(sb.Brain):
     def base_param_names(self):
         return list(self.base_params())
 
-    # ------------------------------------------------------------ add-ons
+    def trainable_params(self):
+        """Every trainable parameter of ``self.modules`` (model, meta-learned, plugin-owned)."""
+        return {n: p for n, p in self.modules.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------ hooks
+    def call_hook(self, name, **kwargs):
+        """Call hook ``name`` on the strategy, then on each add-on, in order.
+
+        Returns ``[(plugin, result)]`` for the plugins implementing it. Each
+        implementation receives the arguments it declares (``brain`` is
+        always available).
+        """
+        kwargs["brain"] = self
+        return [(plugin, call(kwargs)) for plugin, call in self._impls(name)]
+
+    def _impls(self, name):
+        """``[(plugin, call)]`` of hook ``name`` in call order; ``call(kwargs)``
+        passes each implementation the arguments it declares."""
+        impls = {id(i.plugin): i for i in getattr(self._pm.hook, name).get_hookimpls()}
+        out = []
+        for plugin in self._plugins:
+            impl = impls.get(id(plugin))
+            if impl is not None:
+                out.append((plugin, lambda kw, f=impl.function, a=impl.argnames: f(**{k: kw[k] for k in a})))
+        return out
+
     def addon_hook(self, name, **kwargs):
-        """Results of hook ``name`` over the active add-ons."""
-        return getattr(self._addon_pm.hook, name)(brain=self, **kwargs)
+        """Results of hook ``name`` over the strategy and add-ons (in order)."""
+        return [result for _, result in self.call_hook(name, **kwargs)]
 
-    def addon_loss_hook(self, name):
-        """A loss hook for :func:`sb_meta.functional.functional_objective`, or None."""
-        if not self.addons:
-            return None
+    def choose_adapted(self, names, phase=Phase.INNER):
+        """``names`` after every plugin's ``sbmeta_adapt_params``."""
+        allowed = set(self.trainable_params())
+        for plugin, chosen in self.call_hook("sbmeta_adapt_params", names=list(names), phase=phase):
+            if chosen is None:
+                continue
+            unknown = [n for n in chosen if n not in allowed]
+            if unknown:
+                raise ValueError(
+                    f"{plugin.name}: sbmeta_adapt_params returned names that are not trainable "
+                    f"parameters: {unknown[:5]}"
+                )
+            names = list(chosen)
+        return names
 
-        def hook(batch, predictions, loss):
-            terms = self.addon_hook(name, batch=batch, predictions=predictions, loss=loss)
-            terms = [t for t in terms if t is not None]
-            return sum(terms) if terms else None
+    def transform_batch(self, batch, task=None, phase=Phase.OUTER):
+        """``batch`` after every plugin's ``sbmeta_transform_batch``, in order."""
+        for _, call in self._impls("sbmeta_transform_batch"):
+            new = call({"brain": self, "batch": batch, "task": task, "phase": phase})
+            if new is not None:
+                batch = new
+        return batch
 
-        return hook
+    def add_loss_terms(self, batch, predictions, loss, task=None, phase=Phase.OUTER):
+        """``loss`` plus the plugins' ``sbmeta_loss`` terms (none in ``EVAL``).
+
+        Named terms are averaged for the training log (:meth:`loss_term_means`).
+        """
+        if phase is Phase.EVAL or not self._plugins:
+            return loss
+        for plugin, terms in self.call_hook(
+            "sbmeta_loss", batch=batch, predictions=predictions, loss=loss, task=task, phase=phase
+        ):
+            if terms is None:
+                continue
+            if not isinstance(terms, dict):
+                terms = {"loss": terms}
+            for key, term in terms.items():
+                if term is None:
+                    continue
+                loss = loss + term
+                name = f"{Phase(phase).value}_{plugin.name}_{key}"
+                total, count = self._term_sums.get(name, (0.0, 0))
+                self._term_sums[name] = (total + float(term.detach()), count + 1)
+        return loss
+
+    def loss_term_means(self, reset=True):
+        """Mean of every named plugin loss term since the last reset, e.g.
+        ``{"outer_dann_domain": 0.69}`` (recipes add them to the train log)."""
+        means = {k: total / max(count, 1) for k, (total, count) in sorted(self._term_sums.items())}
+        if reset:
+            self._term_sums = {}
+        return means
+
+    def after_adapt(self, params, task=None, phase=Phase.INNER):
+        """``params`` after every plugin's ``sbmeta_after_adapt``, in order."""
+        if not isinstance(params, FastWeights):
+            params = FastWeights(params)
+        for _, call in self._impls("sbmeta_after_adapt"):
+            new = call({"brain": self, "params": params, "task": task, "phase": phase})
+            if new is not None:
+                params = new if isinstance(new, FastWeights) else params.replace(new)
+        return params
 
     def inner_loop_context(self, create_graph, modules=None):
         """Kernel choices for an inner loop.
@@ -250,6 +371,13 @@ class MetaBrain(sb.Brain):
             seed=getattr(self.hparams, "seed", 0),
         )
         kwargs.update(overrides)
+        world = self._world()
+        if kwargs["meta_batch_tasks"] % world:
+            raise ValueError(
+                f"meta_batch_tasks={kwargs['meta_batch_tasks']} cannot be shared evenly by "
+                f"{world} processes (every rank must run as many tasks, and as many "
+                f"collectives, as the others); use a multiple of {world}"
+            )
         return EpisodeLoader(dataset, EpisodeSampler(dataset, **kwargs))
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
@@ -272,6 +400,23 @@ class MetaBrain(sb.Brain):
         self.init_optimizers()
         if self.checkpointer is not None:
             self.checkpointer.recover_if_possible()
+        self._check_budget()
+
+    @property
+    def train_minutes(self):
+        """Minutes spent training so far (validation excluded; resumed runs included)."""
+        return self.train_clock.seconds / 60.0
+
+    def _check_budget(self):
+        budget = self.meta_config["train_budget_minutes"]
+        if budget is not None and self.train_minutes >= budget:
+            if self.optimizer_step_limit is None or self.optimizer_step_limit > self.optimizer_step:
+                logger.info(
+                    "train_budget_minutes=%s reached (%.1f min of training): stopping", budget,
+                    self.train_minutes,
+                )
+            # SpeechBrain's own stop: the epoch ends, validation runs, fit() returns
+            self.optimizer_step_limit = self.optimizer_step
 
     def fit_batch(self, batch):
         """One outer step on an episode.
@@ -279,7 +424,8 @@ class MetaBrain(sb.Brain):
         Each task's meta-gradient (weighted by 1 / tasks per episode, over all
         ranks) is accumulated by the strategy; gradients are all-reduced over
         ranks; then SpeechBrain's ``optimizers_step`` applies them every
-        ``grad_accumulation_factor`` episodes.
+        ``grad_accumulation_factor`` episodes, and normalisation statistics
+        are averaged over ranks.
         """
         if not isinstance(batch, Episode):
             raise TypeError(
@@ -290,6 +436,9 @@ class MetaBrain(sb.Brain):
             raise NotImplementedError(
                 "sb-meta meta-training supports fp32 and bf16 precision, not fp16"
             )
+        start = time.time()
+        if self._last_batch_end is not None:  # loading this episode
+            self.train_clock.seconds += start - self._last_batch_end
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
         with self.training_ctx:
@@ -297,13 +446,29 @@ class MetaBrain(sb.Brain):
         self._all_reduce_gradients(batch)
         if should_step:
             self.optimizers_step()
+            self._sync_statistics()
         self.on_fit_batch_end(batch, None, loss, should_step)
+        self._last_batch_end = time.time()
+        self.train_clock.seconds += self._last_batch_end - start
+        self._check_budget()
         return loss.detach().cpu()
+
+    def evaluate_batch(self, batch, stage):
+        self._last_batch_end = None  # validation time is not training time
+        return super().evaluate_batch(batch, stage)
+
+    @staticmethod
+    def _world():
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return 1
 
     def _all_reduce_gradients(self, episode):
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if self._world() == 1:
             return
         params = [p for p in self.modules.parameters() if p.requires_grad]
         for p in params:
@@ -316,6 +481,38 @@ class MetaBrain(sb.Brain):
             n = p.numel()
             p.grad.copy_(flat[offset : offset + n].view_as(p))
             offset += n
+
+    def _sync_statistics(self):
+        """Average normalisation statistics over ranks after an outer step.
+
+        Modules are not DDP-wrapped, so nothing else keeps BatchNorm running
+        statistics (floating-point buffers) and ``InputNormalization``'s
+        global mean / standard deviation equal on every rank.
+        """
+        import torch.distributed as dist
+
+        world = self._world()
+        if world == 1:
+            return
+        tensors = [
+            b for b in self.modules.buffers() if b is not None and torch.is_floating_point(b)
+        ]
+        for m in self.modules.modules():
+            for attr in ("glob_mean", "glob_std"):
+                value = getattr(m, attr, None)
+                if torch.is_tensor(value) and torch.is_floating_point(value) and value.numel() > 1:
+                    tensors.append(value)
+        if not tensors:
+            return
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= world
+        offset = 0
+        with torch.no_grad():
+            for t in tensors:
+                n = t.numel()
+                t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
+                offset += n
 
     def _wrap_distributed(self):
         """Never wrap in DDP (see the module docstring)."""

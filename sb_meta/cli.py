@@ -79,6 +79,8 @@ def build_parser():
         prog="sb-meta",
         description="Meta-learning and transfer-learning adaptation for SpeechBrain ASR.",
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list registered strategies and add-ons")
@@ -116,12 +118,14 @@ def build_parser():
 
 
 def _add_later_commands(sub):
-    """Commands implemented in other modules (adaptation, evaluation, demo)."""
-    try:
-        from sb_meta import inference_cli
-    except ImportError:
-        return
-    inference_cli.add_commands(sub)
+    """Commands implemented in other modules (adaptation, evaluation)."""
+    from sb_meta.adapt import commands
+
+    commands.add_commands(sub)
+
+
+#: errors a user causes (bad input, configuration, files): one line, exit code 2
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
 
 
 def main(argv=None):
@@ -130,8 +134,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"sb-meta {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"sb-meta {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -50,11 +50,10 @@ def run_demo(out, progress=True, **overrides):
     **overrides
         Any key of :data:`DEMO_DEFAULTS`.
     """
-    from sb_meta.asr import run_recipe
     from sb_meta.data.manifest import format_summary_table
     from sb_meta.data.synth import generate_corpus
     from sb_meta.evaluation import evaluate_kshot, write_report
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
     from sb_meta.utils import load_script
 
     cfg = dict(DEMO_DEFAULTS, **overrides)
@@ -91,7 +90,7 @@ def run_demo(out, progress=True, **overrides):
     ]
     if not progress:
         argv.append("--noprogressbar")
-    brain = run_recipe(argv, recipe.prepare)
+    brain = recipe.main(argv)
     print(
         f"    speaker-independent test WER {brain.test_stats['WER']:.1f}% "
         f"(CER {brain.test_stats['CER']:.1f}%)",

@@ -50,6 +50,10 @@ class Task:
 
     ``support`` / ``query`` hold collated ``PaddedBatch`` es once an
     :class:`EpisodeLoader` has filled them; ``*_ids`` are manifest IDs.
+    Plugins receive tasks in their hooks: ``column`` is the manifest column
+    whose value ``name`` is (``spk_id``...), ``rows`` maps each utterance ID
+    of the task to its manifest row (every column, e.g. ``accent`` or a
+    channel column).
     """
 
     name: str
@@ -57,7 +61,20 @@ class Task:
     query_ids: list
     support: object = None
     query: object = None
+    column: str = None
+    rows: dict = field(default_factory=dict, repr=False)
     _collate: object = field(default=None, repr=False)
+
+    def value(self, uid, column):
+        """The manifest value of ``column`` for utterance ``uid`` of this task."""
+        try:
+            return self.rows[uid][column]
+        except KeyError:
+            if uid not in self.rows:
+                raise KeyError(f"utterance {uid!r} is not in task {self.name!r}") from None
+            raise KeyError(
+                f"column {column!r} is not in the manifest; columns are {sorted(self.rows[uid])}"
+            ) from None
 
     def pooled(self):
         """Support and query utterances collated as one batch (for joint training)."""
@@ -156,8 +173,10 @@ class EpisodeSampler:
         self.meta_batch_tasks = meta_batch_tasks
         self.seed = seed
         self.durations = {}
+        self.rows = {}
         groups = {}
         for row in rows:
+            self.rows[str(row["ID"])] = row
             groups.setdefault(str(row[task_column]), []).append(str(row["ID"]))
             if support_seconds is not None:
                 self.durations[str(row["ID"])] = float(row[duration_column])
@@ -174,9 +193,23 @@ class EpisodeSampler:
         self.tasks = {t: sorted(ids) for t, ids in sorted(groups.items()) if t not in too_small}
         self.task_names = list(self.tasks)
         if len(self.tasks) < meta_batch_tasks:
+            sizes = sorted((len(ids) for ids in groups.values()), reverse=True)
+            what = (
+                f"support_seconds + k_query ({k_query})" if support_seconds is not None
+                else f"k_support + k_query = {k_support} + {k_query}"
+            )
+            if len(groups) >= meta_batch_tasks:
+                # enough tasks exist: the per-task sizes are the problem
+                fit = sizes[meta_batch_tasks - 1]
+                raise NotEnoughDataError(
+                    f"{what} = {need} utterances per task, but only {len(self.tasks)} of the "
+                    f"{len(groups)} {task_column} tasks have that many (largest: {sizes[0]}); "
+                    f"meta_batch_tasks={meta_batch_tasks} tasks per episode need "
+                    f"k_support + k_query <= {fit}"
+                )
             raise NotEnoughDataError(
-                f"{len(self.tasks)} usable {task_column} task(s) with >= {need} utterances, "
-                f"but meta_batch_tasks={meta_batch_tasks}"
+                f"the data has {len(groups)} {task_column} task(s) but "
+                f"meta_batch_tasks={meta_batch_tasks}; lower meta_batch_tasks or add tasks"
             )
         self.episodes_per_epoch = episodes_per_epoch or math.ceil(
             len(self.tasks) / meta_batch_tasks
@@ -232,7 +265,12 @@ class EpisodeSampler:
         names = self.task_order(epoch)[
             index * self.meta_batch_tasks : (index + 1) * self.meta_batch_tasks
         ]
-        return [Task(n, *self.split(n, epoch, index)) for n in names]
+        tasks = []
+        for n in names:
+            support, query = self.split(n, epoch, index)
+            rows = {i: self.rows[i] for i in support + query}
+            tasks.append(Task(n, support, query, column=self.task_column, rows=rows))
+        return tasks
 
     def __iter__(self):
         start = 0

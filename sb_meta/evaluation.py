@@ -45,6 +45,7 @@ __all__ = [
     "draw_support",
     "error_rates",
     "resolve_wav",
+    "check_report_folder",
 ]
 
 
@@ -185,7 +186,7 @@ def evaluate_kshot(
     from sb_meta.data.manifest import read_manifest
 
     if isinstance(model, (str, os.PathLike)):
-        from sb_meta.inference import load_model
+        from sb_meta.adapt import load_model
 
         model = load_model(model)
     ks = _parse_ks(ks)
@@ -200,14 +201,9 @@ def evaluate_kshot(
         model.check_strategy(name)  # unknown / unusable: fail before any work
 
     manifest_csv = pathlib.Path(manifest_csv)
-    rows = read_manifest(manifest_csv)
+    rows = read_manifest(manifest_csv, required=("ID", "duration", "wav", "wrd", task_column))
     if not rows:
         raise ValueError(f"manifest {manifest_csv} has no utterance")
-    for col in (task_column, "wrd"):
-        if col not in rows[0]:
-            raise KeyError(
-                f"manifest {manifest_csv} has no column {col!r}; columns are {sorted(rows[0])}"
-            )
     data_root = manifest_csv.parent if data_root is None else data_root
     by_id, groups = {}, {}
     for row in rows:
@@ -581,6 +577,29 @@ def _plot(results, path):
     _write_atomic(path, buf.getvalue(), binary=True)
 
 
+def check_report_folder(out_dir):
+    """Raise before any work when ``out_dir`` cannot hold a report.
+
+    It must be a folder, or not exist yet with a writable parent.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "file"
+    >>> _ = f.write_text("x")
+    >>> check_report_folder(f)
+    Traceback (most recent call last):
+    ...
+    FileExistsError: report folder .../file exists and is a file; give a folder for --out
+    """
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"report folder {out_dir} exists and is a file; give a folder for --out")
+    parent = out_dir if out_dir.exists() else next(p for p in out_dir.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write the report folder {out_dir}: {parent} is not writable")
+
+
 def write_report(results, out_dir):
     """Write ``results.json``, ``report.md`` and ``wer_vs_k.png`` into ``out_dir``.
 
@@ -589,6 +608,7 @@ def write_report(results, out_dir):
     dict
         ``{"json": path, "markdown": path, "plot": path}``.
     """
+    check_report_folder(out_dir)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -110,18 +110,19 @@ class _Objective(torch.nn.Module):
         self.m = brain.modules
         object.__setattr__(self, "_brain", brain)  # not a submodule
 
-    def forward(self, batch, stage, hook):
+    def forward(self, batch, stage, task, phase):
         brain = self._brain
+        hooks = phase is not None and hasattr(brain, "transform_batch")
+        if hooks:
+            batch = brain.transform_batch(batch, task, phase)
         predictions = brain.compute_forward(batch, stage)
         loss = brain.compute_objectives(predictions, batch, stage)
-        if hook is not None:
-            extra = hook(batch=batch, predictions=predictions, loss=loss)
-            if extra is not None:
-                loss = loss + extra
+        if hooks:
+            loss = brain.add_loss_terms(batch, predictions, loss, task, phase)
         return loss, predictions
 
 
-def functional_objective(brain, params, batch, stage, hook=None):
+def functional_objective(brain, params, batch, stage, task=None, phase=None):
     """Run ``compute_forward`` + ``compute_objectives`` with ``params`` swapped in.
 
     Parameters not in ``params`` keep their module values (and their
@@ -136,9 +137,11 @@ def functional_objective(brain, params, batch, stage, hook=None):
     batch : object
         The batch handed to ``compute_forward``.
     stage : speechbrain.Stage
-    hook : callable, optional
-        Called as ``hook(batch=, predictions=, loss=)``; a returned tensor is
-        added to the loss (add-on loss terms).
+    task : sb_meta.episodes.Task, optional
+    phase : sb_meta.contract.Phase, optional
+        With a :class:`sb_meta.MetaBrain` and a phase, the plugins' batch
+        transforms run before the forward and their loss terms are added
+        (:meth:`sb_meta.MetaBrain.transform_batch`, :meth:`~sb_meta.MetaBrain.add_loss_terms`).
 
     Returns
     -------
@@ -151,7 +154,7 @@ def functional_objective(brain, params, batch, stage, hook=None):
         brain._sbmeta_objective = objective
     prefixed = {f"m.{k}": v for k, v in params.items()}
     return torch.func.functional_call(
-        objective, prefixed, (batch, stage, hook), strict=False, tie_weights=True
+        objective, prefixed, (batch, stage, task, phase), strict=False, tie_weights=True
     )
 
 

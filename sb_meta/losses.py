@@ -44,7 +44,6 @@ Authors
 import math
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["ctc_loss", "ctc_loss_abs", "distillation_loss"]
 

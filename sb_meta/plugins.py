@@ -18,9 +18,11 @@ Traceback (most recent call last):
 sb_meta.plugins.UnknownPluginError: unknown strategy 'nope'; available: ...
 """
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import pathlib
 import sys
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import pluggy
 from sb_meta import hookspecs
 
 ENTRY_POINT_GROUP = "sb_meta.plugins"
+HOOK_PREFIX = "sbmeta_"
 hookimpl = pluggy.HookimplMarker("sb_meta")
 
 
@@ -46,6 +49,68 @@ class UnknownPluginError(PluginError, KeyError):
 
 class PluginLoadError(PluginError, ImportError):
     """A plugin that could not be imported or is malformed."""
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager with sb-meta's hook specifications, where every function or
+    method named ``sbmeta_*`` is a hook implementation (decorated or not, as
+    ``pytest_*`` functions are in pytest), and a name that is no hook is an
+    error naming the plugin (:func:`check_hook_names`).
+
+    Example
+    -------
+    >>> class Misspelt:
+    ...     def sbmeta_los(self, loss):
+    ...         return loss
+    >>> PluginManager().register(Misspelt(), name="typo")
+    Traceback (most recent call last):
+    ...
+    sb_meta.plugins.PluginLoadError: plugin 'typo' implements 'sbmeta_los', which is not an sb-meta hook (did you mean 'sbmeta_loss'?); ...
+    """
+
+    def __init__(self):
+        super().__init__("sb_meta")
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith(HOOK_PREFIX):
+            found = inspect.getattr_static(plugin, name, None)
+            if isinstance(found, (staticmethod, classmethod)) or inspect.isroutine(found):
+                opts = {
+                    "wrapper": False, "hookwrapper": False, "optionalhook": False,
+                    "tryfirst": False, "trylast": False, "specname": None,
+                }
+        return opts
+
+    def register(self, plugin, name=None):
+        check_hook_names(plugin, name or getattr(plugin, "__name__", repr(plugin)))
+        try:
+            return super().register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(f"plugin {name!r}: {exc}") from None
+
+
+def check_hook_names(obj, who):
+    """Raise :class:`PluginLoadError` when ``obj`` (a plugin module, class or
+    instance) has a ``sbmeta_*`` attribute that names no hook.
+
+    Example
+    -------
+    >>> check_hook_names(type("Fine", (), {"sbmeta_loss": lambda self: None}), "fine")
+    """
+    known = hookspecs.hook_names()
+    for name in dir(obj):
+        if name.startswith(HOOK_PREFIX) and name not in known:
+            value = inspect.getattr_static(obj, name, None)
+            if not (inspect.isroutine(value) or isinstance(value, (staticmethod, classmethod))):
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginLoadError(
+                f"plugin {who!r} implements {name!r}, which is not an sb-meta hook{hint}; "
+                f"hooks are: {', '.join(known)}"
+            )
 
 
 @dataclass
@@ -88,8 +153,7 @@ class PluginRegistry:
     """
 
     def __init__(self, entry_points=True, extra=(), strict=True):
-        self.pm = pluggy.PluginManager("sb_meta")
-        self.pm.add_hookspecs(hookspecs)
+        self.pm = PluginManager()
         self.strict = strict
         self.broken = {}  # plugin name -> error message
         self.strategies = {}
@@ -160,6 +224,7 @@ class PluginRegistry:
                         raise TypeError(f"{hook} returned {cls!r}, not a {base.__name__} subclass")
                     if not getattr(cls, "name", None):
                         raise TypeError(f"{cls.__qualname__} has no 'name'")
+                    check_hook_names(cls, f"{name}: {cls.__qualname__}")
                     if cls.name in table:
                         prev = table[cls.name]
                         raise PluginLoadError(

@@ -1,48 +1,88 @@
-"""Base classes for strategies (learning algorithms) and add-ons.
+"""Base classes for strategies (learning algorithms) and add-ons, and the meta keys.
 
 A :class:`Strategy` has one obvious verb, :meth:`Strategy.adapt` (support set
--> fast weights), and contributes the meta-gradient of a task with
-:meth:`Strategy.task_backward`, which accumulates into the ``.grad`` of the
-brain's parameters. :class:`sb_meta.MetaBrain` then steps the optimizer through
-SpeechBrain's own ``optimizers_step``.
+-> :class:`~sb_meta.contract.FastWeights`), runs its tasks' forward passes
+through :meth:`Strategy.forward` and contributes the meta-gradient of a task
+with :meth:`Strategy.task_backward`, which accumulates into the ``.grad`` of
+the brain's parameters. :class:`sb_meta.MetaBrain` then steps the optimizer
+through SpeechBrain's own ``optimizers_step``.
 
 Writing a new strategy means subclassing :class:`Strategy` (usually
 :class:`GradientStrategy`), giving it a ``name`` and returning it from a
-plugin's ``sbmeta_strategies`` hook.
+plugin's ``sbmeta_strategies`` hook. What a strategy may override:
+
+``adapt``            the whole inner loop (returns FastWeights: weights + task state)
+``inner_update``     one inner step of :class:`GradientStrategy` (learned optimizers)
+``forward``          the forward pass and objective used for its tasks
+``task_backward``    the meta-gradient of one task; ``episode_backward``: of an episode
+``meta_modules``     meta-learned modules (optimized, checkpointed, exported)
+``export_state`` / ``load_state``   how that state travels with an export
+
+An :class:`AddOn` implements hooks of :mod:`sb_meta.hookspecs` as methods and
+declares its YAML keys in ``options``.
 """
 
 import contextlib
+import difflib
 import logging
 
 import torch
 
-from sb_meta.functional import (
-    frozen_statistics,
-    functional_objective,
-    named_params,
-    select_params,
-)
+from sb_meta.contract import FastWeights, Phase
+from sb_meta.functional import frozen_statistics, functional_objective, select_params
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetaConfig", "Strategy", "GradientStrategy", "AddOn", "META_KEYS"]
+__all__ = [
+    "MetaConfig",
+    "Strategy",
+    "GradientStrategy",
+    "AddOn",
+    "META_KEYS",
+    "META_KEY_HELP",
+    "check_options",
+]
 
-#: Configuration keys, identical in YAML and on the command line.
+#: Configuration keys, identical in YAML and on the command line, with their defaults.
 META_KEYS = {
     "meta_strategy": "fomaml",
     "inner_steps": 1,
-    "inner_lr": 0.01,
+    "inner_lr": 0.05,
     "first_order": None,  # None: the strategy's own default
     "meta_batch_tasks": 4,
-    "k_support": 5,
-    "k_query": 5,
+    "k_support": 4,
+    "k_query": 4,
     "task_column": "spk_id",
     "adapt_params": None,  # None: the strategy's own default
     "support_seconds": None,
     "episodes_per_epoch": None,
     "meta_addons": [],
     "plugins": [],
+    "train_budget_minutes": None,
 }
+
+#: One line per meta key (the README's table is checked against this).
+META_KEY_HELP = {
+    "meta_strategy": "the learning algorithm (`sb-meta plugins` lists them)",
+    "inner_steps": "gradient steps of the inner loop",
+    "inner_lr": "inner-loop step size (Meta-SGD: initial value)",
+    "first_order": "drop second-order terms; `null` = the strategy's default",
+    "meta_batch_tasks": "tasks per episode (one outer step)",
+    "k_support": "support utterances per task",
+    "k_query": "query utterances per task",
+    "task_column": "manifest column whose values are tasks (`spk_id`, `lang`, `accent`...)",
+    "adapt_params": "name patterns of the parameters the inner loop adapts, e.g. `[ctc_lin.*]`",
+    "support_seconds": "support by duration budget instead of `k_support`",
+    "episodes_per_epoch": "outer steps per epoch (`null`: one pass over the tasks)",
+    "meta_addons": "add-ons to activate, in order",
+    "plugins": "extra plugin modules or `.py` files",
+    "train_budget_minutes": "stop training after this many minutes of training (validation excluded)",
+}
+
+
+def _did_you_mean(key, candidates):
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class MetaConfig(dict):
@@ -54,7 +94,7 @@ class MetaConfig(dict):
     -------
     >>> cfg = MetaConfig.from_hparams({"meta_strategy": "maml", "inner_steps": 3, "lr": 1.0})
     >>> cfg.meta_strategy, cfg.inner_steps, cfg.k_support
-    ('maml', 3, 5)
+    ('maml', 3, 4)
     >>> MetaConfig.from_hparams({"inner_step": 3})
     Traceback (most recent call last):
     ...
@@ -65,35 +105,94 @@ class MetaConfig(dict):
 
     @classmethod
     def from_hparams(cls, hparams):
-        import difflib
-
         hp = hparams if isinstance(hparams, dict) else vars(hparams)
         for key in hp:
             if key in META_KEYS:
                 continue
-            close = difflib.get_close_matches(key, META_KEYS, n=1, cutoff=0.85)
-            if close:
+            hint = _did_you_mean(key, META_KEYS)
+            if hint and difflib.get_close_matches(key, list(META_KEYS), n=1, cutoff=0.85):
                 raise KeyError(
-                    f"unknown key {key!r} (did you mean {close[0]!r}?); "
-                    f"meta keys are: {', '.join(META_KEYS)}"
+                    f"unknown key {key!r}{hint}; meta keys are: {', '.join(META_KEYS)}"
                 )
         cfg = cls({k: hp.get(k, v) for k, v in META_KEYS.items()})
         for key in ("inner_steps", "meta_batch_tasks", "k_support", "k_query"):
-            if not isinstance(cfg[key], int) or cfg[key] < 0:
+            if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 0:
                 raise ValueError(f"{key} must be a non-negative integer, got {cfg[key]!r}")
         if cfg["meta_batch_tasks"] < 1:
             raise ValueError("meta_batch_tasks must be >= 1")
-        if float(cfg["inner_lr"]) <= 0:
-            raise ValueError(f"inner_lr must be > 0, got {cfg['inner_lr']!r}")
+        try:
+            lr = float(cfg["inner_lr"])
+        except (TypeError, ValueError):
+            lr = float("nan")
+        if not lr > 0:
+            raise ValueError(f"inner_lr must be a number > 0, got {cfg['inner_lr']!r}")
+        for key in ("meta_addons", "plugins"):
+            value = cfg[key] or []
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            cfg[key] = list(value)
+        budget = cfg["train_budget_minutes"]
+        if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+            raise ValueError(f"train_budget_minutes must be a number > 0 or null, got {budget!r}")
         return cfg
 
 
+def check_options(hparams, addon_classes, active=()):
+    """Reject misspelt or unknown add-on keys, listing the valid ones.
+
+    A key that starts with an add-on's ``option_prefix`` must be one of its
+    ``options``; a key close to an option of an active add-on is a typo.
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's (or test-time) configuration.
+    addon_classes : iterable of type
+        Every registered add-on class.
+    active : iterable of str
+        Names of the active add-ons.
+
+    Example
+    -------
+    >>> class Demo(AddOn):
+    ...     name = "demo"
+    ...     options = {"demo_weight": 1.0}
+    >>> check_options({"demo_weight": 2, "lr": 1}, [Demo], ["demo"])
+    >>> check_options({"demo_wieght": 2}, [Demo], ["demo"])
+    Traceback (most recent call last):
+    ...
+    KeyError: "unknown key 'demo_wieght' for add-on 'demo' (did you mean 'demo_weight'?); its keys are: demo_weight"
+    """
+    hp = hparams if isinstance(hparams, dict) else vars(hparams)
+    classes = list(addon_classes)
+    known = {key for cls in classes for key in cls.options}
+    for key in hp:
+        if key in known:
+            continue
+        owner = None
+        for cls in classes:
+            prefix = cls.option_prefix if cls.option_prefix is not None else f"{cls.name}_"
+            if prefix and key.startswith(prefix):
+                owner = cls
+                break
+            if cls.name in active and difflib.get_close_matches(key, list(cls.options), n=1, cutoff=0.85):
+                owner = cls
+                break
+        if owner is not None:
+            valid = list(owner.options)
+            raise KeyError(
+                f"unknown key {key!r} for add-on {owner.name!r}{_did_you_mean(key, valid)}; "
+                f"its keys are: {', '.join(valid) or 'none'}"
+            )
+
+
 class Strategy:
-    """A learning algorithm: inner loop (``adapt``) and outer objective.
+    """A learning algorithm: inner loop (``adapt``), task forward and outer objective.
 
     Subclasses set ``name`` and implement :meth:`adapt` and
     :meth:`task_backward` (or override :meth:`episode_backward` entirely, as
-    the joint baseline does).
+    the joint baseline does). A strategy may also implement any hook of
+    :mod:`sb_meta.hookspecs` as a method; it is called before the add-ons'.
 
     Arguments
     ---------
@@ -108,6 +207,8 @@ class Strategy:
     default_adapt_params = ("*",)
     #: default ``first_order``
     default_first_order = True
+    #: whether ``sb-meta adapt`` can use it on a loaded model
+    adapts_at_test_time = True
 
     def __init__(self, brain, config):
         self.brain = brain
@@ -116,41 +217,62 @@ class Strategy:
             self.default_first_order if config.get("first_order") is None else bool(config["first_order"])
         )
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- state
     def meta_modules(self):
-        """Extra ``nn.Module`` s holding meta-learned state (checkpointed, optimized)."""
+        """Extra ``nn.Module`` s holding meta-learned state (checkpointed, optimized, exported)."""
         return {}
 
-    def adapt_names(self):
-        """Names of the parameters the inner loop adapts."""
+    def export_state(self):
+        """The meta-learned state an export carries (``meta_strategy.ckpt``), or None."""
+        modules = self.meta_modules()
+        if not modules:
+            return None
+        return {k: v.detach().cpu() for k, v in torch.nn.ModuleDict(modules).state_dict().items()}
+
+    def load_state(self, state):
+        """Load exported meta-learned state before test-time adaptation.
+
+        Returns the names of the parameters it covers (None: no restriction).
+        """
+        modules = torch.nn.ModuleDict(self.meta_modules())
+        try:
+            modules.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"the meta-learned state of strategy {self.name!r} does not fit: {exc}") from None
+        return None
+
+    # ---------------------------------------------------------------- helpers
+    def adapt_names(self, phase=Phase.INNER):
+        """Names of the parameters the inner loop (or test-time adaptation) adapts."""
         patterns = self.config.get("adapt_params")
+        base = self.brain.base_param_names()
         if patterns:
-            names = select_params(self.brain.base_param_names(), patterns)
+            names = select_params(base, patterns)
         else:  # the strategy's defaults: lenient per pattern, but not empty
-            names = select_params(
-                self.brain.base_param_names(), self.default_adapt_params, strict=False
-            )
-        for narrowed in self.brain.addon_hook("sbmeta_adapt_params", names=names):
-            if narrowed is not None:
-                names = [n for n in names if n in set(narrowed)]
+            names = select_params(base, self.default_adapt_params, strict=False)
+        names = self.brain.choose_adapted(names, phase)
         if not names:
             raise ValueError(f"strategy {self.name!r}: no parameter left to adapt")
         return names
 
-    def loss(self, params, batch, outer=False):
-        """The recipe's training objective with ``params`` swapped in (plus add-on terms)."""
-        hook_name = "sbmeta_outer_loss" if outer else "sbmeta_inner_loss"
-        return functional_objective(
-            self.brain,
-            params,
-            batch,
-            self.brain.meta_stage,
-            hook=self.brain.addon_loss_hook(hook_name),
-        )[0]
+    def forward(self, params, batch, phase, task=None):
+        """``(loss, predictions)`` of ``batch`` with ``params`` swapped in.
+
+        The recipe's ``compute_forward`` / ``compute_objectives`` through
+        :func:`sb_meta.functional.functional_objective`, with the plugins'
+        batch transforms and loss terms. Strategies with another forward
+        (distances to prototypes, ...) override this.
+        """
+        return functional_objective(self.brain, params, batch, self.brain.meta_stage, task=task, phase=phase)
+
+    def loss(self, params, batch, phase=Phase.INNER, task=None):
+        """The first element of :meth:`forward`."""
+        return self.forward(params, batch, phase, task)[0]
 
     # ------------------------------------------------------------ the verbs
-    def adapt(self, support, steps=None, lr=None, create_graph=False):
-        """Fast weights adapted to ``support`` (a batch or list of batches)."""
+    def adapt(self, support, steps=None, lr=None, create_graph=False, names=None,
+              task=None, phase=Phase.INNER, update_statistics=False):
+        """Fast weights (and task state) adapted to ``support`` (a batch or list of batches)."""
         raise NotImplementedError
 
     def task_backward(self, task, weight):
@@ -171,13 +293,35 @@ class Strategy:
         losses = [self.task_backward(task, weight) for task in episode.tasks]
         return torch.stack(losses).mean() if losses else torch.tensor(0.0)
 
+    def _accumulate(self, loss, fast, weight):
+        """Add ``weight * d loss / d theta`` to the ``.grad`` of the brain's parameters.
+
+        Second order: a plain backward through the inner loop. First order:
+        the gradient w.r.t. the fast weights is applied to the initial
+        weights, and every other trainable parameter (not adapted, meta-learned,
+        add-on modules) gets its ordinary gradient.
+        """
+        if not self.first_order:
+            (loss * weight).backward()
+            return
+        all_params = self.brain.trainable_params()
+        fast_items = [(n, w) for n, w in fast.items() if n in all_params]
+        others = [p for n, p in all_params.items() if n not in fast]
+        grads = torch.autograd.grad(
+            loss * weight, [w for _, w in fast_items] + others, allow_unused=True
+        )
+        for p, g in zip([all_params[n] for n, _ in fast_items] + others, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+
 
 class GradientStrategy(Strategy):
-    """Inner loop of plain gradient steps on the support set (MAML family).
+    """Inner loop of gradient steps on the support set (the MAML family).
 
-    ``adapt`` takes ``inner_steps`` steps of ``fast <- fast - lr * grad`` over
-    the parameters selected by ``adapt_params``; with ``create_graph=True``
-    the steps stay differentiable w.r.t. the initial weights (second order).
+    ``adapt`` takes ``inner_steps`` steps of :meth:`inner_update` (by default
+    ``fast <- fast - lr * grad``) over the parameters selected by
+    ``adapt_params``; with ``create_graph=True`` the steps stay differentiable
+    w.r.t. the initial weights (second order).
     """
 
     def inner_lrs(self, names):
@@ -185,11 +329,37 @@ class GradientStrategy(Strategy):
         lr = float(self.config["inner_lr"])
         return {n: lr for n in names}
 
-    def adapt(
-        self, support, steps=None, lr=None, create_graph=False, names=None,
-        update_statistics=False,
-    ):
-        """Adapt to ``support``; returns ``{name: tensor}`` for the adapted names.
+    def inner_update(self, params, grads, step, state):
+        """One inner step: the new fast weights.
+
+        Override it for a learned update rule (a learned optimizer). In a
+        first-order loop ``params`` and ``grads`` arrive detached, so only the
+        update rule's own parameters (Meta-SGD's step sizes, an optimizer
+        network) stay in the graph.
+
+        Arguments
+        ---------
+        params : dict of str to torch.Tensor
+            The current fast weights.
+        grads : dict of str to torch.Tensor or None
+            Their gradients (None where the loss does not depend on them).
+        step : int
+            The inner step, from 0.
+        state : dict
+            Kept across the steps of one adaptation: ``state["lrs"]`` holds
+            the step sizes (:meth:`inner_lrs`, or the test-time ``lr``); an
+            update rule may keep its memory there.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+        """
+        lrs = state["lrs"]
+        return {n: w if grads[n] is None else w - lrs[n] * grads[n] for n, w in params.items()}
+
+    def adapt(self, support, steps=None, lr=None, create_graph=False, names=None,
+              task=None, phase=Phase.INNER, update_statistics=False):
+        """Adapt to ``support``; returns :class:`~sb_meta.contract.FastWeights`.
 
         Arguments
         ---------
@@ -203,6 +373,10 @@ class GradientStrategy(Strategy):
             Keep the graph through the updates (exact second-order MAML).
         names : list of str, optional
             Parameters to adapt; default :meth:`adapt_names`.
+        task : sb_meta.episodes.Task, optional
+            Handed to the hooks.
+        phase : sb_meta.contract.Phase
+            ``INNER`` (meta-training) or ``ADAPT`` (test time).
         update_statistics : bool
             Let the first inner forward update normalisation statistics (once
             per task), for strategies with no outer forward such as Reptile;
@@ -210,9 +384,9 @@ class GradientStrategy(Strategy):
         """
         batches = support if isinstance(support, (list, tuple)) else [support]
         steps = self.config["inner_steps"] if steps is None else steps
-        names = names or self.adapt_names()
-        params = self.brain.base_params()
-        lrs = self.inner_lrs(names) if lr is None else {n: float(lr) for n in names}
+        names = names or self.adapt_names(phase)
+        params = self.brain.trainable_params()
+        state = {"lrs": self.inner_lrs(names) if lr is None else {n: float(lr) for n in names}}
         if create_graph:
             fast = {n: params[n] for n in names}
         else:
@@ -222,7 +396,7 @@ class GradientStrategy(Strategy):
             if not update_statistics:
                 stack.enter_context(frozen_statistics(self.brain.modules))
             for step in range(steps):
-                loss = self.loss(fast, batches[step % len(batches)])
+                loss = self.loss(fast, batches[step % len(batches)], phase, task)
                 self.last_inner_loss = loss.detach()
                 if update_statistics and step == 0:
                     # snapshot after the first forward: its update is kept
@@ -230,52 +404,31 @@ class GradientStrategy(Strategy):
                 grads = torch.autograd.grad(
                     loss, list(fast.values()), create_graph=create_graph, allow_unused=True
                 )
-                new = {}
-                for (n, w), g in zip(fast.items(), grads):
-                    if g is None:
-                        new[n] = w
-                        continue
-                    if not create_graph:
-                        g = g.detach()
-                    step_size = lrs[n]
-                    if not create_graph and torch.is_tensor(step_size):
-                        # first-order Meta-SGD: keep the step sizes in the graph
-                        new[n] = w.detach() - step_size * g
-                    else:
-                        new[n] = w - step_size * g
-                    if not create_graph and not torch.is_tensor(step_size):
-                        new[n] = new[n].detach().requires_grad_()
+                grads = dict(zip(fast, grads))
+                if not create_graph:
+                    fast = {n: w.detach() for n, w in fast.items()}
+                    grads = {n: None if g is None else g.detach() for n, g in grads.items()}
+                new = self.inner_update(fast, grads, step, state)
+                if not create_graph:
+                    new = {n: w if w.requires_grad else w.requires_grad_() for n, w in new.items()}
                 fast = new
-        return fast
+        return self.brain.after_adapt(FastWeights(fast), task, phase)
 
     def task_backward(self, task, weight):
         query = task.query if task.query is not None else task.support
-        fast = self.adapt(task.support, create_graph=not self.first_order)
-        loss = self.loss(fast, query, outer=True)
+        fast = self.adapt(task.support, create_graph=not self.first_order, task=task)
+        loss = self.forward(fast, query, Phase.OUTER, task)[0]
         self.brain.check_loss_isfinite(loss)
-        if self.first_order:
-            # d loss / d fast, applied to the initial weights (FOMAML); the
-            # same call differentiates the non-adapted weights and any
-            # meta-learned state upstream of the fast weights (Meta-SGD).
-            base = self.brain.base_params()
-            others = [p for n, p in base.items() if n not in fast and p.requires_grad]
-            others += [p for m in self.meta_modules().values() for p in m.parameters()]
-            grads = torch.autograd.grad(
-                loss * weight, list(fast.values()) + others, allow_unused=True
-            )
-            for p, g in zip([base[n] for n in fast] + others, grads):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
-        else:
-            (loss * weight).backward()
+        self._accumulate(loss, fast, weight)
         return loss.detach()
 
 
 class AddOn:
     """Composes with any strategy through hooks (see :mod:`sb_meta.hookspecs`).
 
-    Subclasses set ``name`` and implement hooks as methods decorated with
-    ``sb_meta.plugins.hookimpl``.
+    Subclasses set ``name``, declare their YAML keys with defaults in
+    ``options`` (validated: a misspelt key is an error listing them) and
+    implement hooks as methods named ``sbmeta_<hook>``.
 
     Arguments
     ---------
@@ -284,7 +437,23 @@ class AddOn:
     """
 
     name = None
+    #: YAML keys of this add-on and their defaults
+    options = {}
+    #: keys starting with this belong to the add-on (default ``<name>_``; "" for none)
+    option_prefix = None
 
     def __init__(self, brain, config):
         self.brain = brain
         self.config = config
+
+    def option(self, key):
+        """The value of one of this add-on's ``options`` in the brain's hparams."""
+        if key not in self.options:
+            raise KeyError(f"add-on {self.name!r} declares no option {key!r}")
+        hp = getattr(self.brain, "hparams", None)
+        value = None
+        if isinstance(hp, dict):
+            value = hp.get(key)
+        elif hp is not None:
+            value = getattr(hp, key, None)
+        return self.options[key] if value is None else value

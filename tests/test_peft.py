@@ -1,5 +1,5 @@
 """Parameter-efficient adaptation add-ons (``sb_meta_plugins.peft``) and adapter
-export / loading in ``sb_meta.inference``."""
+export / loading (``sb_meta.adapt``)."""
 
 import json
 import pathlib
@@ -12,7 +12,7 @@ from sb_meta.utils import load_script
 
 from sb_meta.testing import make_toy_brain, toy_dataset
 
-helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers_peft")
+helpers = load_script(pathlib.Path(__file__).with_name("tiny_asr.py"), "sbmeta_tiny_asr_peft")
 
 ADDONS = ["lora", "houlsby", "lhuc"]
 AN4_YAML = pathlib.Path(__file__).parents[1] / "recipes" / "AN4" / "hparams" / "crdnn_ctc_meta.yaml"
@@ -71,27 +71,27 @@ def test_surgery_preserves_outputs_crdnn(addon, tmp_path):
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.dataio.batch import PaddedBatch
 
-    from sb_meta.asr import CTCASRBrain
-
+    ASR = helpers.RECIPE.ASR
     torch.manual_seed(0)
-    hp = load_hyperpyyaml(helpers.TINY_YAML)
+    hp = load_hyperpyyaml(helpers.CTC_YAML)
     run = {"device": "cpu", "noprogressbar": True}
-    brain = CTCASRBrain(modules=hp["modules"], hparams=dict(hp), run_opts=run)
+    brain = ASR(modules=hp["modules"], hparams=dict(hp), run_opts=run)
     g = torch.Generator().manual_seed(0)
-    batch = PaddedBatch([{"id": str(i), "sig": 0.1 * torch.randn(n, generator=g),
-                          "tokens": torch.LongTensor([1, 2])} for i, n in enumerate((8000, 6000))])
+    tok = torch.LongTensor([1, 2])
+    batch = PaddedBatch([{"id": str(i), "sig": 0.1 * torch.randn(n, generator=g), "tokens": tok,
+                          "tokens_bos": tok, "tokens_eos": tok} for i, n in enumerate((8000, 6000))])
     brain.modules.train()
     with torch.no_grad():  # training mode: InputNormalization statistics get initialised
         brain.compute_forward(batch, sb.Stage.TRAIN)
     brain.modules.eval()
     with torch.no_grad():
-        want = brain.compute_forward(batch, sb.Stage.TEST)["p_ctc"]
+        want = brain.compute_forward(batch, sb.Stage.TEST).log_probs
     # a brain with the add-on, on the same module objects (surgery in place)
-    peft = CTCASRBrain(modules=hp["modules"], hparams=dict(hp, meta_addons=[addon]), run_opts=run)
+    peft = ASR(modules=hp["modules"], hparams=dict(hp, meta_addons=[addon]), run_opts=run)
     assert peft.addons[0].wrapped == ["enc.DNN.block_0.linear.w", "ctc_lin.w"]
     peft.modules.eval()
     with torch.no_grad():
-        got = peft.compute_forward(batch, sb.Stage.TEST)["p_ctc"]
+        got = peft.compute_forward(batch, sb.Stage.TEST).log_probs
     assert torch.equal(got, want)
     names = peft.strategy.adapt_names()
     assert names and all(".adapter_" in n or n.endswith("lhuc_r") for n in names)
@@ -175,7 +175,7 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("peft")
     csv = helpers.make_corpus(tmp / "corpus", speakers=(("s0", 4), ("s1", 4)))
     brain, yaml_path = helpers.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=1)
-    from sb_meta.inference import export_brain
+    from sb_meta.export import export_brain
 
     export = export_brain(brain, tmp / "base", hparams_file=yaml_path)
     rows = helpers.read_rows(csv)
@@ -190,7 +190,7 @@ def _support(tiny):
 
 @pytest.mark.parametrize("addon", ADDONS)
 def test_adapter_export_round_trip(tiny, addon):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     base = load_model(tiny["export"])
     wavs, lens = tiny["wavs"]
@@ -200,9 +200,9 @@ def test_adapter_export_round_trip(tiny, addon):
     assert adapted.has_adapters and not base.has_adapters
     assert adapted.last_adaptation["addons"] == [addon]
     # only the adapters changed: every base weight is bit-identical
-    old = dict(base.asr.mods.named_parameters())
-    new = dict(adapted.asr.mods.named_parameters())
-    adapter_names = {f"encoder.{n}" for n in adapted.adapters["names"]}
+    old = dict(base.named_parameters())
+    new = dict(adapted.named_parameters())
+    adapter_names = set(adapted.adapters["names"])
     for n, p in new.items():
         if n not in adapter_names:
             assert torch.equal(p, old[strip_wrappers(n)]), n
@@ -222,22 +222,32 @@ def test_adapter_export_round_trip(tiny, addon):
         torch.testing.assert_close(reloaded.log_probs(wavs, lens), adapted.log_probs(wavs, lens),
                                    rtol=0, atol=0)
         assert reloaded.transcribe_batch(wavs, lens)[0] == adapted.transcribe_batch(wavs, lens)[0]
-    # re-exporting over the folder replaces it atomically
-    adapted.export_adapters(folder)
-    # a model with adapters is not a plain pretrained folder
-    with pytest.raises(ValueError, match="export_adapters"):
-        adapted.export(tiny["tmp"] / f"full_{addon}")
+    # re-exporting over the folder replaces it atomically, with --force only
+    from sb_meta.export import DestinationError
+
+    with pytest.raises(DestinationError, match="--force"):
+        adapted.export_adapters(folder)
+    adapted.export_adapters(folder, force=True)
+    # a pretrained folder holds plain layers: LoRA / LHUC are folded in, Houlsby cannot be
+    if addon == "houlsby":
+        with pytest.raises(ValueError, match="export them alone"):
+            adapted.export(tiny["tmp"] / f"full_{addon}")
+    else:
+        full = load_model(adapted.export(tiny["tmp"] / f"full_{addon}"))
+        assert not full.has_adapters
+        torch.testing.assert_close(full.log_probs(wavs, lens), adapted.log_probs(wavs, lens),
+                                   rtol=1e-5, atol=1e-5)
     # adapting it again adapts its adapters only, and keeps the base identity
     again = reloaded.adapt(*_support(tiny), steps=1, lr=0.5)
     assert again.adapters["base_model"] == adapted.adapters["base_model"]
     assert len(again.adapters["adaptations"]) == 2
-    changed = {n for n, p in again.asr.mods.named_parameters()
-               if not torch.equal(p, dict(reloaded.asr.mods.named_parameters())[n])}
+    changed = {n for n, p in again.named_parameters()
+               if not torch.equal(p, dict(reloaded.named_parameters())[n])}
     assert changed and changed <= adapter_names
 
 
 def test_adapters_on_a_mismatched_base_fail(tiny):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     base = load_model(tiny["export"])
     adapted = base.adapt(*_support(tiny), peft="lora", steps=1, lr=0.5)
@@ -253,11 +263,11 @@ def test_adapters_on_a_mismatched_base_fail(tiny):
     # adapt_params narrows further, to the adapters inside ctc_lin (up-projections start at 0)
     head = base.adapt(*_support(tiny), addons=["lora"], adapt_params=["ctc_lin.*"], steps=2,
                       lr=0.5)
-    params = dict(head.asr.mods.named_parameters())
-    assert params["encoder.ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
-    assert params["encoder.enc.DNN.block_0.linear.w.adapter_up_proj.weight"].abs().sum() == 0
-    assert torch.equal(params["encoder.ctc_lin.w.pretrained_module.weight"],
-                       dict(base.asr.mods.named_parameters())["encoder.ctc_lin.w.weight"])
+    params = dict(head.named_parameters())
+    assert params["ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
+    assert params["enc.DNN.block_0.linear.w.adapter_up_proj.weight"].abs().sum() == 0
+    assert torch.equal(params["ctc_lin.w.pretrained_module.weight"],
+                       dict(base.named_parameters())["ctc_lin.w.weight"])
     from sb_meta.plugins import UnknownPluginError
 
     with pytest.raises(UnknownPluginError, match="lora"):
@@ -267,7 +277,7 @@ def test_adapters_on_a_mismatched_base_fail(tiny):
 
 
 def test_merged_lora_exports_as_a_plain_model(tiny):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     wavs, lens = tiny["wavs"]
     adapted = load_model(tiny["export"]).adapt(*_support(tiny), addons=["lora", "lhuc"], steps=2,
@@ -283,52 +293,44 @@ def test_merged_lora_exports_as_a_plain_model(tiny):
 
 def test_export_brain_meta_trained_with_lora(tiny):
     """A brain meta-trained with meta_addons=[lora] exports (merged) as a plain model."""
-    import speechbrain as sb
-    from hyperpyyaml import load_hyperpyyaml
+    from sb_meta.adapt import load_model
+    from sb_meta.export import export_brain
 
-    from sb_meta.asr import CharTokenizer, CTCASRBrain, dataio_prepare
-    from sb_meta.inference import export_brain, load_model
-
-    torch.manual_seed(0)
-    hp = load_hyperpyyaml(helpers.TINY_YAML)
-    hp.update(meta_strategy="fomaml", meta_addons=["lora"], peft_rank=2, inner_steps=1,
-              inner_lr=0.05, k_support=2, k_query=2, meta_batch_tasks=2, episodes_per_epoch=2)
-    tok = CharTokenizer.from_texts(["A B C"])
-    data = dataio_prepare(hp, tok, {"train": tiny["csv"]})
-    brain = CTCASRBrain(modules=hp["modules"], opt_class=lambda p: torch.optim.Adam(p, 0.01),
-                        hparams=hp, run_opts={"device": "cpu", "noprogressbar": True})
-    brain.tokenizer = tok
-    brain.fit(range(1, 2), brain.make_episode_loader(data["train"]), progressbar=False)
+    brain, yaml_path = helpers.train_tiny_brain(
+        tiny["tmp"] / "lora_exp", tiny["csv"], strategy="fomaml", epochs=1,
+        meta={"meta_addons": ["lora"], "peft_rank": 2},
+    )
     names = list(brain.addons[0].adapter_state_dict(brain))
-    yaml_path = tiny["tmp"] / "tiny.yaml"
-    yaml_path.write_text(helpers.TINY_YAML)
     out = export_brain(brain, tiny["tmp"] / "lora_trained", hparams_file=yaml_path)  # verifies
-    assert list(brain.addons[0].adapter_state_dict(brain)) == names  # wrappers put back
+    assert list(brain.addons[0].adapter_state_dict(brain)) == names  # the brain keeps its wrappers
+    assert type(brain.modules.ctc_lin.w).__name__ == "LoRA"
     wavs, lens = tiny["wavs"]
     assert load_model(out).log_probs(wavs, lens).shape[-1] == 8
-    assert isinstance(brain.modules.ctc_lin.w, torch.nn.Module)
-    assert type(brain.modules.ctc_lin.w).__name__ == "LoRA"
-    del sb
+    assert json.loads((out / "sbmeta.json").read_text())["merged_adapters"] == ["lora"]
 
 
 def test_adapter_export_is_small_on_the_an4_model(tmp_path):
     """Rank-8 LoRA adapters of the AN4 recipe's CRDNN (1.3M parameters): <= 5% of model.ckpt."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from sb_meta.asr import CharTokenizer, CTCASRBrain
-    from sb_meta.inference import export_brain, load_model
+    from sb_meta.adapt import load_model
+    from sb_meta.data.manifest import write_manifest
+    from sb_meta.export import export_brain
+    from sb_meta.recipe import prepare_tokenizer
 
     with open(AN4_YAML, encoding="utf-8") as fin:
         hp = load_hyperpyyaml(fin, {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "exp")})
     assert hp["output_neurons"] == 40
-    brain = CTCASRBrain(modules=hp["modules"], hparams=hp,
-                        run_opts={"device": "cpu", "noprogressbar": True})
+    csv = write_manifest(tmp_path / "alphabet.csv", [dict(
+        ID="a", duration=1.0, wav="a.wav", spk_id="s", wrd="ABCDEFGHIJKLMNOPQRSTUVWXYZ '")])
+    prepare_tokenizer(hp, csv, tmp_path)
+    brain = helpers.RECIPE.ASR(modules=hp["modules"], hparams=hp,
+                               run_opts={"device": "cpu", "noprogressbar": True})
     n_params = sum(p.numel() for p in brain.modules.parameters())
     assert 1.2e6 < n_params < 1.4e6
     brain.modules.normalize._load_statistics_dict(
         {"count": 1, "glob_mean": torch.zeros(40), "glob_std": torch.ones(40)}
     )
-    brain.tokenizer = CharTokenizer.from_texts(["ABCDEFGHIJKLMNOPQRSTUVWXYZ '"])
     base = export_brain(brain, tmp_path / "an4", hparams_file=AN4_YAML)
     rng = np.random.default_rng(0)
     wavs = [torch.tensor(0.1 * rng.standard_normal(16000), dtype=torch.float32) for _ in range(2)]

@@ -31,14 +31,9 @@ class L2(AddOn):
     name = "l2"
 
     @hookimpl
-    def sbmeta_inner_loss(self, brain, batch, predictions, loss):
-        CALLS["inner"] += 1
-        return 10.0 * predictions.pow(2).mean()
-
-    @hookimpl
-    def sbmeta_outer_loss(self, brain, batch, predictions, loss):
-        CALLS["outer"] += 1
-        return None
+    def sbmeta_loss(self, predictions, phase):
+        CALLS[phase.value] += 1
+        return 10.0 * predictions.pow(2).mean() if phase.value == "inner" else None
 
     @hookimpl
     def sbmeta_adapt_params(self, brain, names):

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import pathlib
-import tempfile
 
 import soundfile
 

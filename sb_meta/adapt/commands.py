@@ -2,7 +2,8 @@
 
 Added to the ``sb-meta`` command by :func:`add_commands` (see
 :mod:`sb_meta.cli`). Heavy imports happen inside the commands, so ``sb-meta
---help`` stays fast.
+--help`` stays fast. Errors a user causes end in one line and exit code 2
+(``sb-meta --verbose ...`` shows the traceback).
 
 Example
 -------
@@ -34,21 +35,23 @@ def _name_list(text):
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _fail(command, exc):
-    print(f"sb-meta {command}: error: {exc}", file=sys.stderr)
-    return 2
-
-
 def _cmd_adapt(args):
+    from sb_meta.adapt import load_model
     from sb_meta.data.manifest import read_manifest
     from sb_meta.evaluation import _rng, resolve_wav
-    from sb_meta.inference import AdaptationError, load_model
+    from sb_meta.export import check_destination
 
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
-    rows = read_manifest(args.support)
-    if rows and "wrd" not in rows[0]:
-        raise KeyError(f"manifest {args.support} has no 'wrd' column")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps} (nothing would be adapted)")
+    if args.adapters_only and not args.peft:
+        raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
+    if args.peft == "houlsby" and not args.adapters_only:
+        raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
+                         "add --adapters-only (or use lora / lhuc, which merge into the weights)")
+    check_destination(args.out, force=args.force)  # refuse before any work
+    rows = read_manifest(args.support, required=("ID", "duration", "wav", "wrd"), nonempty=("ID", "wav"))
     if args.task is not None:
         if rows and args.task_column not in rows[0]:
             raise KeyError(
@@ -68,35 +71,28 @@ def _cmd_adapt(args):
     rows = sorted(rows, key=lambda r: r["ID"])
     chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     data_root = args.data_root or pathlib.Path(args.support).parent
-    if args.adapters_only and not args.peft:
-        raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
-    if args.peft == "houlsby" and not args.adapters_only:
-        raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
-                         "add --adapters-only (or use lora / lhuc, which merge into the weights)")
     addon_config = {}
     if args.peft_rank is not None:
         addon_config["peft_rank"] = args.peft_rank
     if args.peft_targets:
         addon_config["peft_targets"] = _name_list(args.peft_targets)
     model = load_model(args.model, device=args.device)
-    try:
-        adapted = model.adapt(
-            [resolve_wav(r["wav"], data_root) for r in chosen],
-            [r["wrd"] for r in chosen],
-            strategy=args.strategy,
-            steps=args.steps,
-            lr=args.lr,
-            adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
-            ids=[r["ID"] for r in chosen],
-            peft=args.peft,
-            addon_config=addon_config or None,
-        )
-        if args.adapters_only:
-            out = adapted.export_adapters(args.out)
-        else:  # lora / lhuc merge into the base weights: a plain SpeechBrain folder
-            out = (adapted.merge_adapters() if args.peft else adapted).export(args.out)
-    except (AdaptationError, RuntimeError, OSError) as exc:
-        return _fail("adapt", exc)
+    adapted = model.adapt(
+        [resolve_wav(r["wav"], data_root) for r in chosen],
+        [r["wrd"] for r in chosen],
+        strategy=args.strategy,
+        steps=args.steps,
+        lr=args.lr,
+        adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
+        ids=[r["ID"] for r in chosen],
+        peft=args.peft,
+        addon_config=addon_config or None,
+        task=args.task,
+    )
+    if args.adapters_only:
+        out = adapted.export_adapters(args.out, force=args.force)
+    else:  # lora / lhuc adapters are folded into the weights: a plain SpeechBrain folder
+        out = adapted.export(args.out, force=args.force)
     rec = adapted.last_adaptation
     print(
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec['lr']}) "
@@ -111,7 +107,7 @@ def _cmd_adapt(args):
 
 
 def _cmd_transcribe(args):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     model = load_model(args.model, device=args.device)
     failed = 0
@@ -127,31 +123,27 @@ def _cmd_transcribe(args):
 
 
 def _cmd_evaluate(args):
-    from sb_meta.evaluation import evaluate_kshot, summary_table, write_report
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
+    from sb_meta.evaluation import check_report_folder, evaluate_kshot, summary_table, write_report
 
+    check_report_folder(args.out)  # before the evaluation, not after it
     model = load_model(args.model, device=args.device)
-    try:
-        results = evaluate_kshot(
-            model,
-            args.data,
-            task_column=args.task_column,
-            ks=args.k,
-            repeats=args.repeats,
-            strategies=args.strategies,
-            steps=args.steps,
-            lr=args.lr,
-            seed=args.seed,
-            progress=not args.quiet,
-            batch_size=args.batch_size,
-            adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
-            data_root=args.data_root,
-        )
-        paths = write_report(results, args.out)
-    except (RuntimeError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        return _fail("evaluate", exc)
+    results = evaluate_kshot(
+        model,
+        args.data,
+        task_column=args.task_column,
+        ks=args.k,
+        repeats=args.repeats,
+        strategies=args.strategies,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+        adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
+        data_root=args.data_root,
+    )
+    paths = write_report(results, args.out)
     print(summary_table(results))
     for s in results["skipped"]:
         print(f"skipped: {s['reason']}")
@@ -191,7 +183,11 @@ def add_commands(subparsers):
     p.add_argument("--data-root", default=None,
                    help="replaces $data_root in wav paths (default: the manifest's folder)")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True, help="folder for the adapted model (replaced atomically)")
+    p.add_argument("--out", required=True,
+                   help="new folder for the adapted model (an earlier sb-meta export there is "
+                        "replaced only with --force; nothing else is ever replaced)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier sb-meta export at --out (atomically)")
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")

@@ -9,7 +9,7 @@ from sb_meta.utils import load_script
 
 from sb_meta.cli import main
 
-helpers = load_script(pathlib.Path(__file__).with_name("test_inference.py"), "sbmeta_test_inference_helpers")
+helpers = load_script(pathlib.Path(__file__).with_name("tiny_asr.py"), "sbmeta_tiny_asr_" + pathlib.Path(__file__).stem)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from sb_meta.inference import export_brain
+    from sb_meta.export import export_brain
 
     tmp = tmp_path_factory.mktemp("cli")
     csv = helpers.make_corpus(tmp / "corpus", speakers=(("s0", 5), ("s1", 4), ("s2", 2)))
@@ -27,7 +27,7 @@ def exported(tmp_path_factory):
 
 
 def test_transcribe(exported, capsys):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     files = [r["wav"] for r in exported["rows"][:3]]
     assert main(["transcribe", "--model", str(exported["model"])] + files) == 0
@@ -43,7 +43,7 @@ def test_transcribe(exported, capsys):
 
 
 def test_adapt(exported, capsys, tmp_path):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     out = tmp_path / "adapted"
     argv = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
@@ -62,14 +62,17 @@ def test_adapt(exported, capsys, tmp_path):
     assert adapted.adaptations == info["adaptations"]
     helpers.speechbrain_asr(out).transcribe_file(exported["rows"][0]["wav"])
 
-    # the same seed draws the same support; the adapted export is replaced atomically
-    assert main(argv) == 0
+    # an earlier export is replaced only with --force (atomically); the same seed
+    # draws the same support
+    assert main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
     again = json.loads((out / "sbmeta.json").read_text())["adaptations"][-1]
     assert [s["id"] for s in again["support"]] == ids
 
 
 def test_adapt_peft_exports_adapters_only(exported, capsys, tmp_path):
-    from sb_meta.inference import load_model
+    from sb_meta.adapt import load_model
 
     out = tmp_path / "adapters"
     argv = ["adapt", "--model", str(exported["model"]), "--support", str(exported["csv"]),
@@ -82,19 +85,19 @@ def test_adapt_peft_exports_adapters_only(exported, capsys, tmp_path):
     size = sum(f.stat().st_size for f in out.iterdir())
     full = sum(f.stat().st_size for f in pathlib.Path(exported["model"]).iterdir())
     assert size < full
-    base = dict(load_model(exported["model"]).asr.mods.named_parameters())
-    params = dict(load_model(exported["model"], adapters=out).asr.mods.named_parameters())
+    base = dict(load_model(exported["model"]).named_parameters())
+    params = dict(load_model(exported["model"], adapters=out).named_parameters())
     # rank-2 LoRA on ctc_lin only, trained (its up-projection starts at zero), base kept
-    assert params["encoder.ctc_lin.w.adapter_up_proj.weight"].shape[1] == 2
-    assert params["encoder.ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
+    assert params["ctc_lin.w.adapter_up_proj.weight"].shape[1] == 2
+    assert params["ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
     assert not any("adapter" in n for n in params if "ctc_lin" not in n)
-    assert params["encoder.ctc_lin.w.pretrained_module.weight"].equal(base["encoder.ctc_lin.w.weight"])
+    assert params["ctc_lin.w.pretrained_module.weight"].equal(base["ctc_lin.w.weight"])
 
     # --peft without --adapters-only: LoRA merged into a plain SpeechBrain folder
     assert main(argv[:-3] + ["--out", str(tmp_path / "x")]) == 0
     merged = dict(helpers.speechbrain_asr(tmp_path / "x").mods.named_parameters())
     assert not any("adapter" in n for n in merged)
-    assert not merged["encoder.ctc_lin.w.weight"].equal(base["encoder.ctc_lin.w.weight"])
+    assert not merged["encoder.ctc_lin.w.weight"].equal(base["ctc_lin.w.weight"])
     houlsby = [a if a != "lora" else "houlsby" for a in argv[:-3]] + ["--out", str(tmp_path / "h")]
     assert main(houlsby) == 2
     assert "add --adapters-only" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""A trainable view of a loaded SpeechBrain ASR model: its modules and its losses.
+
+SpeechBrain's inference interfaces (``EncoderASR``, ``EncoderDecoderASR``)
+only decode. Adapting one needs its parts as a brain: :func:`trainable_view`
+finds them and :class:`AdaptBrain` computes the losses they allow:
+
+* **CTC** when the model has a CTC head: an ``EncoderASR`` encoder ending in
+  a linear layer and a (log-)softmax, or the ``ctc_fc`` of an
+  ``EncoderDecoderASR`` decoder's ``CTCScorer``;
+* **attention** (teacher-forced negative log-likelihood) when the decoder is
+  an ``S2SRNNBeamSearcher`` (``emb``, ``dec``, ``fc``) or an
+  ``S2STransformerBeamSearcher`` (``model.decode``, ``fc``);
+
+weighted by ``ctc_weight`` when both exist. Module names: a model exported by
+sb-meta lists the recipe's trained modules in its ``modules:`` (and their
+names in ``sbmeta.json``), so parameters are named exactly as in training
+(``enc.…``, ``ctc_lin.…``); for any other model the encoder's layers (when it
+is a ``Sequential``) are named as in the encoder, the decoder ``decoder`` and
+a CTC head outside both ``ctc_lin``.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import speechbrain as sb
+import torch
+
+from sb_meta.brain import MetaBrain
+from sb_meta.contract import ASRPredictions
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelView", "trainable_view", "AdaptBrain"]
+
+_ACTIVATIONS = (torch.nn.LogSoftmax, torch.nn.Softmax, sb.nnet.activations.Softmax)
+_LINEAR = (torch.nn.Linear, sb.nnet.linear.Linear)
+
+
+@dataclass
+class ModelView:
+    """The parts of a loaded model that adaptation uses.
+
+    Attributes
+    ----------
+    modules : dict
+        ``name -> module``: the adaptation brain's modules (what parameter
+        names and ``adapt_params`` patterns refer to).
+    encoder : torch.nn.Module
+        ``encoder(wavs, wav_lens)`` as the interface runs it.
+    encoder_gives_log_probs : bool
+        The encoder's output is the CTC log-probabilities (``EncoderASR``).
+    ctc_head : torch.nn.Module or None
+        Linear layer on the encoder output giving CTC logits (``EncoderDecoderASR``).
+    tap : torch.nn.Module or None
+        For ``EncoderASR``: the encoder's last linear layer, whose input is
+        reported as ``encoder_out``.
+    decoder : torch.nn.Module or None
+        The beam searcher of an ``EncoderDecoderASR``.
+    attention : str or None
+        ``"rnn"`` or ``"transformer"`` when a teacher-forced attention loss is possible.
+    transformer_encode : torch.nn.Module or None
+        Older SpeechBrain Transformer models encode in two stages.
+    losses : list of str
+        The losses the model allows (``ctc``, ``attention``).
+    """
+
+    modules: dict
+    encoder: object
+    encoder_gives_log_probs: bool = False
+    ctc_head: object = None
+    tap: object = None
+    decoder: object = None
+    attention: str = None
+    transformer_encode: object = None
+    bos_index: int = None
+    eos_index: int = None
+    blank_index: int = 0
+    losses: list = field(default_factory=list)
+
+
+def _ctc_scorer(decoder):
+    scorer = getattr(decoder, "scorer", None)
+    if scorer is None:
+        return None
+    for table in (getattr(scorer, "full_scorers", {}), getattr(scorer, "partial_scorers", {})):
+        for impl in table.values():
+            if hasattr(impl, "ctc_fc"):
+                return impl
+    return None
+
+
+def trainable_view(asr, module_names=None):
+    """The :class:`ModelView` of a SpeechBrain ASR interface ``asr``.
+
+    Arguments
+    ---------
+    asr : speechbrain.inference.ASR.EncoderASR or EncoderDecoderASR
+    module_names : list of str, optional
+        Names of the trained modules listed in the model's ``modules:``
+        (``sbmeta.json``'s ``module_names``).
+    """
+    mods = asr.mods
+    if "encoder" not in mods:
+        raise ValueError("the model has no `encoder` module; sb-meta adapts SpeechBrain ASR interfaces")
+    encoder = mods["encoder"]
+    decoder = mods["decoder"] if "decoder" in mods else None
+    view = ModelView(modules={}, encoder=encoder)
+    children = list(encoder.named_children()) if isinstance(encoder, sb.nnet.containers.Sequential) else []
+    if decoder is None:  # EncoderASR: the encoder's output is decoded by CTC
+        fn = getattr(asr.hparams, "decoding_function", None)
+        view.blank_index = int(getattr(fn, "keywords", {}).get("blank_id", 0))
+        view.encoder_gives_log_probs = True
+        if len(children) >= 2 and isinstance(children[-1][1], _ACTIVATIONS) and isinstance(children[-2][1], _LINEAR):
+            view.tap = children[-2][1]
+        view.losses = ["ctc"]
+    else:
+        scorer = _ctc_scorer(decoder)
+        if scorer is not None:
+            view.ctc_head = scorer.ctc_fc
+            view.blank_index = int(scorer.blank_index)
+            view.losses.append("ctc")
+        if hasattr(decoder, "emb") and hasattr(decoder, "dec") and hasattr(decoder, "fc"):
+            view.attention = "rnn"
+        elif hasattr(decoder, "model") and hasattr(decoder.model, "decode") and hasattr(decoder, "fc"):
+            view.attention = "transformer"
+        if view.attention:
+            view.losses.append("attention")
+            view.bos_index, view.eos_index = int(decoder.bos_index), int(decoder.eos_index)
+        view.decoder = decoder
+        if getattr(asr, "transformer_beam_search", False) and "transformer" in mods:
+            view.transformer_encode = mods["transformer"]
+    if not view.losses:
+        raise ValueError(
+            "cannot adapt this model: it has neither a CTC head nor an attention decoder that "
+            f"sb-meta can train ({type(decoder).__name__ if decoder is not None else 'no decoder'})"
+        )
+    if module_names:
+        missing = [n for n in module_names if n not in mods]
+        if missing:
+            raise ValueError(f"the model's modules lack {missing}, which its sbmeta.json lists")
+        view.modules = {n: mods[n] for n in module_names}
+    else:
+        view.modules = dict(children) if children else {"encoder": encoder}
+        if decoder is not None and any(True for _ in decoder.parameters()):
+            view.modules["decoder"] = decoder
+        if view.ctc_head is not None:
+            reachable = {id(m) for mod in view.modules.values() for m in mod.modules()}
+            if id(view.ctc_head) not in reachable:
+                view.modules["ctc_lin"] = view.ctc_head
+    return view
+
+
+class AdaptBrain(MetaBrain):
+    """The brain test-time adaptation runs: a :class:`ModelView`'s losses.
+
+    ``hparams["sbmeta_view"]`` is the view; ``hparams["ctc_weight"]`` weighs
+    CTC against attention when the model has both. Batches carry ``sig``,
+    ``tokens`` (CTC targets) and, for attention, ``tokens_bos`` / ``tokens_eos``.
+    """
+
+    def compute_forward(self, batch, stage):
+        view = self.hparams.sbmeta_view
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        tapped = []
+        handle = None
+        if view.tap is not None:
+            handle = view.tap.register_forward_pre_hook(lambda m, args: tapped.append(args[0]))
+        try:
+            out = view.encoder(wavs, wav_lens)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if isinstance(out, tuple):
+            out = out[0]
+        if view.transformer_encode is not None:
+            out = view.transformer_encode.encode(out, wav_lens)
+        if view.encoder_gives_log_probs:
+            log_probs = out
+            if not torch.allclose(out.exp().sum(-1), torch.ones(()), atol=1e-3):
+                log_probs = torch.log_softmax(out, dim=-1)
+            return ASRPredictions(log_probs, wav_lens, tapped[-1] if tapped else None)
+        log_probs = None
+        if view.ctc_head is not None:
+            log_probs = torch.log_softmax(view.ctc_head(out), dim=-1)
+        seq = None
+        if view.attention and hasattr(batch, "tokens_bos"):
+            tokens_bos, _ = batch.tokens_bos
+            dec = view.decoder
+            if view.attention == "rnn":
+                h, _ = dec.dec(dec.emb(tokens_bos), out, wav_lens)
+            else:
+                enc_lens = torch.round(wav_lens * out.shape[1]).int()
+                h, _ = dec.model.decode(tokens_bos, out, enc_lens)
+            seq = torch.log_softmax(dec.fc(h), dim=-1)
+        return ASRPredictions(log_probs, wav_lens, out, seq)
+
+    def compute_objectives(self, predictions, batch, stage):
+        from sb_meta.losses import ctc_loss
+
+        terms = []
+        view = self.hparams.sbmeta_view
+        if predictions.log_probs is not None:
+            tokens, tokens_lens = batch.tokens
+            terms.append(("ctc", ctc_loss(predictions.log_probs, tokens, predictions.lengths,
+                                          tokens_lens, blank_index=view.blank_index)))
+        if predictions.seq_log_probs is not None:
+            tokens_eos, lens = batch.tokens_eos
+            terms.append(("attention", sb.nnet.losses.nll_loss(predictions.seq_log_probs, tokens_eos, length=lens)))
+        if len(terms) == 2:
+            w = float(self.hparams.ctc_weight)
+            return w * terms[0][1] + (1 - w) * terms[1][1]
+        return terms[0][1]
