@@ -228,7 +228,11 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
         model = folder / f"{n_out}_{kind}.model"
         tok.load(str(model))
         if tok.vocab_size() != n_out:
-            raise RecipeError(f"the SentencePiece model {model} has {tok.vocab_size()} pieces, not {n_out}")
+            raise RecipeError(
+                f"the {kind} SentencePiece model {model} has {tok.vocab_size()} pieces (specials "
+                f"included) but output_neurons is {n_out}; set output_neurons: {tok.vocab_size()} "
+                "(every network output must be a piece the tokenizer can decode)"
+            )
         return tok
     raise RecipeError(
         f"tokenizer must be a speechbrain.dataio.encoder.CTCTextEncoder or a "

@@ -196,3 +196,145 @@ def probe(brain, wavs, lens):
     brain.modules.eval()
     with torch.no_grad():
         return brain.compute_forward(batch, sb.Stage.TEST)
+
+
+SEARCH = """\
+ctc_scorer: !new:speechbrain.decoders.scorer.CTCScorer
+    ctc_fc: !ref <ctc_lin>
+    blank_index: 0
+    eos_index: !ref <eos_index>
+scorer: !new:speechbrain.decoders.scorer.ScorerBuilder
+    full_scorers: [!ref <ctc_scorer>]
+    weights:
+        ctc: 0.4
+"""
+
+#: CRDNN encoder + attention decoder + CTC head, SentencePiece characters
+ATTENTION_YAML = COMMON + CRDNN + SEARCH + """\
+output_neurons: 7          # SentencePiece characters: 0 unk = blank, 1 bos, 2 eos, A B C and the word boundary
+tokenizer_type: char
+ctc_weight: 0.5
+tokenizer: !new:sentencepiece.SentencePieceProcessor
+emb: !new:speechbrain.nnet.embedding.Embedding
+    num_embeddings: !ref <output_neurons>
+    embedding_dim: 8
+dec: !new:speechbrain.nnet.RNN.AttentionalRNNDecoder
+    enc_dim: 16
+    input_size: 8
+    rnn_type: gru
+    attn_type: location
+    hidden_size: 16
+    attn_dim: 16
+    num_layers: 1
+    scaling: 1.0
+    channels: 4
+    kernel_size: 5
+    re_init: True
+    dropout: 0.0
+seq_lin: !new:speechbrain.nnet.linear.Linear
+    input_size: 16
+    n_neurons: !ref <output_neurons>
+test_search: !new:speechbrain.decoders.S2SRNNBeamSearcher
+    embedding: !ref <emb>
+    decoder: !ref <dec>
+    linear: !ref <seq_lin>
+    bos_index: !ref <bos_index>
+    eos_index: !ref <eos_index>
+    min_decode_ratio: 0.0
+    max_decode_ratio: 1.0
+    beam_size: 3
+    eos_threshold: 1.5
+    scorer: !ref <scorer>
+modules:
+    enc: !ref <enc>
+    emb: !ref <emb>
+    dec: !ref <dec>
+    ctc_lin: !ref <ctc_lin>
+    seq_lin: !ref <seq_lin>
+    normalize: !ref <normalize>
+model: !new:torch.nn.ModuleList
+    - [!ref <enc>, !ref <emb>, !ref <dec>, !ref <ctc_lin>, !ref <seq_lin>]
+asr_encoder: !new:speechbrain.nnet.containers.LengthsCapableSequential
+    compute_features: !ref <compute_features>
+    normalize: !ref <normalize>
+    enc: !ref <enc>
+inference:
+    interface: speechbrain.inference.ASR.EncoderDecoderASR
+    hparams:
+        encoder: !ref <asr_encoder>
+        decoder: !ref <test_search>
+        tokenizer: !ref <tokenizer>
+    loadables:
+        model: !ref <model>
+        normalizer: !ref <normalize>
+        tokenizer: !ref <tokenizer>
+"""
+
+#: a small Transformer (CNN front end) with CTC and attention, SentencePiece characters
+TRANSFORMER_YAML = COMMON + SEARCH + """\
+output_neurons: 7
+tokenizer_type: char
+ctc_weight: 0.3
+tokenizer: !new:sentencepiece.SentencePieceProcessor
+CNN: !new:speechbrain.lobes.models.convolution.ConvolutionFrontEnd
+    input_shape: [null, null, !ref <n_mels>]
+    num_blocks: 2
+    num_layers_per_block: 1
+    out_channels: (8, 8)
+    kernel_sizes: (3, 3)
+    strides: (2, 2)
+    residuals: (False, False)
+Transformer: !new:speechbrain.lobes.models.transformer.TransformerASR.TransformerASR
+    input_size: 40
+    tgt_vocab: !ref <output_neurons>
+    d_model: 16
+    nhead: 2
+    num_encoder_layers: 1
+    num_decoder_layers: 1
+    d_ffn: 32
+    dropout: 0.0
+    activation: !name:torch.nn.GELU
+    normalize_before: True
+    causal: False
+ctc_lin: !new:speechbrain.nnet.linear.Linear
+    input_size: 16
+    n_neurons: !ref <output_neurons>
+seq_lin: !new:speechbrain.nnet.linear.Linear
+    input_size: 16
+    n_neurons: !ref <output_neurons>
+test_search: !new:speechbrain.decoders.S2STransformerBeamSearcher
+    modules: [!ref <Transformer>, !ref <seq_lin>]
+    bos_index: !ref <bos_index>
+    eos_index: !ref <eos_index>
+    min_decode_ratio: 0.0
+    max_decode_ratio: 1.0
+    beam_size: 3
+    using_eos_threshold: False
+    length_normalization: True
+    scorer: !ref <scorer>
+modules:
+    CNN: !ref <CNN>
+    Transformer: !ref <Transformer>
+    ctc_lin: !ref <ctc_lin>
+    seq_lin: !ref <seq_lin>
+    normalize: !ref <normalize>
+model: !new:torch.nn.ModuleList
+    - [!ref <CNN>, !ref <Transformer>, !ref <ctc_lin>, !ref <seq_lin>]
+Tencoder: !new:speechbrain.lobes.models.transformer.TransformerASR.EncoderWrapper
+    transformer: !ref <Transformer>
+asr_encoder: !new:speechbrain.nnet.containers.LengthsCapableSequential
+    compute_features: !ref <compute_features>
+    normalize: !ref <normalize>
+    CNN: !ref <CNN>
+    transformer_encoder: !ref <Tencoder>
+inference:
+    interface: speechbrain.inference.ASR.EncoderDecoderASR
+    hparams:
+        encoder: !ref <asr_encoder>
+        decoder: !ref <test_search>
+        tokenizer: !ref <tokenizer>
+    loadables:
+        model: !ref <model>
+        normalizer: !ref <normalize>
+        tokenizer: !ref <tokenizer>
+"""

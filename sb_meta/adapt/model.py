@@ -271,6 +271,9 @@ class AdaptableASR:
         """A deep copy of the interface (modules, decoders, scorers and loadables
         copied together, so that what they share stays shared; the tokenizer is
         read-only and kept)."""
+        from sb_meta.export.plan import detach_cached_tensors
+
+        detach_cached_tensors(self.asr.mods)
         memo = {id(self.tokenizer): self.tokenizer}
         hparams = {}
         for key, value in vars(self.asr.hparams).items():

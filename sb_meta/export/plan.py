@@ -95,6 +95,15 @@ def jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def detach_cached_tensors(module):
+    """Detach tensors that modules cached from their last forward (e.g. an attention
+    decoder's precomputed encoder projection): ``deepcopy`` refuses non-leaf tensors."""
+    for m in module.modules():
+        for key, value in list(vars(m).items()):
+            if torch.is_tensor(value) and value.grad_fn is not None:
+                setattr(m, key, value.detach())
+
+
 def copy_loadables(loadables):
     """Copies of the module loadables (structure shared between them kept), on the CPU;
     other loadables (tokenizers) as they are."""
@@ -102,6 +111,7 @@ def copy_loadables(loadables):
     out = {}
     for name, obj in loadables.items():
         if isinstance(obj, torch.nn.Module):
+            detach_cached_tensors(obj)
             out[name] = copy.deepcopy(obj, memo).to("cpu")
         else:
             out[name] = obj
