@@ -53,6 +53,15 @@ class Joint(GradientStrategy):
         return value
 
 
+    def batch_backward(self, batch, task, scale=1.0):
+        """Ordinary training on a plain SpeechBrain batch (shuffled utterances of
+        any task), through the same forward and hooks as the episodes (phase ``OUTER``)."""
+        loss = self.forward(FastWeights(), batch, Phase.OUTER, task)[0]
+        self.brain.check_loss_isfinite(loss)
+        (loss * scale).backward()
+        return loss.detach()
+
+
 class FineTune(Joint):
     """Plain fine-tuning: ordinary pooled training from the loaded
     initialisation (e.g. a pretrained SpeechBrain model), and gradient-step

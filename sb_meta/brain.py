@@ -89,6 +89,58 @@ class TrainClock:
             self.seconds = float(f.read())
 
 
+def set_aside_incomplete_checkpoints(checkpointer):
+    """Rename checkpoints a killed run left half-written to ``BROKEN+<name>``.
+
+    SpeechBrain writes a checkpoint's ``CKPT.yaml`` first and its files after,
+    so a run killed while saving leaves a checkpoint that looks complete and
+    would be recovered (and fail). A checkpoint is complete when every
+    recoverable has its file, no file is empty and every torch file is a
+    whole zip archive; incomplete ones are set aside (never deleted), so the
+    run resumes from the last complete one. Returns the renamed folders.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), recoverables={"m": torch.nn.Linear(1, 1)})
+    >>> good = ckpt.save_checkpoint()
+    >>> bad = ckpt.save_checkpoint(name="later")
+    >>> _ = (bad.path / "m.ckpt").write_bytes(b"PK")  # truncated by a kill
+    >>> [p.name for p in set_aside_incomplete_checkpoints(ckpt)]
+    ['BROKEN+CKPT+later']
+    >>> ckpt.find_checkpoint().path == good.path
+    True
+    """
+    import pathlib
+    import zipfile
+
+    from speechbrain.utils.distributed import if_main_process
+
+    moved = []
+    if not if_main_process():
+        return moved
+    for ckpt in checkpointer.list_checkpoints():
+        problem = None
+        for name in checkpointer.recoverables:
+            path = pathlib.Path(ckpt.path) / f"{name}.ckpt"
+            if not path.is_file() or path.stat().st_size == 0:
+                problem = f"{path.name} is missing or empty"
+                break
+            with open(path, "rb") as f:
+                zipped = f.read(2) == b"PK"
+            if zipped and not zipfile.is_zipfile(path):
+                problem = f"{path.name} is truncated"
+                break
+        if problem:
+            target = pathlib.Path(ckpt.path).with_name(f"BROKEN+{pathlib.Path(ckpt.path).name}")
+            pathlib.Path(ckpt.path).rename(target)
+            logger.warning("checkpoint %s is incomplete (%s; a run was killed while saving it): "
+                           "set aside as %s, resuming from the previous one", ckpt.path, problem, target)
+            moved.append(target)
+    return moved
+
+
 @contextlib.contextmanager
 def onednn_off_in_rnns(modules):
     """oneDNN (mkldnn) disabled while the recurrent layers of ``modules`` run.
@@ -390,6 +442,8 @@ class MetaBrain(sb.Brain):
                 if key not in self.checkpointer.recoverables:
                     self.checkpointer.add_recoverable(key, dataset.recoverable)
             return dataset
+        if stage == sb.Stage.TRAIN and hasattr(dataset, "data") and hasattr(dataset, "data_ids"):
+            self._train_rows = dataset.data  # manifest rows of plain batches' utterances
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
 
     # ------------------------------------------------------------ training
@@ -399,6 +453,7 @@ class MetaBrain(sb.Brain):
         # no DDP wrapping: meta-gradients are all-reduced in fit_batch
         self.init_optimizers()
         if self.checkpointer is not None:
+            set_aside_incomplete_checkpoints(self.checkpointer)
             self.checkpointer.recover_if_possible()
         self._check_budget()
 
@@ -419,7 +474,8 @@ class MetaBrain(sb.Brain):
             self.optimizer_step_limit = self.optimizer_step
 
     def fit_batch(self, batch):
-        """One outer step on an episode.
+        """One outer step on an episode (or, for strategies that train on them,
+        such as ``joint`` and ``finetune``, on a plain SpeechBrain batch).
 
         Each task's meta-gradient (weighted by 1 / tasks per episode, over all
         ranks) is accumulated by the strategy; gradients are all-reduced over
@@ -427,10 +483,12 @@ class MetaBrain(sb.Brain):
         ``grad_accumulation_factor`` episodes, and normalisation statistics
         are averaged over ranks.
         """
-        if not isinstance(batch, Episode):
+        plain = not isinstance(batch, Episode)
+        if plain and not hasattr(self.strategy, "batch_backward"):
             raise TypeError(
-                "MetaBrain.fit_batch expects an Episode; pass "
-                "brain.make_episode_loader(train_data) to fit() as train_set"
+                f"strategy {self.strategy.name!r} trains on episodes: pass "
+                "brain.make_episode_loader(train_data) to fit() as train_set (the joint and "
+                "finetune baselines also train on plain batches)"
             )
         if self.precision == "fp16":
             raise NotImplementedError(
@@ -441,8 +499,12 @@ class MetaBrain(sb.Brain):
             self.train_clock.seconds += start - self._last_batch_end
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
+        scale = 1.0 / self.grad_accumulation_factor
         with self.training_ctx:
-            loss = self.strategy.episode_backward(batch, scale=1.0 / self.grad_accumulation_factor)
+            if plain:
+                loss = self.strategy.batch_backward(batch, self._plain_task(batch), scale=scale)
+            else:
+                loss = self.strategy.episode_backward(batch, scale=scale)
         self._all_reduce_gradients(batch)
         if should_step:
             self.optimizers_step()
@@ -452,6 +514,15 @@ class MetaBrain(sb.Brain):
         self.train_clock.seconds += self._last_batch_end - start
         self._check_budget()
         return loss.detach().cpu()
+
+    def _plain_task(self, batch):
+        """The task a plain batch's hooks see: its utterances and their manifest rows."""
+        from sb_meta.episodes import Task
+
+        ids = [str(i) for i in getattr(batch, "id", [])]
+        rows = getattr(self, "_train_rows", None) or {}
+        return Task("batch", ids, [], column=self.meta_config["task_column"],
+                    rows={i: dict(rows[i], ID=i) for i in ids if i in rows})
 
     def evaluate_batch(self, batch, stage):
         self._last_batch_end = None  # validation time is not training time

@@ -40,7 +40,8 @@ __all__ = [
     "prepare_tokenizer",
     "check_transcripts",
     "load_initialisation",
-    "setup_guard",
+    "recipe_setup",
+    "train_loader",
     "read_audio_checked",
 ]
 
@@ -119,17 +120,35 @@ def run_main(main, argv=None):
         sys.exit(2)
 
 
-@contextlib.contextmanager
-def setup_guard(output_folder):
-    """Remove ``output_folder`` if set-up fails and the folder did not exist before.
+def _output_folder(hparams_file, overrides):
+    """The ``output_folder`` a recipe run will use, without building any object."""
+    from hyperpyyaml import resolve_references
+    from ruamel.yaml import YAML
 
-    Use around everything a recipe does before training starts, so that a
-    mistake in the YAML or the data leaves no half-filled experiment folder.
-    """
-    folder = pathlib.Path(output_folder)
-    existed = folder.exists()
     try:
-        yield
+        with open(hparams_file, encoding="utf-8") as f:
+            text = resolve_references(f, overrides).getvalue()
+        value = YAML().load(text).get("output_folder")
+    except Exception:  # noqa: BLE001 - load_hparams reports YAML problems
+        return None
+    return pathlib.Path(value) if isinstance(value, str) else None
+
+
+@contextlib.contextmanager
+def recipe_setup(argv):
+    """Load a recipe's command line (:func:`load_hparams`) for its set-up.
+
+    Yields ``(hparams_file, run_opts, overrides, hparams)``. If anything in
+    the block fails and the experiment's ``output_folder`` did not exist
+    before, the folder is removed: a mistake in the YAML, the command line or
+    the data leaves no half-filled experiment folder (SpeechBrain's
+    checkpointer creates it as soon as the YAML is loaded).
+    """
+    hparams_file, _, overrides = sb.parse_arguments(list(argv))
+    folder = _output_folder(hparams_file, overrides) if pathlib.Path(hparams_file).is_file() else None
+    existed = folder is None or folder.exists()
+    try:
+        yield load_hparams(argv)
     except BaseException:
         if not existed and folder.exists() and sb.utils.distributed.if_main_process():
             shutil.rmtree(folder, ignore_errors=True)
@@ -238,6 +257,20 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
         f"tokenizer must be a speechbrain.dataio.encoder.CTCTextEncoder or a "
         f"sentencepiece.SentencePieceProcessor, got {type(tok).__name__}"
     )
+
+
+def train_loader(brain, hparams, train_data):
+    """What a recipe hands to ``fit``: an episode loader, or with
+    ``plain_batches: True`` (the joint and finetune baselines only) the dataset
+    itself, for ordinary shuffled batches."""
+    if not hparams.get("plain_batches"):
+        return brain.make_episode_loader(train_data)
+    if not hasattr(brain.strategy, "batch_backward"):
+        raise RecipeError(
+            f"plain_batches: True trains on ordinary batches, but strategy "
+            f"{brain.strategy.name!r} needs episodes; use joint or finetune, or plain_batches: False"
+        )
+    return train_data
 
 
 def encode_text(tokenizer, text):

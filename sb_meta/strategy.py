@@ -41,6 +41,7 @@ __all__ = [
     "META_KEYS",
     "META_KEY_HELP",
     "check_options",
+    "meta_keys_table",
 ]
 
 #: Configuration keys, identical in YAML and on the command line, with their defaults.
@@ -78,6 +79,28 @@ META_KEY_HELP = {
     "plugins": "extra plugin modules or `.py` files",
     "train_budget_minutes": "stop training after this many minutes of training (validation excluded)",
 }
+
+
+def meta_keys_table():
+    """The README's table of meta keys, generated from :data:`META_KEYS` and
+    :data:`META_KEY_HELP` (a test keeps the README equal to it).
+
+    Example
+    -------
+    >>> print(meta_keys_table().splitlines()[2])
+    | `meta_strategy` | the learning algorithm (`sb-meta plugins` lists them) | `fomaml` |
+    """
+
+    def fmt(value):
+        if value is None:
+            return "`null`"
+        if isinstance(value, str):
+            return f"`{value}`"
+        return f"`{value}`" if not isinstance(value, list) else f"`{value}`".replace("'", "")
+
+    rows = ["| key | meaning | default |", "| --- | --- | --- |"]
+    rows += [f"| `{k}` | {META_KEY_HELP[k]} | {fmt(v)} |" for k, v in META_KEYS.items()]
+    return "\n".join(rows)
 
 
 def _did_you_mean(key, candidates):

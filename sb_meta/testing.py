@@ -83,21 +83,29 @@ def make_toy_brain(hparams, seed=0, lr=0.1, opt="sgd", checkpointer=None, **modu
     return brain
 
 
-def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1):
+def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, module_kwargs=None):
     """Meta-train the toy brain in one process of a gloo group and save the
-    parameters (rank 0). Used to check that N processes match 1 process."""
+    parameters (rank 0, ``out_path``) and every rank's buffers and error, if
+    any (``<out_path>.rank<r>``). Used to check that N processes match 1 process."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
+    state = {"error": None, "buffers": {}}
     try:
         torch.manual_seed(0)
-        brain = make_toy_brain(hparams)
-        loader = brain.make_episode_loader(toy_dataset(n_tasks=8, utts_per_task=8))
-        assert loader.sampler.world_size == world_size
-        brain.fit(range(1, epochs + 1), loader, progressbar=False)
-        if rank == 0:
-            torch.save({n: p.detach() for n, p in brain.modules.named_parameters()}, out_path)
+        brain = make_toy_brain(hparams, **(module_kwargs or {}))
+        try:
+            loader = brain.make_episode_loader(toy_dataset(n_tasks=8, utts_per_task=8))
+        except ValueError as exc:  # every rank refuses the same way: no collective mismatch
+            state["error"] = str(exc)
+        else:
+            assert loader.sampler.world_size == world_size
+            brain.fit(range(1, epochs + 1), loader, progressbar=False)
+            state["buffers"] = {n: b.detach().clone() for n, b in brain.modules.named_buffers()}
+            if rank == 0:
+                torch.save({n: p.detach() for n, p in brain.modules.named_parameters()}, out_path)
+        torch.save(state, f"{out_path}.rank{rank}")
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()

@@ -28,12 +28,26 @@ def tiny_corpus(tmp_path_factory):
     return out
 
 
-def run_recipe(recipe, args, cwd):
+def run_recipe(recipe, args, cwd, yaml="crdnn_ctc_meta.yaml", ok=True):
     cmd = [sys.executable, str(ROOT / "recipes" / recipe / "train.py"),
-           str(ROOT / "recipes" / recipe / "hparams" / "crdnn_ctc_meta.yaml"), *args]
+           str(ROOT / "recipes" / recipe / "hparams" / yaml), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def train_in_process(recipe, args, yaml="crdnn_ctc_meta.yaml"):
+    """The recipe's ``main`` in this process (what ``python train.py`` runs, without
+    the seconds of start-up a subprocess costs); returns the trained brain."""
+    from sb_meta.utils import load_script
+
+    module = load_script(ROOT / "recipes" / recipe / "train.py", f"sbmeta_test_recipe_{recipe}")
+    return module.main([str(ROOT / "recipes" / recipe / "hparams" / yaml), *args])
+
+
+DEBUG = ["--debug", "--debug_batches=1", "--debug_epochs=1", "--meta_batch_tasks=2",
+         "--k_support=2", "--k_query=2", "--noprogressbar"]
 
 
 @pytest.mark.parametrize(
@@ -41,11 +55,9 @@ def run_recipe(recipe, args, cwd):
 )
 def test_synthvoices_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy):
     out = tmp_path / "exp"
-    run_recipe(
+    train_in_process(
         "SynthVoices",
-        [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
-         f"--meta_strategy={strategy}", *SMALL],
-        cwd=tmp_path,
+        [f"--data_folder={tiny_corpus}", f"--output_folder={out}", f"--meta_strategy={strategy}", *SMALL],
     )
     log = (out / "train_log.txt").read_text()
     assert "train loss" in log and "valid WER" in log and "test WER" in log
@@ -53,23 +65,68 @@ def test_synthvoices_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy)
     assert info["strategy"] == strategy
 
 
-def test_unknown_strategy_on_the_command_line_lists_valid_ones(tiny_corpus, tmp_path):
-    cmd = [sys.executable, str(ROOT / "recipes/SynthVoices/train.py"),
-           str(ROOT / "recipes/SynthVoices/hparams/crdnn_ctc_meta.yaml"),
-           f"--data_folder={tiny_corpus}", f"--output_folder={tmp_path}/x", "--meta_strategy=mamll"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr  # SpeechBrain logs the exception to stdout
-    assert "unknown strategy 'mamll'; available: anil, finetune, fomaml, joint, maml" in out
+@pytest.mark.parametrize(
+    "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "joint", "finetune"]
+)
+def test_the_transformer_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy):
+    out = tmp_path / "exp"
+    train_in_process("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
+                                     f"--meta_strategy={strategy}", "--d_model=32", *DEBUG],
+                     yaml="transformer_meta.yaml")
+    info = json.loads((out / "pretrained" / "sbmeta.json").read_text())
+    assert info["interface"] == "speechbrain.inference.ASR.EncoderDecoderASR"
+    assert info["strategy"] == strategy
 
 
-def test_unknown_key_on_the_command_line_is_rejected(tiny_corpus, tmp_path):
-    cmd = [sys.executable, str(ROOT / "recipes/SynthVoices/train.py"),
-           str(ROOT / "recipes/SynthVoices/hparams/crdnn_ctc_meta.yaml"),
-           f"--data_folder={tiny_corpus}", f"--output_folder={tmp_path}/x", "--inner_stepz=3"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "inner_stepz" in out and "inner_steps" in out
+@pytest.mark.parametrize("strategy", ["maml", "fomaml"])
+def test_the_crdnn_attention_recipe_runs(tiny_corpus, tmp_path, strategy):
+    out = tmp_path / "exp"
+    train_in_process("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
+                                     f"--meta_strategy={strategy}", *DEBUG],
+                     yaml="crdnn_attention_meta.yaml")
+    assert json.loads((out / "pretrained" / "sbmeta.json").read_text())["strategy"] == strategy
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--meta_strategy=mamll"], "unknown strategy 'mamll'; available: anil, "),
+        (["--inner_stepz=3"], "unknown key 'inner_stepz' (did you mean 'inner_steps'?)"),
+        (["--inner_steps=-1"], "inner_steps must be a non-negative integer"),
+        (["--k_support=40", "--k_query=40"], "k_support + k_query = 40 + 40 = 80 utterances per task"),
+        (["--meta_addons=nope"], "unknown add-on 'nope'"),
+        (["--plugins=[./no_such_plugin.py]"], "no_such_plugin.py"),
+        (["--peft_rnak=3", "--meta_addons=[lora]"], "unknown key 'peft_rnak'"),
+    ],
+)
+def test_recipe_errors_are_one_line_and_leave_no_folder(tiny_corpus, tmp_path, args, message, capsys):
+    from sb_meta.recipe import run_main
+    from sb_meta.utils import load_script
+
+    recipe = load_script(ROOT / "recipes" / "SynthVoices" / "train.py", "sbmeta_recipe_errors")
+    out = tmp_path / "x"
+    argv = [str(ROOT / "recipes/SynthVoices/hparams/crdnn_ctc_meta.yaml"),
+            f"--data_folder={tiny_corpus}", f"--output_folder={out}", "--noprogressbar", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(recipe.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()  # a failed set-up leaves no half-filled experiment folder
+
+
+def test_recipe_error_from_the_command_line_and_verbose_traceback(tiny_corpus, tmp_path):
+    out = tmp_path / "x"
+    args = [f"--data_folder={tiny_corpus}", f"--output_folder={out}", "--inner_stepz=3"]
+    proc = run_recipe("SynthVoices", args, cwd=tmp_path, ok=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if "torchvision" not in ln]
+    assert lines[0] == "train.py: error: unknown key 'inner_stepz' (did you mean 'inner_steps'?) " \
+                       f"on the command line; {ROOT / 'recipes/SynthVoices/hparams/crdnn_ctc_meta.yaml'} has no such key"
+    assert len(lines) == 2 and "--verbose" in lines[1]
+    assert not out.exists()
+    verbose = run_recipe("SynthVoices", args + ["--verbose"], cwd=tmp_path, ok=False)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stdout + verbose.stderr
 
 
 def test_an4_recipe_trains_tests_and_exports(an4_root, tmp_path):

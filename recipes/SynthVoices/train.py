@@ -26,12 +26,12 @@ from sb_meta.recipe import (
     ctc_greedy_words,
     decode_ids,
     encode_text,
-    load_hparams,
     load_initialisation,
     prepare_tokenizer,
     read_audio_checked,
+    recipe_setup,
     run_main,
-    setup_guard,
+    train_loader,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,15 @@ class ASR(MetaBrain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
+        tokens_bos, _ = batch.tokens_bos
+        augmented = stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment")
+        if augmented:  # SpeechBrain's Augmenter; labels are replicated in compute_objectives
+            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+            tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens)
         if stage == sb.Stage.TRAIN and hasattr(self.hparams, "fea_augment"):
-            feats, _ = self.hparams.fea_augment(feats, wav_lens)
-        tokens_bos, _ = batch.tokens_bos
+            feats = self.hparams.fea_augment(feats)
         p_seq = None
         if "Transformer" in self.modules:
             src = self.modules.CNN(feats)
@@ -66,13 +70,17 @@ class ASR(MetaBrain):
                 h, _ = self.modules.dec(self.modules.emb(tokens_bos), enc_out, wav_lens)
                 p_seq = self.hparams.log_softmax(self.modules.seq_lin(h))
         p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(enc_out))
-        return ASRPredictions(p_ctc, wav_lens, enc_out, p_seq)
+        return ASRPredictions(p_ctc, wav_lens, enc_out, p_seq, extra={"augmented": augmented})
 
     def compute_objectives(self, predictions, batch, stage):
         tokens, tokens_lens = batch.tokens
+        tokens_eos, tokens_eos_lens = batch.tokens_eos
+        if predictions.extra.get("augmented"):
+            replicate = self.hparams.wav_augment.replicate_labels
+            tokens, tokens_lens = replicate(tokens), replicate(tokens_lens)
+            tokens_eos, tokens_eos_lens = replicate(tokens_eos), replicate(tokens_eos_lens)
         loss = self.hparams.ctc_cost(predictions.log_probs, tokens, predictions.lengths, tokens_lens)
         if predictions.seq_log_probs is not None:
-            tokens_eos, tokens_eos_lens = batch.tokens_eos
             seq_loss = self.hparams.seq_cost(
                 predictions.seq_log_probs, tokens_eos, length=tokens_eos_lens
             )
@@ -179,9 +187,8 @@ def prepare(hparams):
 
 
 def main(argv):
-    hparams_file, run_opts, overrides, hparams = load_hparams(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with setup_guard(hparams["output_folder"]):
+    with recipe_setup(argv) as (hparams_file, run_opts, overrides, hparams):
+        sb.utils.distributed.ddp_init_group(run_opts)
         sb.create_experiment_directory(
             experiment_directory=hparams["output_folder"],
             hyperparams_to_save=hparams_file,
@@ -201,13 +208,14 @@ def main(argv):
             run_opts=run_opts,
             checkpointer=hparams["checkpointer"],
         )
-        train_loader = brain.make_episode_loader(datasets["train"])
+        train_set = train_loader(brain, hparams, datasets["train"])  # episodes, or plain batches
         if hparams.get("export_folder"):
             check_destination(hparams["export_folder"], force=True)  # refuse before training
     brain.fit(
         hparams["epoch_counter"],
-        train_loader,
+        train_set,
         datasets["valid"],
+        train_loader_kwargs=hparams.get("train_dataloader_opts", {}),
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     brain.evaluate(datasets["test"], min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"])
