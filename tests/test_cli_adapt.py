@@ -131,7 +131,7 @@ def test_evaluate(exported, capsys, tmp_path):
             "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0].split()[:2] == ["strategy", "k"]
+    assert printed.splitlines()[0].split()[:2] == ["method", "k"]
     assert "skipped: task 's2' has 2 utterance(s); k=2 needs at least 3" in printed
     for name in ("results.json", "report.md", "wer_vs_k.png"):
         assert (out / name).is_file()

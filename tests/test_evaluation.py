@@ -94,7 +94,7 @@ def test_evaluate_kshot(model_and_data, tmp_path):
     assert "## Summary" in md and "| finetune | 2 |" in md and "| t2 | 2 | anil | 1 |" in md
     assert "k=2 needs at least 3" in md
     table = summary_table(results)
-    assert table.splitlines()[0].split()[:2] == ["strategy", "k"]
+    assert table.splitlines()[0].split()[:2] == ["method", "k"]
     assert len(table.splitlines()) == 1 + 6
 
 

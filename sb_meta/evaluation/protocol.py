@@ -1,15 +1,19 @@
-"""k-shot adaptation benchmark: WER/CER as a function of the support size.
+"""The k-shot adaptation protocol: WER/CER as a function of the support size.
 
 :func:`evaluate_kshot` adapts a model to every task of a manifest (a speaker
-for ``spk_id``, a language for ``lang``...) from ``k`` of its utterances and
-scores the adapted model on the task's other utterances; :func:`write_report`
-writes ``results.json``, ``report.md`` and ``wer_vs_k.png``.
+for ``spk_id``, a (speaker, channel) pair, a language...) from ``k`` of its
+utterances with each :class:`~sb_meta.evaluation.methods.Method` and scores the
+adapted model on the task's other utterances;
+:func:`sb_meta.evaluation.report.write_report` writes ``results.json``,
+``report.md`` and ``wer_vs_k.png``. :func:`compare_models` pairs two models'
+results draw by draw; :func:`select_on_dev` chooses steps, step size and
+adapted parameters on development tasks.
 
 Draws and pairing
 -----------------
 For task ``t``, support size ``k > 0`` and repeat ``r`` the support set is
 ``k`` utterances drawn with a generator seeded by ``(seed, t, k, r)``; the
-*query* set is every other utterance of ``t``. All strategies adapt on the
+*query* set is every other utterance of ``t``. All methods adapt on the
 same draws, and every draw also scores the unadapted model on its query set,
 so ``delta_wer`` (adapted - unadapted on the same utterances) is a paired
 difference. The ``k = 0`` entry is the unadapted model on the query set of the
@@ -22,30 +26,29 @@ data is listed in ``results["failed"]``. Nothing is dropped silently.
 WER and CER are SpeechBrain's ``ErrorRateStats`` over the query set (words,
 and characters spaces included), in percent. Means and standard deviations
 (``ddof=1``) are over repeats in ``per_task`` and over all draws (tasks x
-repeats) in ``summary``.
+repeats) in ``summary``; intervals are 95% two-level bootstrap intervals over
+tasks and draws (:mod:`sb_meta.evaluation.statistics`).
 """
 
 import hashlib
-import json
 import logging
-import math
 import os
 import pathlib
 import random
 import time
 
-from sb_meta.utils import atomic_open
+from sb_meta.evaluation.methods import methods_from
+from sb_meta.evaluation.statistics import mean_std, summarize_paired
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "evaluate_kshot",
-    "write_report",
-    "summary_table",
+    "compare_models",
+    "select_on_dev",
     "draw_support",
     "error_rates",
     "resolve_wav",
-    "check_report_folder",
 ]
 
 
@@ -101,17 +104,6 @@ def resolve_wav(path, data_root):
     return str(path).replace("$data_root", str(data_root)) if data_root is not None else str(path)
 
 
-def _stats(values):
-    values = [float(v) for v in values]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
-
-
 def _parse_ks(ks):
     out = sorted({int(k) for k in ks})
     if not out or out[0] < 0:
@@ -126,6 +118,7 @@ def evaluate_kshot(
     ks=(0, 1, 2, 5),
     repeats=3,
     strategies=("finetune",),
+    methods=None,
     steps=3,
     lr=None,
     seed=0,
@@ -139,8 +132,8 @@ def evaluate_kshot(
 
     Arguments
     ---------
-    model : sb_meta.inference.AdaptableASR or str
-        The model, or a folder for :func:`sb_meta.inference.load_model`.
+    model : sb_meta.adapt.AdaptableASR or str
+        The model, or a folder for :func:`sb_meta.adapt.load_model`.
     manifest_csv : str or pathlib.Path
         SpeechBrain CSV manifest (``ID``, ``wav``, ``wrd`` and ``task_column``).
     task_column : str
@@ -150,7 +143,10 @@ def evaluate_kshot(
     repeats : int
         Support draws per task and ``k``.
     strategies : sequence of str
-        Registered gradient strategies to compare (same draws for all).
+        Strategies to compare, each a method of that name (same draws for all).
+    methods : sequence, optional
+        :class:`~sb_meta.evaluation.methods.Method` s (or their names /
+        dicts) instead of ``strategies``.
     steps : int
         Adaptation steps.
     lr : float, optional
@@ -172,10 +168,11 @@ def evaluate_kshot(
     -------
     dict
         ``config``, ``tasks`` (utterances per task), ``draws`` (one record per
-        task, k and repeat), ``per_task[task][strategy][str(k)]`` and
-        ``summary[strategy][str(k)]`` (``wer_mean``, ``wer_std``,
-        ``cer_mean``, ``cer_std``, ``n``, ``base_wer_mean``,
-        ``delta_wer_mean``...), ``skipped`` and ``failed``.
+        task, k and repeat), ``per_task[task][method][str(k)]`` and
+        ``summary[method][str(k)]`` (``wer_mean``, ``wer_std``, ``cer_mean``,
+        ``cer_std``, ``n``, ``base_wer_mean``, ``delta_wer_mean`` with its
+        ``delta_ci``, ``relative`` reduction with ``relative_ci``,
+        ``worse_tasks`` / ``worse_fraction``...), ``skipped`` and ``failed``.
 
     Example
     -------
@@ -192,13 +189,14 @@ def evaluate_kshot(
     ks = _parse_ks(ks)
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    strategies = [s.strip() for s in strategies if s and s.strip()]
-    if not strategies and any(k > 0 for k in ks):
-        raise ValueError("no strategy given")
-    if len(set(strategies)) != len(strategies):
-        raise ValueError(f"strategies are repeated: {strategies}")
-    for name in strategies:
-        model.check_strategy(name)  # unknown / unusable: fail before any work
+    methods = methods_from(methods if methods is not None else strategies)
+    if not methods and any(k > 0 for k in ks):
+        raise ValueError("no method given")
+    for method in methods:  # unknown / unusable: fail before any work
+        model.check_strategy(method.strategy or model.default_strategy)
+        for addon in method.addons:
+            model.registry.get_addon(addon)
+    strategies = [m.name for m in methods]
 
     manifest_csv = pathlib.Path(manifest_csv)
     rows = read_manifest(manifest_csv, required=("ID", "duration", "wav", "wrd", task_column))
@@ -279,7 +277,7 @@ def evaluate_kshot(
             "%d (task, k) combination(s) skipped for too few utterances: %s",
             len(skipped), "; ".join(s["reason"] for s in skipped[:10]),
         )
-    total = sum(len(f) * repeats * (1 + len(strategies)) for f in plan.values())
+    total = sum(len(f) * repeats * (1 + len(methods)) for f in plan.values())
     total += sum(repeats for f in plan.values() if not f) if 0 in ks else 0
     bar = tqdm(total=total, desc="k-shot evaluation", unit="run", disable=not progress)
     try:
@@ -298,17 +296,17 @@ def evaluate_kshot(
                         "unadapted": {"wer": base["wer"], "cer": base["cer"]},
                         "adapted": {},
                     }
-                    for name in strategies:
+                    for method in methods:
+                        name = method.name
                         t0 = time.time()
                         try:
-                            adapted = model.adapt(
-                                [wav_of(u) for u in support],
-                                [by_id[u]["wrd"] for u in support],
-                                strategy=name, steps=steps, lr=lr,
-                                adapt_params=adapt_params, ids=support,
+                            adapted = method.adapt(
+                                model, [wav_of(u) for u in support],
+                                [by_id[u]["wrd"] for u in support], support, task,
+                                steps=steps, lr=lr, adapt_params=adapt_params,
                             )
                         except Exception as exc:  # noqa: BLE001 - bad data is reported
-                            from sb_meta.inference import AdaptationError
+                            from sb_meta.adapt import AdaptationError
 
                             if not isinstance(exc, (ValueError, AdaptationError)):
                                 raise
@@ -354,6 +352,7 @@ def evaluate_kshot(
             "ks": ks,
             "repeats": repeats,
             "strategies": strategies,
+            "methods": [m.as_dict() for m in methods],
             "steps": steps,
             "lr": lr,
             "adapt_params": list(adapt_params) if adapt_params else None,
@@ -369,47 +368,57 @@ def evaluate_kshot(
     return results
 
 
-def _entry(draws, strategy, k):
+def _entry(draws, strategy, k, seed=0):
     """Aggregated metrics of ``draws`` (all of one k) for ``strategy``."""
     if k == 0:
-        wers = [d["unadapted"]["wer"] for d in draws]
-        cers = [d["unadapted"]["cer"] for d in draws]
-        bases, deltas = wers, [0.0] * len(wers)
+        done = list(draws)
+        wers = [d["unadapted"]["wer"] for d in done]
+        cers = [d["unadapted"]["cer"] for d in done]
     else:
         done = [d for d in draws if strategy in d["adapted"]]
         wers = [d["adapted"][strategy]["wer"] for d in done]
         cers = [d["adapted"][strategy]["cer"] for d in done]
-        bases = [d["unadapted"]["wer"] for d in done]
-        deltas = [d["adapted"][strategy]["delta_wer"] for d in done]
     if not wers:
         return None
-    wer_mean, wer_std = _stats(wers)
-    cer_mean, cer_std = _stats(cers)
-    delta_mean, delta_std = _stats(deltas)
+    bases = [d["unadapted"]["wer"] for d in done]
+    wer_mean, wer_std = mean_std(wers)
+    cer_mean, cer_std = mean_std(cers)
+    deltas = [w - b for w, b in zip(wers, bases)]
+    delta_mean, delta_std = mean_std(deltas)
+    base, other = {}, {}
+    for d, b, w in zip(done, bases, wers):
+        base.setdefault(d["task"], []).append(b)
+        other.setdefault(d["task"], []).append(w)
+    paired = summarize_paired(base, other, seed=seed)
     return {
         "wer_mean": wer_mean, "wer_std": wer_std,
         "cer_mean": cer_mean, "cer_std": cer_std,
-        "base_wer_mean": _stats(bases)[0],
+        "base_wer_mean": mean_std(bases)[0],
         "delta_wer_mean": delta_mean, "delta_wer_std": delta_std,
+        "delta_ci": paired["delta_ci"],
+        "relative": paired["relative"], "relative_ci": paired["relative_ci"],
+        "worse_tasks": paired["worse_tasks"], "worse_fraction": paired["worse_fraction"],
+        "worse_draws": paired["worse_draws"],
         "n": len(wers),
-        "tasks": len({d["task"] for d in draws if k == 0 or strategy in d["adapted"]}),
+        "tasks": len({d["task"] for d in done}),
     }
 
 
 def _aggregate(results, pos_ks):
     strategies = results["config"]["strategies"] or ["unadapted"]
     ks = results["config"]["ks"]
+    seed = results["config"].get("seed", 0)
     per_task, summary = {}, {}
     for name in strategies:
         summary[name] = {}
         for k in ks:
             of_k = [d for d in results["draws"] if d["k"] == k]
-            entry = _entry(of_k, name, k)
+            entry = _entry(of_k, name, k, seed)
             if entry is not None:
                 summary[name][str(k)] = entry
             for task in results["tasks"]:
                 sub = [d for d in of_k if d["task"] == task]
-                entry = _entry(sub, name, k)
+                entry = _entry(sub, name, k, seed)
                 if entry is not None:
                     entry["wer"] = (
                         [d["unadapted"]["wer"] for d in sub] if k == 0
@@ -420,203 +429,82 @@ def _aggregate(results, pos_ks):
     results["summary"] = summary
 
 
-def _fmt(mean, std, digits=1):
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def summary_table(results, markdown=False):
-    """The summary (per strategy and k: WER, CER, paired change of WER) as text.
-
-    Example
-    -------
-    >>> res = {"summary": {"finetune": {"0": dict(wer_mean=50.0, wer_std=5.0, cer_mean=20.0,
-    ...        cer_std=2.0, delta_wer_mean=0.0, delta_wer_std=0.0, n=4, tasks=2)}}}
-    >>> print(summary_table(res))
-    strategy   k  WER (%)        CER (%)        dWER (paired)  tasks  draws
-    finetune   0  50.0 ± 5.0     20.0 ± 2.0     +0.0 ± 0.0         2      4
-    """
-    header = ["strategy", "k", "WER (%)", "CER (%)", "dWER (paired)", "tasks", "draws"]
-    rows = []
-    for name, by_k in results["summary"].items():
-        for k in sorted(by_k, key=int):
-            e = by_k[k]
-            delta = "-" if e["delta_wer_mean"] is None else (
-                f"{e['delta_wer_mean']:+.1f} ± {e['delta_wer_std']:.1f}"
-            )
-            rows.append([
-                name, k, _fmt(e["wer_mean"], e["wer_std"]), _fmt(e["cer_mean"], e["cer_std"]),
-                delta, str(e["tasks"]), str(e["n"]),
-            ])
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [9, 2, 13, 13, 13, 5, 5]
-    right = {1, 5, 6}
-
-    def fmt_row(cells):
-        out = []
-        for i, (c, w) in enumerate(zip(cells, widths)):
-            out.append(c.rjust(w) if i in right else c.ljust(w))
-        return "  ".join(out).rstrip()
-
-    return "\n".join([fmt_row(header)] + [fmt_row(r) for r in rows])
-
-
-def _write_atomic(path, data, binary=False):
-    with atomic_open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-        f.write(data)
-
-
-def _report_markdown(results):
-    cfg = results["config"]
-    lines = [
-        "# k-shot adaptation report",
-        "",
-        f"- model: `{cfg['model']}` (meta-trained with `{cfg['trained_strategy']}`)",
-        f"- data: `{cfg['manifest']}`, tasks by `{cfg['task_column']}`: "
-        f"{len(results['tasks'])} tasks, {sum(results['tasks'].values())} utterances",
-        f"- k: {', '.join(map(str, cfg['ks']))}; repeats: {cfg['repeats']}; "
-        f"strategies: {', '.join(cfg['strategies']) or '-'}; steps: {cfg['steps']}; "
-        f"lr: {cfg['lr'] if cfg['lr'] is not None else 'model default'}; seed: {cfg['seed']}",
-        "",
-        "WER/CER in %, mean ± std over draws (tasks x repeats). dWER: adapted minus "
-        "unadapted WER on the same query utterances (negative is better). k = 0 is "
-        "the unadapted model on the query set of the matched draw (largest k).",
-        "",
-        "## Summary",
-        "",
-        summary_table(results, markdown=True),
-        "",
-        "## Per task",
-        "",
-        "| task | utterances | strategy | k | WER (%) | CER (%) | dWER | repeats |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for task, by_strategy in sorted(results["per_task"].items()):
-        for name, by_k in by_strategy.items():
-            for k in sorted(by_k, key=int):
-                e = by_k[k]
-                lines.append(
-                    f"| {task} | {results['tasks'][task]} | {name} | {k} | "
-                    f"{_fmt(e['wer_mean'], e['wer_std'])} | {_fmt(e['cer_mean'], e['cer_std'])} | "
-                    f"{e['delta_wer_mean']:+.1f} | {e['n']} |"
-                )
-    lines += ["", "## Skipped", ""]
-    if results["skipped"]:
-        lines += [f"- {s['reason']}" for s in results["skipped"]]
-    else:
-        lines.append("None.")
-    lines += ["", "## Failed adaptations", ""]
-    if results["failed"]:
-        lines += [
-            f"- {f['task']} k={f['k']} repeat {f['repeat']} ({f['strategy']}): {f['reason']}"
-            for f in results["failed"]
-        ]
-    else:
-        lines.append("None.")
-    lines += ["", "![WER vs k](wer_vs_k.png)", ""]
-    return "\n".join(lines)
-
-
-def _plot(results, path):
-    """Two panels: WER vs k, and the paired change of WER vs k.
-
-    The query utterances differ between k (they are what is left after the
-    support draw), so the right panel, adapted minus unadapted WER on the
-    same query utterances, is the one to compare k by.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
-    ax, ax_d = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    names = list(results["summary"])
-    all_ks = sorted({int(k) for by_k in results["summary"].values() for k in by_k})
-    span = (all_ks[-1] - all_ks[0]) if len(all_ks) > 1 else 1
-    for i, name in enumerate(names):
-        by_k = results["summary"][name]
-        ks = sorted(by_k, key=int)
-        if not ks:
+def _per_draw(results, method, k):
+    """``{(task, repeat): adapted WER}`` of ``method`` at ``k`` (k = 0: unadapted)."""
+    out = {}
+    for d in results["draws"]:
+        if d["k"] != int(k):
             continue
-        dodge = (i - (len(names) - 1) / 2) * 0.012 * span  # keep error bars apart
-        ax.errorbar(
-            [int(k) + dodge for k in ks],
-            [by_k[k]["wer_mean"] for k in ks],
-            yerr=[by_k[k]["wer_std"] for k in ks],
-            marker="o", capsize=3, label=name,
-        )
-        paired = [k for k in ks if by_k[k].get("delta_wer_mean") is not None]
-        if paired:
-            ax_d.errorbar(
-                [int(k) + dodge for k in paired],
-                [by_k[k]["delta_wer_mean"] for k in paired],
-                yerr=[by_k[k]["delta_wer_std"] or 0.0 for k in paired],
-                marker="o", capsize=3, label=name,
-            )
-    for a in (ax, ax_d):
-        if all_ks:
-            a.set_xticks(all_ks)
-        a.set_xlabel("k (support utterances)")
-        a.grid(True, alpha=0.3)
-        if results["summary"]:
-            a.legend()
-    ax.set_ylabel("WER (%)")
-    ax.set_title("WER on the query utterances (mean ± std)")
-    ax_d.axhline(0.0, color="grey", linewidth=0.8)
-    ax_d.set_ylabel("adapted − unadapted WER (points)")
-    ax_d.set_title("Paired change on the same utterances")
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    _write_atomic(path, buf.getvalue(), binary=True)
+        if int(k) == 0:
+            out[(d["task"], d["repeat"])] = (d["query"], d["unadapted"]["wer"])
+        elif method in d["adapted"]:
+            out[(d["task"], d["repeat"])] = (d["query"], d["adapted"][method]["wer"])
+    return out
 
 
-def check_report_folder(out_dir):
-    """Raise before any work when ``out_dir`` cannot hold a report.
+def compare_models(results_a, results_b, method_a, k, method_b=None, seed=0):
+    """Paired difference between two models' WER on the same draws (b minus a).
 
-    It must be a folder, or not exist yet with a writable parent.
-
-    Example
-    -------
-    >>> import tempfile, pathlib
-    >>> f = pathlib.Path(tempfile.mkdtemp()) / "file"
-    >>> _ = f.write_text("x")
-    >>> check_report_folder(f)
-    Traceback (most recent call last):
-    ...
-    FileExistsError: report folder .../file exists and is a file; give a folder for --out
-    """
-    out_dir = pathlib.Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"report folder {out_dir} exists and is a file; give a folder for --out")
-    parent = out_dir if out_dir.exists() else next(p for p in out_dir.absolute().parents if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write the report folder {out_dir}: {parent} is not writable")
-
-
-def write_report(results, out_dir):
-    """Write ``results.json``, ``report.md`` and ``wer_vs_k.png`` into ``out_dir``.
+    Both results must come from the same manifest, seed and tasks (so the
+    support and query utterances of each draw are the same; checked).
 
     Returns
     -------
     dict
-        ``{"json": path, "markdown": path, "plot": path}``.
+        As :func:`~sb_meta.evaluation.statistics.summarize_paired`, with
+        ``base_mean`` the WER of ``a`` and ``mean`` that of ``b``.
+
+    Example
+    -------
+    >>> d = lambda wer: {"task": "t", "repeat": 0, "k": 5, "query": ["u"], "adapted": {"m": {"wer": wer}}}
+    >>> compare_models({"draws": [d(20.0)]}, {"draws": [d(15.0)]}, "m", 5)["delta"]
+    -5.0
     """
-    check_report_folder(out_dir)
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "results.json",
-        "markdown": out_dir / "report.md",
-        "plot": out_dir / "wer_vs_k.png",
-    }
-    _write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
-    _write_atomic(paths["markdown"], _report_markdown(results))
-    _plot(results, paths["plot"])
-    return paths
+    a, b = _per_draw(results_a, method_a, k), _per_draw(results_b, method_b or method_a, k)
+    common = sorted(set(a) & set(b))
+    for key in common:
+        if a[key][0] != b[key][0]:
+            raise ValueError(f"draw {key} has other query utterances in the two results "
+                             "(another manifest or seed?)")
+    base, other = {}, {}
+    for task, rep in common:
+        base.setdefault(task, []).append(a[(task, rep)][1])
+        other.setdefault(task, []).append(b[(task, rep)][1])
+    return summarize_paired(base, other, seed=seed)
+
+
+def select_on_dev(model, dev_csv, grid, k=5, repeats=2, seed=0, task_column="spk_id", **kwargs):
+    """Choose a method's steps, step size and adapted parameters on development tasks.
+
+    Arguments
+    ---------
+    model : sb_meta.adapt.AdaptableASR
+    dev_csv : str or pathlib.Path
+        Manifest of the development tasks (never the test tasks).
+    grid : list of Method or dict
+        The candidates (each with a distinct ``name``).
+    k, repeats, seed, task_column
+        The protocol's settings on the dev tasks.
+    **kwargs
+        More :func:`evaluate_kshot` arguments.
+
+    Returns
+    -------
+    (Method, dict)
+        The candidate with the lowest mean adapted WER, and the record of the
+        selection (every candidate's mean WER, the dev manifest and settings).
+    """
+    grid = methods_from(grid)
+    results = evaluate_kshot(model, dev_csv, task_column=task_column, ks=(k,), repeats=repeats,
+                             methods=grid, seed=seed, **kwargs)
+    scores = {m.name: results["summary"][m.name].get(str(k), {}).get("wer_mean") for m in grid}
+    valid = {n: v for n, v in scores.items() if v is not None}
+    if not valid:
+        raise ValueError(f"no candidate adapted on the dev tasks of {dev_csv}")
+    best = min(valid, key=valid.get)
+    record = {"dev_manifest": str(dev_csv), "k": k, "repeats": repeats, "seed": seed,
+              "candidates": {m.name: dict(m.as_dict(), dev_wer=scores[m.name]) for m in grid},
+              "chosen": best}
+    return next(m for m in grid if m.name == best), record
+
+

@@ -1,0 +1,114 @@
+"""Test-time adaptation methods compared by the k-shot protocol.
+
+A :class:`Method` is one way of adapting a loaded model to a task's support
+utterances: a strategy (``finetune``, ``anil``, ``metasgd``, ``meta_lstm``...),
+its steps and step size, the parameters it adapts (``ctc_lin.*`` for a head
+only), add-ons (``lora``, ``lhuc``, ``augment``, ``distill``...) with their
+settings, and whether it reads the transcripts at all (``unsupervised``).
+Every method of an evaluation adapts on the same support draws.
+
+Example
+-------
+>>> m = Method.parse("head:finetune:ctc_lin.*")
+>>> m.name, m.strategy, m.adapt_params
+('head', 'finetune', ['ctc_lin.*'])
+>>> Method.parse("lora").addons
+['lora']
+"""
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Method", "methods_from"]
+
+#: names that stand for an add-on applied with ``finetune``
+_ADDON_SHORTHANDS = ("lora", "lhuc", "houlsby")
+
+
+@dataclass
+class Method:
+    """One test-time adaptation method.
+
+    Attributes
+    ----------
+    name : str
+        How reports name it.
+    strategy : str, optional
+        Default: the model's (``metasgd`` when it has learned step sizes).
+    steps : int, optional
+        Default: the evaluation's ``steps``.
+    lr : float, optional
+        Default: the evaluation's ``lr``, else the model's.
+    adapt_params : list of str, optional
+        Parameter name patterns.
+    addons : list of str
+        Add-ons active during adaptation.
+    addon_config : dict
+        Their settings.
+    unsupervised : str, optional
+        ``"entropy"`` or ``"pseudo"``: adapt without the transcripts.
+    """
+
+    name: str
+    strategy: str = None
+    steps: int = None
+    lr: float = None
+    adapt_params: list = None
+    addons: list = field(default_factory=list)
+    addon_config: dict = field(default_factory=dict)
+    unsupervised: str = None
+
+    @classmethod
+    def parse(cls, text):
+        """A method from ``name[:strategy[:pattern,pattern]]`` (CLI) or an add-on name."""
+        parts = text.split(":")
+        name = parts[0]
+        if len(parts) == 1:
+            if name in _ADDON_SHORTHANDS:
+                return cls(name=name, strategy="finetune", addons=[name])
+            return cls(name=name, strategy=name)
+        adapt = [p for p in parts[2].split(",") if p] if len(parts) > 2 else None
+        return cls(name=name, strategy=parts[1] or None, adapt_params=adapt)
+
+    def as_dict(self):
+        return asdict(self)
+
+    def adapt(self, model, wavs, transcripts, ids, task, steps=3, lr=None, adapt_params=None):
+        """``model`` adapted to the support (a new model); transcripts are not
+        read when the method is unsupervised."""
+        kwargs = dict(
+            strategy=self.strategy,
+            steps=self.steps if self.steps is not None else steps,
+            lr=self.lr if self.lr is not None else lr,
+            adapt_params=self.adapt_params if self.adapt_params is not None else adapt_params,
+            ids=ids,
+            task=task,
+            addons=list(self.addons) or None,
+            addon_config=dict(self.addon_config) or None,
+        )
+        if self.unsupervised:
+            return model.adapt(wavs, None, unsupervised=self.unsupervised, **kwargs)
+        return model.adapt(wavs, transcripts, **kwargs)
+
+
+def methods_from(items):
+    """:class:`Method` s from names, ``name:strategy:patterns`` strings, dicts or methods.
+
+    Raises
+    ------
+    ValueError
+        When two methods have the same name.
+    """
+    out = []
+    for item in items:
+        if isinstance(item, Method):
+            out.append(item)
+        elif isinstance(item, dict):
+            out.append(Method(**item))
+        else:
+            text = str(item).strip()
+            if text:
+                out.append(Method.parse(text))
+    names = [m.name for m in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods are repeated: {names}")
+    return out
