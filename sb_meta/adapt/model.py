@@ -24,7 +24,7 @@ import speechbrain as sb
 import torch
 
 from sb_meta.adapt.objective import AdaptBrain, trainable_view
-from sb_meta.adapt.support import ctc_min_frames, load_audio, prepare_support
+from sb_meta.adapt.support import ctc_min_frames, load_audio, make_batches, prepare_support
 from sb_meta.contract import Phase
 
 logger = logging.getLogger(__name__)
@@ -332,7 +332,8 @@ class AdaptableASR:
     # ------------------------------------------------------------ adaptation
     def adapt(self, wavs_or_paths, transcripts, strategy=None, steps=3, lr=None,
               adapt_params=None, batch_size=None, ids=None, addons=None, peft=None,
-              addon_config=None, task=None, ctc_weight=None):
+              addon_config=None, task=None, ctc_weight=None, unsupervised=None,
+              unsupervised_config=None):
         """A new model adapted to the support utterances (this one is unchanged).
 
         Arguments
@@ -369,13 +370,16 @@ class AdaptableASR:
             The task's name (speaker, channel...), handed to the hooks.
         ctc_weight : float, optional
             Weight of CTC against attention for models with both.
+        unsupervised : str, optional
+            ``"pseudo"`` or ``"entropy"``: adapt from the audio alone
+            (``transcripts`` must be None; see :mod:`sb_meta.adapt.unsupervised`).
+        unsupervised_config : dict, optional
+            ``confidence``, ``min_improvement``, ``blank_guard``.
 
         Returns
         -------
         AdaptableASR
         """
-        from speechbrain.dataio.batch import PaddedBatch
-
         from sb_meta.episodes import Task
         from sb_meta.functional import select_params
 
@@ -399,11 +403,50 @@ class AdaptableASR:
         if lr is not None and not float(lr) > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         view = self.view
+        from sb_meta.adapt import unsupervised as unsup
+
+        if unsupervised is not None:
+            if unsupervised not in unsup.MODES:
+                raise ValueError(f"unsupervised must be one of {unsup.MODES}, got {unsupervised!r}")
+            if transcripts is not None:
+                raise ValueError("unsupervised adaptation never reads transcripts: pass transcripts=None")
+            if "ctc" not in view.losses:
+                raise ValueError(f"unsupervised adaptation needs a CTC head; this model has {view.losses}")
+        elif transcripts is None:
+            raise ValueError("give the support transcripts, or unsupervised='pseudo' or 'entropy'")
+        config = dict(unsup.DEFAULTS, **(unsupervised_config or {}))
+        unknown = sorted(set(config) - set(unsup.DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown unsupervised_config keys {unknown}; keys are {sorted(unsup.DEFAULTS)}")
         wavs, tokens, names, records = prepare_support(
             wavs_or_paths, transcripts, ids, self.asr.audio_normalizer, self.tokenizer, view.blank_index
         )
         new_asr = self._copy()
         brain = self._brain_for(new_asr, strategy, steps, lr, adapt_params, addons, addon_config, ctc_weight)
+        size = len(wavs) if not batch_size else int(batch_size)
+        unsup_log = None
+        if unsupervised == "pseudo":  # the unadapted model's confident hypotheses become transcripts
+            labels = unsup.pseudo_labels(brain, make_batches(wavs, None, names, view, size),
+                                         self.tokenizer, view.blank_index, config["confidence"])
+            keep = [i for i, (hyp, conf) in enumerate(labels) if conf >= config["confidence"] and hyp.strip()]
+            unsup_log = {"mode": "pseudo", "confidence": [round(c, 4) for _, c in labels], "kept": len(keep),
+                         "hypotheses": [h for h, _ in labels]}
+            for i, (hyp, conf) in enumerate(labels):
+                records[i]["pseudo_label"], records[i]["confidence"] = hyp, conf
+            if not keep:
+                self._freeze(new_asr)
+                info = copy.deepcopy(self.info) if self.info is not None else {}
+                record = {"time": _now(), "source": self.source, "strategy": strategy, "steps": 0,
+                          "unsupervised": dict(unsup_log, stopped="no utterance confident enough"),
+                          "support": records}
+                info["adaptations"] = list(info.get("adaptations") or []) + [record]
+                adapted = self._derived(new_asr, info, adapters=copy.deepcopy(carried), brain=brain)
+                adapted.last_adaptation = record
+                return adapted
+            wavs, names = [wavs[i] for i in keep], [names[i] for i in keep]
+            tokens = [self.encode_transcript(labels[i][0], names[j]) for j, i in enumerate(keep)]
+        elif unsupervised == "entropy":
+            brain.hparams.unsupervised = "entropy"
         names_to_adapt = brain.strategy.load_state(self.meta_state) if uses_state else None
         if adapt_params:
             chosen = select_params(brain.base_param_names(), adapt_params)
@@ -427,18 +470,8 @@ class AdaptableASR:
                     f"(such as {carried['names'][:3]})"
                 )
         bv = brain.hparams.sbmeta_view
-        size = len(wavs) if not batch_size else int(batch_size)
-        batches = []
-        for start in range(0, len(wavs), size):
-            items = []
-            for i in range(start, min(start + size, len(wavs))):
-                item = {"id": names[i], "sig": wavs[i], "tokens": torch.LongTensor(tokens[i])}
-                if bv.attention:
-                    item["tokens_bos"] = torch.LongTensor([bv.bos_index] + tokens[i])
-                    item["tokens_eos"] = torch.LongTensor(tokens[i] + [bv.eos_index])
-                items.append(item)
-            batches.append(PaddedBatch(items))
-        if "ctc" in bv.losses:
+        batches = make_batches(wavs, tokens, names, bv, size)
+        if "ctc" in bv.losses and tokens is not None:
             self._check_lengths(brain, batches, size, tokens, names, records)
         rows = {r["id"] or n: {"wav": r["audio"], "wrd": r["transcript"]} for r, n in zip(records, names)}
         the_task = Task(str(task) if task is not None else "adapt", list(rows), [], rows=rows)
@@ -446,9 +479,16 @@ class AdaptableASR:
             torch.backends.cudnn.flags(enabled=False)
             if str(self.device).startswith("cuda") else contextlib.nullcontext()
         )
-        with torch.enable_grad(), cudnn_off:
-            fast = brain.strategy.adapt(batches, steps=steps, lr=lr, names=names_to_adapt,
-                                        task=the_task, phase=Phase.ADAPT)
+        with cudnn_off:
+            if unsupervised == "entropy":
+                names_to_adapt = names_to_adapt or brain.strategy.adapt_names(Phase.ADAPT)
+                unsup_log = dict(mode="entropy", **unsup.entropy_steps(
+                    brain, batches, steps, lr, names_to_adapt, the_task, Phase.ADAPT, config))
+                fast = {n: p for n, p in brain.trainable_params().items() if n in set(names_to_adapt)}
+            else:
+                with torch.enable_grad():
+                    fast = brain.strategy.adapt(batches, steps=steps, lr=lr, names=names_to_adapt,
+                                                task=the_task, phase=Phase.ADAPT)
         params = brain.trainable_params()
         with torch.no_grad():
             for n, w in fast.items():
@@ -469,6 +509,8 @@ class AdaptableASR:
             "support": records,
             "last_inner_loss": float(final_loss) if final_loss is not None else None,
         }
+        if unsup_log is not None:
+            record["unsupervised"] = unsup_log
         if addons:
             record["addons"] = list(addons)
             record["addon_config"] = dict(addon_config)

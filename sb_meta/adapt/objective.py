@@ -198,6 +198,10 @@ class AdaptBrain(MetaBrain):
     def compute_objectives(self, predictions, batch, stage):
         from sb_meta.losses import ctc_loss
 
+        if getattr(self.hparams, "unsupervised", None) == "entropy":  # no transcript is read
+            from sb_meta.adapt.unsupervised import frame_entropy
+
+            return frame_entropy(predictions.log_probs, predictions.lengths)
         terms = []
         view = self.hparams.sbmeta_view
         if predictions.log_probs is not None:

@@ -8,7 +8,8 @@ import pathlib
 
 import torch
 
-__all__ = ["load_audio", "encode_transcript", "prepare_support", "ctc_min_frames", "alphabet"]
+__all__ = ["load_audio", "encode_transcript", "prepare_support", "make_batches", "ctc_min_frames",
+           "alphabet"]
 
 
 def load_audio(path, normalizer, what="audio file"):
@@ -96,7 +97,8 @@ def prepare_support(items, transcripts, ids, normalizer, tokenizer, blank_index=
     ---------
     items : list
         Audio files or 1-D waveforms (at the model's sample rate).
-    transcripts : list of str
+    transcripts : list of str or None
+        None: audio only (unsupervised adaptation); ``tokens`` is then None.
     ids : list of str or None
         Utterance IDs (used in messages and records).
     normalizer, tokenizer
@@ -108,7 +110,9 @@ def prepare_support(items, transcripts, ids, normalizer, tokenizer, blank_index=
     """
     if isinstance(items, (str, os.PathLike)) or torch.is_tensor(items):
         raise TypeError("pass a list of audio files or 1-D waveforms, not a single one")
-    items, transcripts = list(items), list(transcripts)
+    items = list(items)
+    audio_only = transcripts is None
+    transcripts = [None] * len(items) if audio_only else list(transcripts)
     if not items:
         raise ValueError("no support utterance given")
     if len(items) != len(transcripts):
@@ -140,5 +144,26 @@ def prepare_support(items, transcripts, ids, normalizer, tokenizer, blank_index=
         wavs.append(wav)
         names.append(name)
         records.append({"id": uid, "audio": audio, "transcript": transcripts[i]})
+    if audio_only:
+        return wavs, None, names, records
     tokens = [encode_transcript(tokenizer, t, n, blank_index) for t, n in zip(transcripts, names)]
     return wavs, tokens, names, records
+
+
+def make_batches(wavs, tokens, names, view, size):
+    """``PaddedBatch`` es of ``size`` utterances (``tokens`` None: audio only)."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    batches = []
+    for start in range(0, len(wavs), size):
+        items = []
+        for i in range(start, min(start + size, len(wavs))):
+            item = {"id": names[i], "sig": wavs[i]}
+            if tokens is not None:
+                item["tokens"] = torch.LongTensor(tokens[i])
+                if view.attention:
+                    item["tokens_bos"] = torch.LongTensor([view.bos_index] + tokens[i])
+                    item["tokens_eos"] = torch.LongTensor(tokens[i] + [view.eos_index])
+            items.append(item)
+        batches.append(PaddedBatch(items))
+    return batches

@@ -1,0 +1,152 @@
+"""Adaptation without transcripts: pseudo-labels or entropy minimisation, with safeguards.
+
+Users rarely have transcripts for a new speaker or channel; they have audio.
+``AdaptableASR.adapt(wavs, None, unsupervised=...)`` adapts from audio alone
+(the transcripts are never read):
+
+``"pseudo"``
+    The unadapted model transcribes the support utterances (greedy CTC); an
+    utterance is kept when its confidence, the mean over its frames of the
+    highest CTC posterior, reaches ``confidence`` (default 0.9); the model is
+    then adapted on the kept utterances and their hypotheses as if they were
+    transcripts. No utterance confident enough: the model is returned unchanged.
+``"entropy"``
+    Entropy minimisation of the CTC posteriors over the support frames, as in
+    SUTA (Lin et al. 2022, single-utterance test-time adaptation for CTC
+    models): the loss is the mean per-frame entropy (padding excluded).
+
+Safeguards against making the model worse (the known failure of entropy
+minimisation is a collapse onto one label, often the blank): steps are taken
+one at a time and adaptation stops, keeping the best weights so far, when the
+support entropy stops decreasing (``min_improvement``, relative), when the
+share of frames whose best label is not the blank falls below ``blank_guard``
+(default 0.5) of its value before adaptation, or when fewer than
+``agreement_guard`` (default 0.6) of the frames keep the best label the
+unadapted model gave them (entropy minimisation should sharpen the posteriors,
+not rewrite the transcript). Step count and step size should be chosen on dev
+tasks (:func:`sb_meta.evaluation.select_on_dev`).
+
+Example
+-------
+>>> import torch
+>>> lp = torch.log_softmax(torch.zeros(1, 4, 3), dim=-1)   # uniform posteriors
+>>> round(float(frame_entropy(lp, torch.ones(1))), 4) == round(float(torch.log(torch.tensor(3.0))), 4)
+True
+"""
+
+import torch
+
+__all__ = ["MODES", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps", "DEFAULTS"]
+
+MODES = ("entropy", "pseudo")
+#: settings of unsupervised adaptation (``unsupervised_config`` keys)
+DEFAULTS = {"confidence": 0.9, "min_improvement": 0.01, "blank_guard": 0.5, "agreement_guard": 0.6}
+
+
+def _mask(log_probs, lengths):
+    frames = torch.round(lengths * log_probs.shape[1]).long().clamp(min=1)
+    return torch.arange(log_probs.shape[1], device=log_probs.device)[None, :] < frames[:, None]
+
+
+def frame_entropy(log_probs, lengths):
+    """Mean entropy (nats) of the per-frame posteriors over the valid frames."""
+    mask = _mask(log_probs, lengths).to(log_probs.dtype)
+    ent = -(log_probs.exp() * log_probs).sum(-1)
+    return (ent * mask).sum() / mask.sum()
+
+
+def nonblank_share(log_probs, lengths, blank_index=0):
+    """Share of valid frames whose most likely label is not the blank."""
+    mask = _mask(log_probs, lengths)
+    nonblank = log_probs.argmax(-1) != blank_index
+    return float((nonblank & mask).sum()) / float(mask.sum())
+
+
+def pseudo_labels(brain, batches, tokenizer, blank_index, threshold):
+    """Greedy CTC hypotheses and confidences of the support batches (no gradients).
+
+    Returns
+    -------
+    list of (str, float)
+        One ``(hypothesis, confidence)`` per utterance, in order.
+    """
+    import speechbrain as sb
+
+    from sb_meta.recipe import ctc_greedy_words
+
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            pred = brain.compute_forward(batch, sb.Stage.TEST)
+            if pred.log_probs is None:
+                raise ValueError("pseudo-label adaptation needs a CTC head; use unsupervised='entropy'")
+            hyps = ctc_greedy_words(pred.log_probs, pred.lengths, tokenizer, blank_index)
+            mask = _mask(pred.log_probs, pred.lengths)
+            best = pred.log_probs.exp().max(-1).values
+            conf = ((best * mask).sum(1) / mask.sum(1)).tolist()
+            out.extend(zip(hyps, conf))
+    return out
+
+
+def _objective(brain, batches, blank_index):
+    """(entropy, non-blank share, best label of every valid frame) on the support."""
+    import speechbrain as sb
+
+    with torch.no_grad():
+        ents, shares, weights, labels = [], [], [], []
+        for batch in batches:
+            pred = brain.compute_forward(batch, sb.Stage.TEST)
+            ents.append(float(frame_entropy(pred.log_probs, pred.lengths)))
+            shares.append(nonblank_share(pred.log_probs, pred.lengths, blank_index))
+            weights.append(len(batch.id))
+            labels.append(pred.log_probs.argmax(-1)[_mask(pred.log_probs, pred.lengths)])
+    total = sum(weights)
+    return (sum(e * w for e, w in zip(ents, weights)) / total,
+            sum(s * w for s, w in zip(shares, weights)) / total,
+            torch.cat(labels))
+
+
+def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
+    """Entropy-minimisation steps with the safeguards of the module documentation.
+
+    The brain's parameters are updated in place (they belong to the adapted
+    copy). Returns the log: entropy and non-blank share before each step, the
+    steps kept and why adaptation stopped.
+    """
+    params = brain.trainable_params()
+    blank = brain.hparams.sbmeta_view.blank_index
+    entropy, share, start_labels = _objective(brain, batches, blank)
+    log = {"entropy": [entropy], "nonblank_share": [share], "agreement": [1.0], "steps_kept": 0,
+           "stopped": "steps done"}
+    start_share = share
+    best = {n: params[n].detach().clone() for n in names}
+    best_entropy = entropy
+    for step in range(steps):
+        with torch.enable_grad():
+            fast = brain.strategy.adapt(batches, steps=1, lr=lr, names=names, task=task, phase=phase)
+        with torch.no_grad():
+            for n, w in fast.items():
+                params[n].copy_(w.detach())
+        entropy, share, labels = _objective(brain, batches, blank)
+        agreement = float((labels == start_labels).float().mean())
+        log["entropy"].append(entropy)
+        log["nonblank_share"].append(share)
+        log["agreement"].append(agreement)
+        if not (entropy == entropy) or share < config["blank_guard"] * start_share:
+            log["stopped"] = f"step {step + 1}: collapse guard (non-blank share {share:.2f})"
+            break
+        if agreement < config["agreement_guard"]:
+            log["stopped"] = f"step {step + 1}: drift guard ({agreement:.2f} of frames keep their label)"
+            break
+        if entropy >= best_entropy * (1.0 - config["min_improvement"]):
+            log["stopped"] = f"step {step + 1}: entropy stopped decreasing"
+            if entropy < best_entropy:
+                best, best_entropy = {n: params[n].detach().clone() for n in names}, entropy
+                log["steps_kept"] = step + 1
+            break
+        best, best_entropy = {n: params[n].detach().clone() for n in names}, entropy
+        log["steps_kept"] = step + 1
+    with torch.no_grad():
+        for n, w in best.items():
+            params[n].copy_(w)
+    return log

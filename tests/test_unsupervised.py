@@ -1,0 +1,102 @@
+"""Adaptation without transcripts (``unsupervised="entropy"`` / ``"pseudo"``)."""
+
+import pathlib
+
+import pytest
+import torch
+
+from sb_meta.utils import load_script
+
+h = load_script(pathlib.Path(__file__).with_name("tiny_asr.py"), "sbmeta_tiny_asr_unsup")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from sb_meta.export import export_brain
+
+    tmp = tmp_path_factory.mktemp("unsup")
+    csv = h.make_corpus(tmp / "corpus")
+    brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=3)
+    return {"tmp": tmp, "csv": csv, "rows": h.read_rows(csv),
+            "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
+
+
+def changed(a, b):
+    old = dict(a.named_parameters())
+    return {n for n, p in b.named_parameters() if not torch.equal(p, old[n])}
+
+
+def test_entropy_minimisation_adapts_from_audio_alone(setup, monkeypatch):
+    from sb_meta.adapt import load_model
+
+    model = load_model(setup["export"])
+    import sb_meta.adapt.support as support
+
+    def never(*args, **kwargs):
+        raise AssertionError("a transcript was read")
+
+    monkeypatch.setattr(support, "encode_transcript", never)
+    wavs = [r["wav"] for r in setup["rows"][5:9]]
+    adapted = model.adapt(wavs, None, unsupervised="entropy", steps=3, lr=0.05,
+                          adapt_params=["ctc_lin.*"])
+    log = adapted.last_adaptation["unsupervised"]
+    assert log["mode"] == "entropy" and len(log["entropy"]) >= 2
+    if log["steps_kept"]:
+        assert changed(model, adapted) and min(log["entropy"][1:]) < log["entropy"][0]
+        assert all(n.startswith("ctc_lin") for n in changed(model, adapted))
+    assert all(rec["transcript"] is None for rec in adapted.last_adaptation["support"])
+    with pytest.raises(ValueError, match="never reads transcripts"):
+        model.adapt(wavs, ["AB"] * 4, unsupervised="entropy")
+    with pytest.raises(ValueError, match="unsupervised must be one of"):
+        model.adapt(wavs, None, unsupervised="magic")
+
+
+def test_the_collapse_guard_stops_entropy_minimisation(setup):
+    from sb_meta.adapt import load_model
+
+    model = load_model(setup["export"])
+    wavs = [r["wav"] for r in setup["rows"][5:9]]
+    # a huge step drives every frame to one label; the guard keeps the last good weights
+    adapted = model.adapt(wavs, None, unsupervised="entropy", steps=5, lr=500.0,
+                          unsupervised_config={"agreement_guard": 0.99})
+    log = adapted.last_adaptation["unsupervised"]
+    assert log["stopped"] != "steps done"
+    assert log["steps_kept"] < 5
+
+
+def test_pseudo_labels_keep_only_confident_utterances(setup):
+    from sb_meta.adapt import load_model
+
+    model = load_model(setup["export"])
+    wavs = [r["wav"] for r in setup["rows"][5:9]]
+    none = model.adapt(wavs, None, unsupervised="pseudo", steps=2, lr=0.05,
+                       unsupervised_config={"confidence": 1.01})
+    assert none.last_adaptation["unsupervised"]["kept"] == 0 and not changed(model, none)
+    some = model.adapt(wavs, None, unsupervised="pseudo", steps=2, lr=0.05,
+                       unsupervised_config={"confidence": 0.0})
+    log = some.last_adaptation["unsupervised"]
+    kept = [h for h in log["hypotheses"] if h.strip()]
+    assert log["kept"] == len(kept)
+    if kept:
+        assert changed(model, some)
+
+
+def test_the_command_adapts_without_a_transcript_column(setup, tmp_path, capsys):
+    from sb_meta.cli import main
+    from sb_meta.data.manifest import write_manifest
+
+    rows = [{k: v for k, v in r.items() if k != "wrd"} for r in setup["rows"]]
+    csv = tmp_path / "audio_only.csv"
+    import csv as csvmod
+
+    with open(csv, "w", newline="") as f:
+        w = csvmod.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(setup["export"]), "--support", str(csv), "--task", "s1",
+                 "--k", "3", "--steps", "2", "--lr", "0.05", "--unsupervised", "entropy",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "sbmeta.json").is_file()
+    del write_manifest
