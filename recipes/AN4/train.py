@@ -188,7 +188,17 @@ def prepare(hparams):
         kwargs=dict(data_folder=hparams["data_folder"], save_folder=str(folder),
                     dev_speakers=hparams["dev_speakers"], seed=hparams["seed"]),
     )
-    return {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv"}
+    csvs = {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv"}
+    if hparams.get("channels"):  # every (speaker, channel) pair a task: task_column spk_channel
+        from sb_meta.data.channels import prepare_channels
+
+        sb.utils.distributed.run_on_main(
+            prepare_channels, args=[csvs, folder / "channels", hparams["channels"]],
+            kwargs={"seed": hparams["seed"], "progress": False},
+        )
+        csvs = prepare_channels(csvs, folder / "channels", hparams["channels"], seed=hparams["seed"],
+                                progress=False)
+    return csvs
 
 
 def main(argv):
