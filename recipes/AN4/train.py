@@ -54,14 +54,14 @@ class ASR(MetaBrain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         tokens_bos, _ = batch.tokens_bos
-        augmented = stage == sb.Stage.TRAIN and hasattr(self.hparams, "wav_augment")
+        augmented = stage == sb.Stage.TRAIN and getattr(self.hparams, "train_augmentation", False)
         if augmented:  # SpeechBrain's Augmenter; labels are replicated in compute_objectives
             wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
             tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens)
-        if stage == sb.Stage.TRAIN and hasattr(self.hparams, "fea_augment"):
-            feats = self.hparams.fea_augment(feats)
+        if augmented:
+            feats, _ = self.hparams.fea_augment(feats, wav_lens)
         p_seq = None
         if "Transformer" in self.modules:
             src = self.modules.CNN(feats)
