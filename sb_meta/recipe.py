@@ -42,6 +42,7 @@ __all__ = [
     "load_initialisation",
     "recipe_setup",
     "train_loader",
+    "learning_curve_point",
     "read_audio_checked",
 ]
 
@@ -271,6 +272,38 @@ def train_loader(brain, hparams, train_data):
             f"{brain.strategy.name!r} needs episodes; use joint or finetune, or plain_batches: False"
         )
     return train_data
+
+
+def learning_curve_point(brain, dataset, path, loader_kwargs=None, **values):
+    """Score ``dataset`` (e.g. the test set) with the brain's current weights and
+    append a point to the JSON list in ``path``: minutes of training, WER, CER and
+    ``values`` (epoch, dev WER...). For learning curves only: nothing is chosen
+    on these scores. The brain must have ``transcribe(predictions, stage)``.
+    """
+    import json
+
+    import torch
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    wer, cer = ErrorRateStats(), ErrorRateStats()
+    loader = brain.make_dataloader(dataset, sb.Stage.TEST, ckpt_prefix=None, **(loader_kwargs or {}))
+    training = brain.modules.training
+    brain.modules.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                hyps = brain.transcribe(brain.compute_forward(batch, sb.Stage.TEST), sb.Stage.TEST)
+                wer.append(batch.id, [h.split() for h in hyps], [w.split() for w in batch.wrd])
+                cer.append(batch.id, [list(h) for h in hyps], [list(w) for w in batch.wrd])
+    finally:
+        brain.modules.train(training)
+    point = dict(minutes=round(brain.train_minutes, 2), wer=wer.summarize("error_rate"),
+                 cer=cer.summarize("error_rate"), **values)
+    path = pathlib.Path(path)
+    points = json.loads(path.read_text()) if path.is_file() else []
+    points.append(point)
+    path.write_text(json.dumps(points, indent=1) + "\n")
+    return point
 
 
 def encode_text(tokenizer, text):

@@ -29,6 +29,7 @@ from sb_meta.recipe import (
     ctc_greedy_words,
     decode_ids,
     encode_text,
+    learning_curve_point,
     load_initialisation,
     prepare_tokenizer,
     read_audio_checked,
@@ -136,6 +137,12 @@ class ASR(MetaBrain):
                 meta={"WER": stats["WER"], "minutes": self.train_minutes},
                 min_keys=["WER"], num_to_keep=self.hparams.checkpoints_to_keep,
             )
+            every = getattr(self.hparams, "curve_every_minutes", None)
+            if every and self.train_minutes >= getattr(self, "_next_curve", 0.0):
+                # test WER vs training minutes, for the learning curve only
+                learning_curve_point(self, self.curve_set, self.hparams.learning_curve_file,
+                                     self.hparams.test_dataloader_opts, epoch=epoch, dev_wer=stats["WER"])
+                self._next_curve = self.train_minutes + every
         else:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
@@ -224,6 +231,7 @@ def main(argv):
             checkpointer=hparams["checkpointer"],
         )
         train_set = train_loader(brain, hparams, datasets["train"])  # episodes, or plain batches
+        brain.curve_set = datasets["test"]
         if hparams.get("export_folder"):
             check_destination(hparams["export_folder"], force=True)  # refuse before training
     brain.fit(
