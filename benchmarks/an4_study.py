@@ -1,0 +1,446 @@
+#!/usr/bin/env python
+"""AN4 study: strong bases from an hour of CPU, and adaptation that pays.
+
+Each step writes ``results/an4_study/<step>/.../record.json`` and is resumable
+(a finished training is reused while its command is unchanged); ``report``
+merges the records into ``benchmarks/RESULTS.json`` and re-renders
+``benchmarks/RESULTS.md``. Pin jobs that share the machine:
+``OMP_NUM_THREADS=1 taskset -c N python benchmarks/an4_study.py ...``.
+
+    # strong speaker-independent bases, each from at most 60 min of training (issue 13)
+    python benchmarks/an4_study.py base --family crdnn_ctc --minutes 60
+    python benchmarks/an4_study.py base --family transformer --minutes 60
+    python benchmarks/an4_study.py base --family crdnn_attention --minutes 60
+    # MAML / FOMAML cost on a model
+    python benchmarks/an4_study.py cost --family transformer
+    # meta-training from the strongest base at equal budgets (issue 14)
+    python benchmarks/an4_study.py meta --family crdnn_ctc --strategies joint,fomaml,reptile,metasgd --minutes 15
+    # the k-shot protocol on the test speakers, choices made on the dev speakers
+    python benchmarks/an4_study.py evaluate --family crdnn_ctc
+    python benchmarks/an4_study.py report
+
+The AN4 corpus is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``). Nothing is
+chosen on the test speakers: settings come from the recipe, the dev speakers
+(``dev.csv``, whole training speakers held out by the recipe) or this file.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import shlex
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+OUT = REPO / "results" / "an4_study"
+RECIPE = REPO / "recipes" / "AN4" / "train.py"
+
+#: model families: YAML and the overrides that make the strong base (plain shuffled
+#: batches of the joint baseline, SpeechBrain augmentation, the time budget)
+FAMILIES = {
+    "crdnn_ctc": {"yaml": "crdnn_ctc_meta.yaml", "base": {}},
+    "crdnn_attention": {"yaml": "crdnn_attention_meta.yaml", "base": {}},
+    "transformer": {"yaml": "transformer_meta.yaml", "base": {}},
+}
+BASE_COMMON = {
+    "meta_strategy": "joint",
+    "plain_batches": True,
+    "train_augmentation": True,
+    "number_of_epochs": 100000,
+    "curve_every_minutes": 10,
+}
+#: meta-training from the base: episodic, gentler Adam (a larger step undid the warm start)
+META_COMMON = {"number_of_epochs": 100000, "lr": 0.0005, "train_augmentation": False,
+               "curve_every_minutes": None}
+
+
+def _say(msg):
+    print(f"[an4_study {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def an4_root(root=None):
+    root = root or os.environ.get("SBMETA_AN4_ROOT")
+    if not root or not pathlib.Path(root, "etc").is_dir():
+        raise SystemExit("an4_study: give the AN4 root with --an4-root or $SBMETA_AN4_ROOT")
+    return str(pathlib.Path(root).resolve())
+
+
+def _load_recipe():
+    from sb_meta.utils import load_script
+
+    return load_script(RECIPE, "sbmeta_an4_study_recipe")
+
+
+def _machine():
+    import platform
+
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0))}
+
+
+def _write(path, data):
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def train(family, folder, overrides, root, init_from=None, manifests=None):
+    """Run the AN4 recipe (its own ``main``) into ``folder``; returns the training record.
+
+    A folder holding a record of the same command is reused.
+    """
+    folder = pathlib.Path(folder)
+    yaml = REPO / "recipes" / "AN4" / "hparams" / FAMILIES[family]["yaml"]
+    ov = dict(overrides)
+    if init_from:
+        ov["init_from"] = str(init_from)
+    argv = [str(yaml), f"--data_folder={root}", f"--output_folder={folder}", "--noprogressbar"]
+    if manifests:
+        argv.append(f"--prepare_folder={manifests}")
+    argv += [f"--{k}={v}" if not isinstance(v, list) else f"--{k}=[{','.join(map(str, v))}]"
+             for k, v in ov.items() if v is not None]
+    command = "python recipes/AN4/train.py " + " ".join(shlex.quote(a) for a in argv)
+    record_path = folder / "record.json"
+    if record_path.is_file():
+        old = json.loads(record_path.read_text())
+        if old.get("command") == command and (folder / "pretrained" / "sbmeta.json").is_file():
+            _say(f"reusing {folder}")
+            return old
+    _say(f"training: {command}")
+    t0 = time.time()
+    brain = _load_recipe().main(argv)
+    curve = folder / "learning_curve.json"
+    record = {
+        "family": family,
+        "command": command,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "train_minutes": round(brain.train_minutes, 2),
+        "wall_minutes": round((time.time() - t0) / 60, 2),
+        "outer_steps": int(brain.optimizer_step),
+        "epochs": int(brain.hparams.epoch_counter.current),
+        "parameters": sum(p.numel() for n, p in brain.modules.named_parameters() if not n.startswith("sbmeta_")),
+        "test": {"wer": brain.test_stats["WER"], "cer": brain.test_stats["CER"],
+                 "checkpoint": "best dev WER"},
+        "curve": json.loads(curve.read_text()) if curve.is_file() else [],
+        "export": str(folder / "pretrained"),
+    }
+    _write(record_path, record)
+    _say(f"{folder.name}: test WER {record['test']['wer']:.2f} CER {record['test']['cer']:.2f} "
+         f"after {record['train_minutes']} min, {record['outer_steps']} steps")
+    return record
+
+
+def cmd_base(args):
+    root = an4_root(args.an4_root)
+    ov = dict(BASE_COMMON, train_budget_minutes=args.minutes, **FAMILIES[args.family]["base"])
+    ov.update(_pairs(args.set))
+    return train(args.family, OUT / "base" / args.family, ov, root,
+                 manifests=OUT / "manifests")
+
+
+def cmd_meta(args):
+    root = an4_root(args.an4_root)
+    base = OUT / "base" / args.family / "pretrained" if not args.base else pathlib.Path(args.base)
+    records = {}
+    for strategy in args.strategies.split(","):
+        ov = dict(META_COMMON, meta_strategy=strategy, train_budget_minutes=args.minutes)
+        ov.update(_pairs(args.set))
+        name = strategy + (f"_{args.tag}" if args.tag else "")
+        records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root,
+                                  init_from=base, manifests=OUT / "manifests")
+    return records
+
+
+def _pairs(items):
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def cmd_cost(args):
+    """Seconds per outer step of MAML and FOMAML on one AN4 task (interleaved)."""
+    import statistics
+
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sb_meta.recipe import prepare_tokenizer
+
+    root = an4_root(args.an4_root)
+    torch.set_num_threads(1)
+    recipe = _load_recipe()
+    manifests = OUT / "manifests"
+    recipe.prepare({"prepare_folder": str(manifests), "data_folder": root, "dev_speakers": 6,
+                    "seed": 1234, "channels": None})
+    yaml = REPO / "recipes" / "AN4" / "hparams" / FAMILIES[args.family]["yaml"]
+
+    def make(strategy):
+        with open(yaml) as f:
+            hp = load_hyperpyyaml(f, {"data_folder": root, "output_folder": str(OUT / "cost" / "tmp"),
+                                      "meta_strategy": strategy, "inner_steps": args.k,
+                                      "meta_batch_tasks": 1})
+        prepare_tokenizer(hp, manifests / "train.csv", OUT / "cost" / args.family)
+        data = recipe.dataio_prepare(hp, {"train": manifests / "train.csv"})
+        brain = recipe.ASR(hp["modules"], hp["opt_class"], hp, run_opts={"device": "cpu"})
+        brain.init_optimizers()
+        brain.modules.train()
+        return brain, next(iter(brain.make_episode_loader(data["train"], seed=7)))
+
+    brains = {s: make(s) for s in ("fomaml", "maml")}
+    times = {s: [] for s in brains}
+    for r in range(args.rounds + 1):
+        for s, (brain, episode) in brains.items():
+            t0 = time.perf_counter()
+            brain.fit_batch(episode)
+            if r:  # the first round warms up
+                times[s].append(time.perf_counter() - t0)
+    med = {s: statistics.median(v) for s, v in times.items()}
+    record = {"family": args.family, "k": args.k, "rounds": args.rounds, "median_s": med,
+              "samples": times, "ratio_maml_over_fomaml": med["maml"] / med["fomaml"],
+              "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py cost --family {args.family} --k {args.k} "
+                         f"--rounds {args.rounds}"}
+    _write(OUT / "cost" / f"{args.family}_k{args.k}.json", record)
+    _say(f"{args.family}: MAML {med['maml']:.2f} s, FOMAML {med['fomaml']:.2f} s per task step "
+         f"({record['ratio_maml_over_fomaml']:.2f}x)")
+    return record
+
+
+# --------------------------------------------------------------------- evaluation
+#: candidates of the test-time adaptation, chosen per model on the dev speakers
+DEV_GRID = [
+    {"name": f"{scope}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps,
+     "adapt_params": None if scope == "all" else ["ctc_lin.*"]}
+    for scope in ("all", "head") for lr in (0.005, 0.02, 0.05) for steps in (3,)
+]
+KS = (0, 1, 2, 5, 10)
+K_MAIN = 5
+
+
+def _models(family, names):
+    from sb_meta.adapt import load_model
+
+    out = {}
+    for name in names:
+        folder = OUT / "base" / family / "pretrained" if name == "base" else OUT / "meta" / family / name / "pretrained"
+        if not folder.is_dir():
+            raise SystemExit(f"an4_study: no model {folder}; train it first")
+        out[name] = load_model(folder)
+    return out
+
+
+def choose(model, name, dev_csv, repeats, grid=None):
+    """(Method, selection record) chosen on the dev speakers for ``model``."""
+    from sb_meta.evaluation import Method, select_on_dev
+
+    grid = list(grid or DEV_GRID)
+    if model.has_step_sizes:  # the learned step sizes are a candidate too
+        grid.append({"name": f"{model.state_strategy}_s3", "strategy": model.state_strategy, "steps": 3})
+    path = OUT / "eval" / "selection" / f"{name}.json"
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if rec.get("grid") == grid:
+            chosen = rec["candidates"][rec["chosen"]]
+            return Method(**{k: v for k, v in chosen.items() if k != "dev_wer"}), rec
+    method, rec = select_on_dev(model, dev_csv, grid, k=K_MAIN, repeats=repeats, progress=False)
+    rec["grid"] = grid
+    _write(path, rec)
+    _say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
+    return method, rec
+
+
+def cmd_evaluate(args):
+    from sb_meta.evaluation import Method, compare_models, evaluate_kshot, write_report
+
+    an4_root(args.an4_root)
+    manifests = OUT / "manifests"
+    models = _models(args.family, args.models.split(","))
+    results, chosen = {}, {}
+    for name, model in models.items():
+        method, rec = choose(model, name, manifests / "dev.csv", args.dev_repeats)
+        chosen[name] = {"method": method.as_dict(), "selection": rec}
+        res = evaluate_kshot(model, manifests / "test.csv", ks=KS, repeats=args.repeats,
+                             methods=[Method(**dict(method.as_dict(), name="adapted"))],
+                             progress=False)
+        res["config"]["selection"] = {"method": method.as_dict(), "dev_manifest": str(manifests / "dev.csv")}
+        write_report(res, OUT / "eval" / args.family / name)
+        results[name] = res
+        s = res["summary"]["adapted"][str(K_MAIN)]
+        _say(f"{name}: 5-shot {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
+             f"(rel {100 * s['relative']:.1f}%, CI {s['relative_ci']})")
+    comparisons = {}
+    if "joint" in results:
+        for name in results:
+            if name not in ("joint", "base"):
+                comparisons[name] = {str(k): compare_models(results["joint"], results[name], "adapted", k)
+                                     for k in KS if k > 0}
+    record = {"family": args.family, "ks": KS, "repeats": args.repeats, "chosen": chosen,
+              "summary": {n: r["summary"] for n, r in results.items()},
+              "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
+              "meta_vs_joint": comparisons, "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
+                         f"--models {args.models} --repeats {args.repeats}"}
+    _write(OUT / "eval" / args.family / "record.json", record)
+    return record
+
+
+def method_grid(model, base_method):
+    """The test-time adaptation methods compared on the same draws (issue 14, item 2)."""
+    from sb_meta.evaluation import Method
+
+    b = base_method.as_dict()
+    lr, steps = b["lr"], b["steps"]
+    core = [
+        Method(name="full", strategy="finetune", lr=lr, steps=steps),
+        Method(name="head", strategy="finetune", lr=lr, steps=steps, adapt_params=["ctc_lin.*"]),
+        Method(name="lhuc", strategy="finetune", lr=max(lr, 0.05), steps=steps, addons=["lhuc"]),
+        Method(name="lora", strategy="finetune", lr=max(lr, 0.05), steps=steps, addons=["lora"],
+               addon_config={"peft_rank": 8}),
+    ]
+    if model.has_step_sizes:
+        core.append(Method(name=model.state_strategy, strategy=model.state_strategy, steps=steps))
+    out = []
+    for m in core:
+        out.append(m)
+        d = m.as_dict()
+        out.append(Method(**dict(d, name=m.name + "+aug", addons=d["addons"] + ["augment"],
+                                 addon_config=dict(d["addon_config"], augment_phases=["adapt"]))))
+        out.append(Method(**dict(d, name=m.name + "+distill", addons=d["addons"] + ["distill"],
+                                 addon_config=dict(d["addon_config"], distill_phases=["adapt"]))))
+    return out
+
+
+def cmd_methods(args):
+    from sb_meta.evaluation import Method, evaluate_kshot, write_report
+
+    manifests = OUT / "manifests"
+    (name,) = args.models.split(",")
+    model = _models(args.family, [name])[name]
+    base, _ = choose(model, name, manifests / "dev.csv", args.dev_repeats)
+    methods = method_grid(model, base)
+    if args.unsupervised:
+        methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
+                           adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
+    res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
+                         methods=methods, progress=False)
+    write_report(res, OUT / "eval" / args.family / f"methods_{name}")
+    record = {"family": args.family, "model": name, "base_method": base.as_dict(),
+              "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
+                         f"--repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")}
+    _write(OUT / "eval" / args.family / f"methods_{name}.json", record)
+    return record
+
+
+def cmd_channels(args):
+    """Meta-train across (speaker, channel) tasks from the base and measure how much
+    of each channel's WER loss 5-shot adaptation wins back on the test speakers."""
+    from sb_meta.evaluation import Method, evaluate_kshot, write_report
+
+    root = an4_root(args.an4_root)
+    channels = args.channels.split(",")
+    base = OUT / "base" / args.family / "pretrained"
+    records = {}
+    for strategy in args.strategies.split(","):
+        ov = {"meta_strategy": strategy, "number_of_epochs": 100000, "lr": 0.0005,
+              "train_budget_minutes": args.minutes, "channels": channels, "task_column": "spk_channel"}
+        ov.update(_pairs(args.set))
+        records[strategy] = train(args.family, OUT / "channels" / args.family / strategy, ov, root,
+                                  init_from=base, manifests=OUT / "manifests")
+    test_csv = OUT / "manifests" / "channels" / "test.csv"
+    dev_csv = OUT / "manifests" / "channels" / "dev.csv"
+    from sb_meta.adapt import load_model
+
+    out = {"channels": channels, "training": records, "results": {}}
+    models = {"base": load_model(base)}
+    models.update({s: load_model(r["export"]) for s, r in records.items()})
+    for name, model in models.items():
+        method, rec = choose(model, f"channels_{name}", dev_csv, 1)
+        res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
+                             methods=[Method(**dict(method.as_dict(), name="adapted"))], progress=False)
+        write_report(res, OUT / "eval" / args.family / f"channels_{name}")
+        per_channel = {}
+        for ch in channels:
+            tasks = [t for t in res["tasks"] if t.endswith("@" + ch)]
+            draws = [d for d in res["draws"] if d["task"] in tasks and d["k"] == K_MAIN]
+            unadapted = [d["unadapted"]["wer"] for d in draws]
+            adapted = [d["adapted"]["adapted"]["wer"] for d in draws if "adapted" in d["adapted"]]
+            per_channel[ch] = {"unadapted": sum(unadapted) / len(unadapted) if unadapted else None,
+                               "adapted": sum(adapted) / len(adapted) if adapted else None}
+        clean = per_channel.get("clean", {}).get("unadapted")
+        for ch, v in per_channel.items():
+            loss = None if clean is None or v["unadapted"] is None else v["unadapted"] - clean
+            v["won_back"] = (None if not loss or v["adapted"] is None else (v["unadapted"] - v["adapted"]) / loss)
+        out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel,
+                                "summary": res["summary"]}
+    out["machine"] = _machine()
+    out["command"] = (f"python benchmarks/an4_study.py channels --family {args.family} "
+                      f"--strategies {args.strategies} --minutes {args.minutes} --channels {args.channels}")
+    _write(OUT / "eval" / args.family / "channels.json", out)
+    return out
+
+
+def add_eval_commands(sub):
+    e = sub.add_parser("evaluate", help="k-shot protocol on the test speakers, choices on dev")
+    e.add_argument("--family", required=True)
+    e.add_argument("--models", default="base,joint,fomaml,reptile,metasgd")
+    e.add_argument("--repeats", type=int, default=5)
+    e.add_argument("--dev-repeats", type=int, default=2)
+    e.set_defaults(func=cmd_evaluate)
+    m = sub.add_parser("methods", help="adaptation methods compared on the same draws")
+    m.add_argument("--family", required=True)
+    m.add_argument("--models", default="base")
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--dev-repeats", type=int, default=2)
+    m.add_argument("--unsupervised", action="store_true")
+    m.set_defaults(func=cmd_methods)
+    c = sub.add_parser("channels", help="(speaker, channel) tasks")
+    c.add_argument("--family", required=True)
+    c.add_argument("--strategies", default="joint,fomaml")
+    c.add_argument("--minutes", type=float, default=15.0)
+    c.add_argument("--channels", default="clean,telephone,noise10,reverb")
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--set", action="append")
+    c.set_defaults(func=cmd_channels)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--an4-root", default=None)
+    sub = p.add_subparsers(dest="step", required=True)
+    b = sub.add_parser("base", help="train a strong speaker-independent base")
+    b.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    b.add_argument("--minutes", type=float, default=60.0)
+    b.add_argument("--set", action="append", help="more recipe overrides KEY=VALUE")
+    b.set_defaults(func=cmd_base)
+    m = sub.add_parser("meta", help="meta-train from a base at equal budgets")
+    m.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    m.add_argument("--strategies", default="joint,fomaml,reptile,metasgd")
+    m.add_argument("--minutes", type=float, default=15.0)
+    m.add_argument("--base", default=None, help="export to start from (default: the family's base)")
+    m.add_argument("--tag", default="", help="suffix of the run folders")
+    m.add_argument("--set", action="append", help="more recipe overrides KEY=VALUE")
+    m.set_defaults(func=cmd_meta)
+    c = sub.add_parser("cost", help="MAML vs FOMAML seconds per outer step")
+    c.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    c.add_argument("--k", type=int, default=1)
+    c.add_argument("--rounds", type=int, default=5)
+    c.set_defaults(func=cmd_cost)
+    add_eval_commands(sub)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    main()
