@@ -136,4 +136,12 @@ def per_task_table(results, strategy, k):
     if befores:
         b, a = sum(befores) / len(befores), sum(afters) / len(afters)
         lines.append(f"{'mean':<10}{b:>11.1f}%{a:>11.1f}%{a - b:>+9.1f}")
+    entry = results.get("summary", {}).get(strategy, {}).get(str(k)) or {}
+    ci = entry.get("delta_ci")
+    if ci and ci[0] is not None:
+        lines.append(
+            f"paired change {entry['delta_wer_mean']:+.1f} WER points, 95% CI [{ci[0]:+.1f}, {ci[1]:+.1f}] "
+            f"(bootstrap over speakers and draws); {len(entry['worse_tasks'])} of {entry['tasks']} "
+            "speakers got worse"
+        )
     return "\n".join(lines)
