@@ -458,6 +458,18 @@ class MetaBrain(sb.Brain):
         self._check_budget()
 
     @property
+    def planned_steps(self):
+        """Outer steps training will take if it runs all its epochs (None when
+        unknown: no episode loader yet, or no epoch limit); add-ons with
+        schedules (e.g. ``dann``'s reversal weight) read it."""
+        counter = getattr(self.hparams, "epoch_counter", None) if self.hparams is not None else None
+        sampler = getattr(self, "train_sampler", None)
+        limit = getattr(counter, "limit", None)
+        if limit is None or sampler is None:
+            return None
+        return int(limit) * len(sampler)
+
+    @property
     def train_minutes(self):
         """Minutes spent training so far (validation excluded; resumed runs included)."""
         return self.train_clock.seconds / 60.0

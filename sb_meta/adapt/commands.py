@@ -19,7 +19,7 @@ Example
 import pathlib
 import sys
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "compress_options"]
 
 
 def _int_list(text):
@@ -47,6 +47,8 @@ def _cmd_adapt(args):
         raise ValueError(f"--steps must be >= 1, got {args.steps} (nothing would be adapted)")
     if args.adapters_only and not args.peft:
         raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
+    if args.compress and args.adapters_only:
+        raise ValueError("--compress compresses an exported model; --adapters-only exports adapters alone")
     if args.peft == "houlsby" and not args.adapters_only:
         raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
                          "add --adapters-only (or use lora / lhuc, which merge into the weights)")
@@ -71,11 +73,7 @@ def _cmd_adapt(args):
     rows = sorted(rows, key=lambda r: r["ID"])
     chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     data_root = args.data_root or pathlib.Path(args.support).parent
-    addon_config = {}
-    if args.peft_rank is not None:
-        addon_config["peft_rank"] = args.peft_rank
-    if args.peft_targets:
-        addon_config["peft_targets"] = _name_list(args.peft_targets)
+    addons, addon_config = _addon_settings(args)
     model = load_model(args.model, device=args.device)
     adapted = model.adapt(
         [resolve_wav(r["wav"], data_root) for r in chosen],
@@ -85,7 +83,7 @@ def _cmd_adapt(args):
         lr=args.lr,
         adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
         ids=[r["ID"] for r in chosen],
-        peft=args.peft,
+        addons=addons or None,
         addon_config=addon_config or None,
         task=args.task,
     )
@@ -103,7 +101,106 @@ def _cmd_adapt(args):
               f"sb_meta.inference.load_model({str(args.model)!r}, adapters={str(out)!r}))")
     else:
         print(f"Exported to {out}")
+        _print_compression(out)
     return 0
+
+
+def _print_compression(folder):
+    """One line per compression the export records (``sbmeta.json``'s ``compression``)."""
+    import json
+
+    from sb_meta.export import META_FILE
+
+    try:
+        info = json.loads((pathlib.Path(folder) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for record in info.get("compression") or []:
+        parts = []
+        if record.get("prune"):
+            p = record["prune"]
+            parts.append(f"pruned {100 * p['achieved']:.0f}% of {p['weights']} weights ({p['scope']})")
+        if record.get("int8"):
+            n = sum(len(v) for v in record["int8"].values())
+            parts.append(f"{n} layer(s) in int8")
+        if parts:
+            print("Compressed: " + ", ".join(parts))
+
+
+def compress_options(spec):
+    """The ``compress`` add-on's options for a ``--compress`` value.
+
+    ``int8``, ``prune:S`` (global sparsity ``S``), ``prune:S:layer`` (per
+    layer), comma-separated.
+
+    Example
+    -------
+    >>> compress_options("prune:0.8:layer,int8")
+    {'compress_prune': 0.8, 'compress_prune_scope': 'layer', 'compress_int8': True}
+    >>> compress_options("prune:0.5")
+    {'compress_prune': 0.5, 'compress_int8': False}
+    """
+    out = {}
+    for item in [x.strip() for x in str(spec).split(",") if x.strip()]:
+        parts = item.split(":")
+        if parts == ["int8"]:
+            out["compress_int8"] = True
+        elif parts[0] == "prune" and len(parts) in (2, 3):
+            try:
+                out["compress_prune"] = float(parts[1])
+            except ValueError:
+                raise ValueError(f"--compress {item!r}: the sparsity must be a number") from None
+            if len(parts) == 3:
+                out["compress_prune_scope"] = parts[2]
+        else:
+            raise ValueError(
+                f"--compress {item!r} is not understood; use int8, prune:S or prune:S:layer "
+                "(S = fraction of weights set to zero), comma-separated"
+            )
+    if not out:
+        raise ValueError("--compress needs int8, prune:S or prune:S:layer")
+    out.setdefault("compress_int8", False)
+    return out
+
+
+def _addon_value(text):
+    """A ``--addon-config`` value: YAML scalars and flow lists (``0.5``, ``true``, ``[inner, adapt]``)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        value = YAML(typ="safe").load(text)
+    except YAMLError:
+        return text
+    return text if value is None and text.strip() not in ("null", "~") else value
+
+
+def _addon_settings(args):
+    """``(addons, addon_config)`` from ``--addons``, ``--peft``, ``--compress`` and ``--addon-config``.
+
+    The ``--peft`` add-on comes first and ``compress`` last (it acts on the
+    model the others leave, e.g. with LoRA adapters merged).
+    """
+    addons = list(args.addons or [])
+    if args.peft and args.peft not in addons:
+        addons.insert(0, args.peft)
+    config = {}
+    if args.peft_rank is not None:
+        config["peft_rank"] = args.peft_rank
+    if args.peft_targets:
+        config["peft_targets"] = _name_list(args.peft_targets)
+    if args.compress:
+        config.update(compress_options(args.compress))
+        if "compress" not in addons:
+            addons.append("compress")
+    if "compress" in addons:
+        addons = [a for a in addons if a != "compress"] + ["compress"]
+    for item in args.addon_config:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--addon-config {item!r}: expected KEY=VALUE, e.g. distill_teacher=self")
+        config[key.strip()] = _addon_value(value)
+    return addons, config
 
 
 def _cmd_transcribe(args):
@@ -179,6 +276,16 @@ def add_commands(subparsers):
                         "(default the DNN and CTC output layers)")
     p.add_argument("--adapters-only", action="store_true",
                    help="with --peft: export the adapter weights alone (a few %% of the model)")
+    p.add_argument("--addons", type=_name_list, default=[],
+                   help="comma-separated add-ons active during adaptation and export, in order "
+                        "(e.g. distill,augment; `sb-meta plugins` lists them)")
+    p.add_argument("--addon-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an add-on option (repeatable), e.g. distill_teacher=self, "
+                        "augment_phases=[adapt]; values are read as YAML")
+    p.add_argument("--compress", default=None, metavar="SPEC",
+                   help="compress the exported model (adds the compress add-on): int8, prune:S "
+                        "(global sparsity S, e.g. 0.5), prune:S:layer (per layer), "
+                        "comma-separated, e.g. prune:0.5,int8")
     p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     p.add_argument("--data-root", default=None,
                    help="replaces $data_root in wav paths (default: the manifest's folder)")

@@ -64,6 +64,9 @@ class ExportPlan:
         exported interface must return.
     header : str
         Comment at the top of ``hyperparams.yaml``.
+    verify_device : str or None
+        Where the reloaded folder is checked (default: the model's device);
+        e.g. ``"cpu"`` for int8 layers, which run on the CPU only.
     """
 
     interface: str
@@ -74,6 +77,7 @@ class ExportPlan:
     files: dict = field(default_factory=dict)
     tolerance: tuple = (1e-4, 1e-4)
     header: str = ""
+    verify_device: str = None
 
     @property
     def modules(self):
@@ -134,9 +138,13 @@ def save_loadable(obj, path):
     if hook is not None and hook not in (torch_save, torch_save_once_per_node):
         hook(obj, path)
     elif isinstance(obj, torch.nn.Module):
-        # torch_save is main-process-only; exports are written by whoever calls
-        torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v
-                    for k, v in obj.state_dict().items()}, path)
+        # torch_save is main-process-only; exports are written by whoever calls.
+        # The state dict's _metadata (module versions) is kept: quantized modules need it.
+        sd = obj.state_dict()
+        out = type(sd)((k, v.detach().cpu() if torch.is_tensor(v) else v) for k, v in sd.items())
+        if getattr(sd, "_metadata", None) is not None:
+            out._metadata = sd._metadata
+        torch.save(out, path)
     else:
         raise TypeError(f"don't know how to save {type(obj).__name__} to {path}")
 
@@ -225,7 +233,7 @@ def write_export(plan, folder, force=False, verify=True, device=None):
         info = dict(plan.info, files=sorted(set(written)), format=FORMAT, interface=plan.interface)
         (tmp / META_FILE).write_text(json.dumps(jsonable(info), indent=2) + "\n", encoding="utf-8")
         if verify:
-            verify_export(tmp, plan, device)
+            verify_export(tmp, plan, plan.verify_device or device)
     logger.info("exported the model to %s", folder)
     return pathlib.Path(folder)
 
