@@ -142,3 +142,18 @@ def test_evaluate(exported, capsys, tmp_path):
     assert main(argv[:-1] + [str(tmp_path / "r2"), "--strategies", "finetune,bogus"]) == 2
     assert "unknown strategy 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
+
+
+def test_evaluate_methods_and_unsupervised(exported, capsys, tmp_path):
+    out = tmp_path / "report"
+    argv = ["evaluate", "--model", str(exported["model"]), "--data", str(exported["csv"]),
+            "--k", "0,2", "--repeats", "1", "--methods", "full:finetune,head:finetune:ctc_lin.*,lhuc",
+            "--unsupervised", "entropy", "--steps", "1", "--lr", "0.05", "--quiet", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in results["config"]["methods"]]
+    assert names == ["full", "head", "lhuc", "full-entropy", "head-entropy", "lhuc-entropy"]
+    assert results["config"]["methods"][1]["adapt_params"] == ["ctc_lin.*"]
+    assert results["config"]["methods"][2]["addons"] == ["lhuc"]
+    assert results["config"]["methods"][3]["unsupervised"] == "entropy"
+    assert set(results["summary"]["head"]) == {"0", "2"}

@@ -53,7 +53,8 @@ def _cmd_adapt(args):
         raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
                          "add --adapters-only (or use lora / lhuc, which merge into the weights)")
     check_destination(args.out, force=args.force)  # refuse before any work
-    rows = read_manifest(args.support, required=("ID", "duration", "wav", "wrd"), nonempty=("ID", "wav"))
+    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
+    rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
     if args.task is not None:
         if rows and args.task_column not in rows[0]:
             raise KeyError(
@@ -77,7 +78,8 @@ def _cmd_adapt(args):
     model = load_model(args.model, device=args.device)
     adapted = model.adapt(
         [resolve_wav(r["wav"], data_root) for r in chosen],
-        [r["wrd"] for r in chosen],
+        None if args.unsupervised else [r["wrd"] for r in chosen],  # unsupervised: never read
+        unsupervised=args.unsupervised,
         strategy=args.strategy,
         steps=args.steps,
         lr=args.lr,
@@ -93,12 +95,20 @@ def _cmd_adapt(args):
         out = adapted.export(args.out, force=args.force)
     rec = adapted.last_adaptation
     print(
-        f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec['lr']}) "
+        f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
+    if rec.get("unsupervised"):
+        u = rec["unsupervised"]
+        if u["mode"] == "pseudo":
+            print(f"Without transcripts: {u['kept']} of {len(chosen)} utterance(s) confident enough "
+                  "to serve as pseudo-labels" + (f"; {u['stopped']}" if u.get("stopped") else ""))
+        else:
+            print(f"Without transcripts: entropy {u['entropy'][0]:.3f} -> {min(u['entropy']):.3f}, "
+                  f"{u['steps_kept']} step(s) kept ({u['stopped']})")
     if args.adapters_only:
         print(f"Exported the adapters only to {out} (load them on the base model with "
-              f"sb_meta.inference.load_model({str(args.model)!r}, adapters={str(out)!r}))")
+              f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
     else:
         print(f"Exported to {out}")
         _print_compression(out)
@@ -220,10 +230,22 @@ def _cmd_transcribe(args):
 
 
 def _cmd_evaluate(args):
+    import dataclasses
+
     from sb_meta.adapt import load_model
-    from sb_meta.evaluation import check_report_folder, evaluate_kshot, summary_table, write_report
+    from sb_meta.evaluation import (
+        check_report_folder,
+        evaluate_kshot,
+        methods_from,
+        summary_table,
+        write_report,
+    )
 
     check_report_folder(args.out)  # before the evaluation, not after it
+    methods = methods_from(args.methods or args.strategies)
+    if args.unsupervised:  # each method also without transcripts, on the same draws
+        methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
+                    for m in methods]
     model = load_model(args.model, device=args.device)
     results = evaluate_kshot(
         model,
@@ -231,7 +253,7 @@ def _cmd_evaluate(args):
         task_column=args.task_column,
         ks=args.k,
         repeats=args.repeats,
-        strategies=args.strategies,
+        methods=methods,
         steps=args.steps,
         lr=args.lr,
         seed=args.seed,
@@ -295,6 +317,9 @@ def add_commands(subparsers):
                         "replaced only with --force; nothing else is ever replaced)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier sb-meta export at --out (atomically)")
+    p.add_argument("--unsupervised", choices=["entropy", "pseudo"], default=None,
+                   help="adapt from the audio alone (the manifest needs no transcripts): entropy "
+                        "minimisation or confident pseudo-labels, with safeguards")
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
@@ -312,6 +337,11 @@ def add_commands(subparsers):
     p.add_argument("--k", type=_int_list, default=[0, 1, 2, 5, 10],
                    help="comma-separated support sizes (default 0,1,2,5,10)")
     p.add_argument("--repeats", type=int, default=3, help="support draws per task and k")
+    p.add_argument("--methods", type=_name_list, default=None,
+                   help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or add-on names, "
+                        "e.g. 'full:finetune,head:finetune:ctc_lin.*,lora,lhuc' (default: --strategies)")
+    p.add_argument("--unsupervised", choices=["entropy", "pseudo"], default=None,
+                   help="also evaluate every method adapting without transcripts")
     p.add_argument("--strategies", type=_name_list, default=["finetune"],
                    help="comma-separated gradient strategies (default finetune)")
     p.add_argument("--steps", type=int, default=3)

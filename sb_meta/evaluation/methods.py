@@ -59,14 +59,14 @@ class Method:
 
     @classmethod
     def parse(cls, text):
-        """A method from ``name[:strategy[:pattern,pattern]]`` (CLI) or an add-on name."""
+        """A method from ``name[:strategy[:pattern+pattern]]`` (CLI) or an add-on name."""
         parts = text.split(":")
         name = parts[0]
         if len(parts) == 1:
             if name in _ADDON_SHORTHANDS:
                 return cls(name=name, strategy="finetune", addons=[name])
             return cls(name=name, strategy=name)
-        adapt = [p for p in parts[2].split(",") if p] if len(parts) > 2 else None
+        adapt = [p for p in parts[2].replace(",", "+").split("+") if p] if len(parts) > 2 else None
         return cls(name=name, strategy=parts[1] or None, adapt_params=adapt)
 
     def as_dict(self):
