@@ -24,6 +24,7 @@ import torch
 
 from sb_meta import ASRPredictions, MetaBrain
 from sb_meta.export import check_destination, export_brain
+from sb_meta.schedules import TimeBudgetCosine
 from sb_meta.recipe import (
     check_transcripts,
     ctc_greedy_words,
@@ -150,6 +151,14 @@ class ASR(MetaBrain):
             )
             with open(self.hparams.test_wer_file, "w") as w:
                 self.wer_metric.write_stats(w)
+
+    def on_fit_batch_start(self, batch, should_step):
+        scheduler = getattr(self.hparams, "lr_annealing", None)
+        if should_step and isinstance(scheduler, TimeBudgetCosine):  # over the training budget
+            budget, planned = self.meta_config["train_budget_minutes"], self.planned_steps
+            progress = (self.train_minutes / budget if budget
+                        else self.optimizer_step / planned if planned else 0.0)
+            scheduler(self.optimizer, progress)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         scheduler = getattr(self.hparams, "lr_annealing", None)
