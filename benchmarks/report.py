@@ -19,7 +19,11 @@ SECTIONS = (
     ("memory", "3. Peak memory vs inner steps"),
     ("adaptation_latency_s", "4. Test-time adaptation latency"),
     ("ddp", "5. Distributed meta-training (gloo)"),
-    ("an4", "6. AN4 speaker adaptation"),
+    ("an4", "6. AN4 speaker adaptation (previous study: 35-min episodic warm start)"),
+    ("an4_base", "7. Strong AN4 recognizers from an hour of CPU (CRDNN-CTC, CRDNN-attention, Transformer)"),
+    ("an4_study", "8. Adaptation that pays: AN4 speakers and channels, meta-learning vs joint, without transcripts"),
+    ("transfer", "9. Transfer add-ons on AN4 (DANN, distillation, compression, augmentation)"),
+    ("words", "10. Few-shot spoken terms (prototypical, matching) and the learned optimizer"),
 )
 
 
@@ -340,7 +344,16 @@ def render_an4(sec):
     return "\n\n".join(parts)
 
 
+def render_markdown(sec):
+    """Sections whose study script wrote their own tables (``markdown``)."""
+    return sec.get("markdown") or "(no tables recorded)"
+
+
 RENDERERS = {
+    "an4_base": render_markdown,
+    "an4_study": render_markdown,
+    "transfer": render_markdown,
+    "words": render_markdown,
     "meta_step": render_meta_step,
     "peers": render_peers,
     "memory": render_memory,
@@ -396,6 +409,10 @@ def summary_rows(results):
                 if ok is not None:
                     what, value = shown.get(name, (name.replace("_", " "), "see section 6"))
                     rows.append(["an4", f"{model}: {what}", value, status(ok)])
+    for key in ("an4_base", "an4_study", "transfer", "words"):
+        sec = results.get(key) or {}
+        for target, measured, met in sec.get("targets") or []:
+            rows.append([key, target, measured, status(met)])
     me = results.get("memory") or {}
     for s, e in (me.get("results") or {}).items():
         if "target_met" in e:

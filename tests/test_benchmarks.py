@@ -105,6 +105,34 @@ def test_report_survives_an_errored_and_an_empty_file():
     assert report.render({}).count("not run") == len(report.SECTIONS)
 
 
+def test_benchmarks_have_no_import_cycle():
+    """memory.py uses peers.py, never the other way round (issue 9)."""
+    import ast
+
+    def imports(name):
+        tree = ast.parse((BENCH / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+        return found
+
+    local = {p.stem for p in BENCH.glob("*.py")}
+    graph = {name: imports(name) & local for name in local}
+
+    def reach(start, seen):
+        for nxt in graph[start]:
+            if nxt not in seen:
+                seen.add(nxt)
+                reach(nxt, seen)
+        return seen
+
+    for name in local:
+        assert name not in reach(name, set()), f"{name} imports itself through {graph[name]}"
+
+
 def test_meta_step_and_peers_code_paths_run_on_the_toy_brain():
     import meta_step
     import peers
@@ -119,8 +147,7 @@ def test_meta_step_and_peers_code_paths_run_on_the_toy_brain():
     assert res["plain"]["time"]["n"] == 1
 
     # peers: the meta-gradients of higher and torchopt are exactly ours
-    out = peers.run(True, setup=setup, setup_kind="toy", repeats=1, warmup=0,
-                    with_memory=False)
+    out = peers.run(True, setup=setup, setup_kind="toy", repeats=1, warmup=0)
     assert out["status"] == "ok", out.get("mismatched")
     for row in out["results"]:
         for impl, check in row["gradient_check"].items():
