@@ -56,9 +56,14 @@ BASE_COMMON = {
     "number_of_epochs": 100000,
     "curve_every_minutes": 10,
 }
-#: meta-training from the base: episodic, gentler Adam (a larger step undid the warm start)
-META_COMMON = {"number_of_epochs": 100000, "lr": 0.0005, "train_augmentation": False,
-               "curve_every_minutes": None}
+#: meta-training from the base: episodic (4 speakers x (4 support + 4 query) per outer step),
+#: a gentler Adam without warm-up (0.002 undid a warm start in the previous study), a
+#: validation every 50 outer steps; one inner step for the MAML family, two for Reptile (one
+#: on the support and one on the query batch, so it learns from the same utterances)
+META_COMMON = {"number_of_epochs": 100000, "lr": 0.0005, "warmup_steps": 0, "train_augmentation": False,
+               "curve_every_minutes": None, "meta_batch_tasks": 4, "k_support": 4, "k_query": 4,
+               "episodes_per_epoch": 50}
+META_STRATEGY = {"reptile": {"inner_steps": 2}}
 
 
 def _say(msg):
@@ -155,12 +160,20 @@ def cmd_meta(args):
     base = OUT / "base" / args.family / "pretrained" if not args.base else pathlib.Path(args.base)
     records = {}
     for strategy in args.strategies.split(","):
-        ov = dict(META_COMMON, meta_strategy=strategy, train_budget_minutes=args.minutes)
-        ov.update(_pairs(args.set))
+        ov = meta_overrides(args.family, strategy, args.minutes, args.set)
         name = strategy + (f"_{args.tag}" if args.tag else "")
         records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root,
                                   init_from=base, manifests=OUT / "manifests")
     return records
+
+
+def meta_overrides(family, strategy, minutes, extra=None):
+    """Recipe overrides of meta-training ``strategy`` from the family's base."""
+    ov = dict(META_COMMON, meta_strategy=strategy, train_budget_minutes=minutes,
+              **META_STRATEGY.get(strategy, {}))
+    ov.update({k: v for k, v in FAMILIES[family]["base"].items() if k != "lr"})  # the base's architecture
+    ov.update(_pairs(extra))
+    return ov
 
 
 def _pairs(items):
@@ -356,9 +369,8 @@ def cmd_channels(args):
     base = OUT / "base" / args.family / "pretrained"
     records = {}
     for strategy in args.strategies.split(","):
-        ov = {"meta_strategy": strategy, "number_of_epochs": 100000, "lr": 0.0005,
-              "train_budget_minutes": args.minutes, "channels": channels, "task_column": "spk_channel"}
-        ov.update(_pairs(args.set))
+        ov = meta_overrides(args.family, strategy, args.minutes, args.set)
+        ov.update(channels=channels, task_column="spk_channel")
         records[strategy] = train(args.family, OUT / "channels" / args.family / strategy, ov, root,
                                   init_from=base, manifests=OUT / "manifests")
     test_csv = OUT / "manifests" / "channels" / "test.csv"
