@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Augment", "rebuild_batch", "batch_keys"]
 
 METHODS = ("speed", "dropfreq", "dropchunk", "noise")
-_PHASES = ("inner", "outer", "adapt")
 
 
 def batch_keys(batch):
@@ -123,7 +122,7 @@ class Augment(AddOn):
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        self.phases = _phases("augment_phases", self.option("augment_phases"))
+        self.phases = self.phases_option("augment_phases")
         methods = self.option("augment_methods")
         if isinstance(methods, str):
             methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -192,14 +191,6 @@ class Augment(AddOn):
         return self.augment(batch)
 
 
-def _phases(key, value, allowed=_PHASES):
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = [Phase(v).value if isinstance(v, Phase) else str(v).lower() for v in (value or [])]
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise ValueError(f"{key} has unknown phases {bad}; phases are: {', '.join(allowed)}")
-    return names
 
 
 @hookimpl

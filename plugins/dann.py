@@ -70,7 +70,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GradientReversal", "grad_reverse", "ganin_lambda", "masked_mean", "DomainClassifier", "DANN"]
 
-_PHASES = ("inner", "outer", "adapt")
 
 
 class GradientReversal(torch.autograd.Function):
@@ -210,19 +209,17 @@ class DANN(AddOn):
     def __init__(self, brain, config):
         super().__init__(brain, config)
         self.column = str(self.option("dann_column"))
-        self.weight = _number("dann_weight", self.option("dann_weight"), minimum=0.0)
-        self.lambda_max = _number("dann_lambda", self.option("dann_lambda"), minimum=0.0)
-        self.gamma = _number("dann_gamma", self.option("dann_gamma"), minimum=0.0)
+        self.weight = self.number_option("dann_weight", 0.0)
+        self.lambda_max = self.number_option("dann_lambda", 0.0)
+        self.gamma = self.number_option("dann_gamma", 0.0)
         self.schedule = str(self.option("dann_schedule"))
         if self.schedule not in ("ganin", "constant"):
             raise ValueError(f"dann_schedule must be 'ganin' or 'constant', got {self.schedule!r}")
-        steps = self.option("dann_schedule_steps")
-        self.schedule_steps = None if steps is None else _integer("dann_schedule_steps", steps)
-        self.hidden = _integer("dann_hidden", self.option("dann_hidden"))
-        size = self.option("dann_input_size")
-        self.input_size = None if size is None else _integer("dann_input_size", size)
-        self.max_domains = _integer("dann_max_domains", self.option("dann_max_domains"))
-        self.phases = _phases("dann_phases", self.option("dann_phases"))
+        self.schedule_steps = self.integer_option("dann_schedule_steps")
+        self.hidden = self.integer_option("dann_hidden")
+        self.input_size = self.integer_option("dann_input_size")
+        self.max_domains = self.integer_option("dann_max_domains")
+        self.phases = self.phases_option("dann_phases")
         self.last_lambda = None
         self._warned = False
 
@@ -293,31 +290,10 @@ class DANN(AddOn):
         return {"domain": self.weight * torch.nn.functional.cross_entropy(logits, target)}
 
 
-def _number(key, value, minimum=None):
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number, got {value!r}") from None
-    if minimum is not None and not out >= minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
-    return out
 
 
-def _integer(key, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return value
 
 
-def _phases(key, value, allowed=_PHASES):
-    """A list of phase names from a YAML value (list or comma-separated string)."""
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = [Phase(v).value if isinstance(v, Phase) else str(v).lower() for v in (value or [])]
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise ValueError(f"{key} has unknown phases {bad}; phases are: {', '.join(allowed)}")
-    return names
 
 
 @hookimpl

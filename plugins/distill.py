@@ -79,7 +79,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["Distill", "align_frames", "greedy_hypotheses"]
 
 SELF = "self"
-_PHASES = ("inner", "outer", "adapt")
 
 
 def align_frames(log_probs, frames, mode="interpolate"):
@@ -139,15 +138,15 @@ class Distill(AddOn):
     def __init__(self, brain, config):
         super().__init__(brain, config)
         self.teacher_source = str(self.option("distill_teacher"))
-        self.weight = _number("distill_weight", self.option("distill_weight"), 0.0)
-        self.seq_weight = _number("distill_seq_weight", self.option("distill_seq_weight"), 0.0)
-        self.temperature = _number("distill_temperature", self.option("distill_temperature"), 0.0)
+        self.weight = self.number_option("distill_weight", 0.0)
+        self.seq_weight = self.number_option("distill_seq_weight", 0.0)
+        self.temperature = self.number_option("distill_temperature", 0.0)
         if self.temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, got {self.option('distill_temperature')!r}")
         self.frames = str(self.option("distill_frames"))
         if self.frames not in ("interpolate", "match"):
             raise ValueError(f"distill_frames must be 'interpolate' or 'match', got {self.frames!r}")
-        self.phases = _phases("distill_phases", self.option("distill_phases"))
+        self.phases = self.phases_option("distill_phases")
         self.teacher = None  # the loaded AdaptableASR (None for "self")
         self._teacher_brain = None
         self._initial = None
@@ -292,24 +291,8 @@ class Distill(AddOn):
         return terms or None
 
 
-def _number(key, value, minimum=None):
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number, got {value!r}") from None
-    if minimum is not None and not out >= minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
-    return out
 
 
-def _phases(key, value, allowed=_PHASES):
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    names = [Phase(v).value if isinstance(v, Phase) else str(v).lower() for v in (value or [])]
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise ValueError(f"{key} has unknown phases {bad}; phases are: {', '.join(allowed)}")
-    return names
 
 
 @hookimpl

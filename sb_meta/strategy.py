@@ -469,6 +469,46 @@ class AddOn:
         self.brain = brain
         self.config = config
 
+    def number_option(self, key, minimum=None):
+        """:meth:`option` ``key`` as a float (>= ``minimum``), or a ``ValueError`` naming it."""
+        value = self.option(key)
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+        if minimum is not None and not out >= minimum:
+            raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
+        return out
+
+    def integer_option(self, key):
+        """:meth:`option` ``key`` as a positive integer (None stays None)."""
+        value = self.option(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        return value
+
+    def phases_option(self, key, allowed=("inner", "outer", "adapt")):
+        """:meth:`option` ``key`` as a list of phase names (a YAML list or a
+        comma-separated string), each one of ``allowed``.
+
+        Example
+        -------
+        >>> class A(AddOn):
+        ...     name, options = "a", {"a_phases": "outer, adapt"}
+        >>> A(None, {}).phases_option("a_phases")
+        ['outer', 'adapt']
+        """
+        value = self.option(key)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        names = [Phase(v).value if isinstance(v, Phase) else str(v).lower() for v in (value or [])]
+        bad = [n for n in names if n not in allowed]
+        if bad:
+            raise ValueError(f"{key} has unknown phases {bad}; phases are: {', '.join(allowed)}")
+        return names
+
     def option(self, key):
         """The value of one of this add-on's ``options`` in the brain's hparams."""
         if key not in self.options:

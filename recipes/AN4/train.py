@@ -217,7 +217,13 @@ def prepare(hparams):
     return csvs
 
 
-def main(argv):
+def main(argv, prepare_data=prepare, brain_class=ASR):
+    """Prepare the data, train, test and export; returns the trained brain.
+
+    ``prepare_data(hparams) -> {"train", "valid", "test": manifest}`` and
+    ``brain_class`` let another corpus's recipe reuse the rest as it is
+    (``recipes/SynthVoices/train.py``).
+    """
     with recipe_setup(argv) as (hparams_file, run_opts, overrides, hparams):
         sb.utils.distributed.ddp_init_group(run_opts)
         sb.create_experiment_directory(
@@ -225,14 +231,14 @@ def main(argv):
             hyperparams_to_save=hparams_file,
             overrides=overrides,
         )
-        csvs = prepare(hparams)
+        csvs = prepare_data(hparams)
         prepare_tokenizer(hparams, csvs["train"], hparams["save_folder"])
         check_transcripts(hparams["tokenizer"], csvs)
         datasets = dataio_prepare(hparams, csvs)
         if hparams.get("init_from"):
             # a checkpoint in save_folder (resume) still wins: fit() recovers it afterwards
             load_initialisation(hparams, hparams["init_from"])
-        brain = ASR(
+        brain = brain_class(
             modules=hparams["modules"],
             opt_class=hparams["opt_class"],
             hparams=hparams,

@@ -8,186 +8,22 @@ To run::
     python recipes/SynthVoices/train.py recipes/SynthVoices/hparams/crdnn_ctc_meta.yaml \
         --data_folder=data/synth --meta_strategy=fomaml --inner_steps=3
 
-The brain is the same as the AN4 recipe's (a ``MetaBrain`` with the recipe's
-``compute_forward`` / ``compute_objectives``); only the data differ: the
-corpus already holds SpeechBrain manifests (train/valid/test.csv).
+The models, the brain, the data pipeline and the training loop are the AN4
+recipe's (``recipes/AN4/train.py``); only the data differ: the corpus already
+holds SpeechBrain manifests (train/valid/test.csv).
 """
 
-import logging
 import pathlib
 
-import speechbrain as sb
-import torch
+from sb_meta.recipe import run_main
+from sb_meta.utils import load_script
 
-from sb_meta import ASRPredictions, MetaBrain
-from sb_meta.export import check_destination, export_brain
-from sb_meta.schedules import TimeBudgetCosine
-from sb_meta.recipe import (
-    check_transcripts,
-    ctc_greedy_words,
-    decode_ids,
-    encode_text,
-    learning_curve_point,
-    load_initialisation,
-    prepare_tokenizer,
-    read_audio_checked,
-    recipe_setup,
-    run_main,
-    train_loader,
-)
-
-logger = logging.getLogger(__name__)
+an4 = load_script(pathlib.Path(__file__).resolve().parents[1] / "AN4" / "train.py", "sbmeta_recipe_an4")
+dataio_prepare = an4.dataio_prepare
 
 
-class ASR(MetaBrain):
-    """CRDNN or Transformer encoder, CTC head, optional attention decoder."""
-
-    @property
-    def attention(self):
-        return "seq_lin" in self.modules and self.hparams.ctc_weight < 1.0
-
-    def compute_forward(self, batch, stage):
-        batch = batch.to(self.device)
-        wavs, wav_lens = batch.sig
-        tokens_bos, _ = batch.tokens_bos
-        augmented = stage == sb.Stage.TRAIN and getattr(self.hparams, "train_augmentation", False)
-        if augmented:  # SpeechBrain's Augmenter; labels are replicated in compute_objectives
-            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
-            tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
-        feats = self.hparams.compute_features(wavs)
-        feats = self.modules.normalize(feats, wav_lens)
-        if augmented:
-            feats, _ = self.hparams.fea_augment(feats, wav_lens)
-        p_seq = None
-        if "Transformer" in self.modules:
-            src = self.modules.CNN(feats)
-            enc_out, dec_out = self.modules.Transformer(
-                src, tokens_bos, wav_lens, pad_idx=self.hparams.pad_index
-            )
-            if self.attention:
-                p_seq = self.hparams.log_softmax(self.modules.seq_lin(dec_out))
-        else:
-            enc_out = self.modules.enc(feats)
-            if self.attention:
-                h, _ = self.modules.dec(self.modules.emb(tokens_bos), enc_out, wav_lens)
-                p_seq = self.hparams.log_softmax(self.modules.seq_lin(h))
-        p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(enc_out))
-        return ASRPredictions(p_ctc, wav_lens, enc_out, p_seq, extra={"augmented": augmented})
-
-    def compute_objectives(self, predictions, batch, stage):
-        tokens, tokens_lens = batch.tokens
-        tokens_eos, tokens_eos_lens = batch.tokens_eos
-        if predictions.extra.get("augmented"):
-            replicate = self.hparams.wav_augment.replicate_labels
-            tokens, tokens_lens = replicate(tokens), replicate(tokens_lens)
-            tokens_eos, tokens_eos_lens = replicate(tokens_eos), replicate(tokens_eos_lens)
-        loss = self.hparams.ctc_cost(predictions.log_probs, tokens, predictions.lengths, tokens_lens)
-        if predictions.seq_log_probs is not None:
-            seq_loss = self.hparams.seq_cost(
-                predictions.seq_log_probs, tokens_eos, length=tokens_eos_lens
-            )
-            w = self.hparams.ctc_weight
-            loss = w * loss + (1 - w) * seq_loss
-        if stage != sb.Stage.TRAIN:
-            hyps = self.transcribe(predictions, stage)
-            self.wer_metric.append(batch.id, [h.split() for h in hyps], [w.split() for w in batch.wrd])
-            self.cer_metric.append(batch.id, [list(h) for h in hyps], [list(w) for w in batch.wrd])
-        return loss
-
-    def transcribe(self, predictions, stage):
-        """Greedy CTC for CTC models; the YAML's beam searcher for attention models."""
-        searcher = getattr(self.hparams, "test_search" if stage == sb.Stage.TEST else "valid_search", None)
-        if self.attention and searcher is not None:
-            tokens, _, _, _ = searcher(predictions.encoder_out, predictions.lengths)
-            return [decode_ids(self.tokenizer, t) for t in tokens]
-        return ctc_greedy_words(predictions.log_probs, predictions.lengths, self.tokenizer)
-
-    @property
-    def tokenizer(self):
-        return self.hparams.tokenizer
-
-    def on_stage_start(self, stage, epoch):
-        if stage != sb.Stage.TRAIN:
-            self.wer_metric = self.hparams.error_rate_computer()
-            self.cer_metric = self.hparams.cer_computer()
-
-    def on_stage_end(self, stage, stage_loss, epoch):
-        stats = {"loss": stage_loss}
-        if stage == sb.Stage.TRAIN:
-            self.train_stats = dict(stats, **self.loss_term_means(), minutes=round(self.train_minutes, 2))
-            return
-        stats["WER"] = self.wer_metric.summarize("error_rate")
-        stats["CER"] = self.cer_metric.summarize("error_rate")
-        if stage == sb.Stage.VALID:
-            lr = self.optimizer.param_groups[0]["lr"]
-            scheduler = getattr(self.hparams, "lr_annealing", None)
-            if isinstance(scheduler, sb.nnet.schedulers.NewBobScheduler):  # per epoch, on dev WER
-                _, new_lr = scheduler(stats["WER"])
-                sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            meta = {"epoch": epoch, "lr": lr}
-            self.hparams.train_logger.log_stats(meta, train_stats=self.train_stats, valid_stats=stats)
-            if getattr(self.hparams, "tensorboard_logger", None) is not None:
-                self.hparams.tensorboard_logger.log_stats(meta, self.train_stats, stats)
-            self.checkpointer.save_and_keep_only(
-                meta={"WER": stats["WER"], "minutes": self.train_minutes},
-                min_keys=["WER"], num_to_keep=self.hparams.checkpoints_to_keep,
-            )
-            every = getattr(self.hparams, "curve_every_minutes", None)
-            if every and self.train_minutes >= getattr(self, "_next_curve", 0.0):
-                # test WER vs training minutes, for the learning curve only
-                learning_curve_point(self, self.curve_set, self.hparams.learning_curve_file,
-                                     self.hparams.test_dataloader_opts, epoch=epoch, dev_wer=stats["WER"])
-                self._next_curve = self.train_minutes + every
-        else:
-            self.test_stats = stats
-            self.hparams.train_logger.log_stats(
-                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
-            )
-            with open(self.hparams.test_wer_file, "w") as w:
-                self.wer_metric.write_stats(w)
-
-    def on_fit_batch_start(self, batch, should_step):
-        scheduler = getattr(self.hparams, "lr_annealing", None)
-        if should_step and isinstance(scheduler, TimeBudgetCosine):  # over the training budget
-            budget, planned = self.meta_config["train_budget_minutes"], self.planned_steps
-            progress = (self.train_minutes / budget if budget
-                        else self.optimizer_step / planned if planned else 0.0)
-            scheduler(self.optimizer, progress)
-
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        scheduler = getattr(self.hparams, "lr_annealing", None)
-        if should_step and isinstance(scheduler, sb.nnet.schedulers.NoamScheduler):
-            scheduler(self.optimizer)  # per outer step
-
-
-def dataio_prepare(hparams, csvs):
-    """SpeechBrain datasets with ``sig``, ``tokens``, ``tokens_bos`` and ``tokens_eos``."""
-    tokenizer = hparams["tokenizer"]
-    datasets = {}
-    for split, path in csvs.items():
-        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(path))
-        if split != "train":
-            datasets[split] = datasets[split].filtered_sorted(sort_key="duration")
-    items = list(datasets.values())
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        return read_audio_checked(wav, hparams["sample_rate"])
-
-    @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("wrd", "tokens", "tokens_bos", "tokens_eos")
-    def text_pipeline(wrd):
-        yield wrd
-        ids = encode_text(tokenizer, wrd)
-        yield torch.LongTensor(ids)
-        yield torch.LongTensor([hparams["bos_index"]] + ids)
-        yield torch.LongTensor(ids + [hparams["eos_index"]])
-
-    sb.dataio.dataset.add_dynamic_item(items, audio_pipeline)
-    sb.dataio.dataset.add_dynamic_item(items, text_pipeline)
-    sb.dataio.dataset.set_output_keys(items, ["id", "sig", "wrd", "tokens", "tokens_bos", "tokens_eos"])
-    return datasets
+class ASR(an4.ASR):
+    """The AN4 recipe's brain (CRDNN or Transformer, CTC head, optional attention decoder)."""
 
 
 def prepare(hparams):
@@ -203,45 +39,8 @@ def prepare(hparams):
 
 
 def main(argv):
-    with recipe_setup(argv) as (hparams_file, run_opts, overrides, hparams):
-        sb.utils.distributed.ddp_init_group(run_opts)
-        sb.create_experiment_directory(
-            experiment_directory=hparams["output_folder"],
-            hyperparams_to_save=hparams_file,
-            overrides=overrides,
-        )
-        csvs = prepare(hparams)
-        prepare_tokenizer(hparams, csvs["train"], hparams["save_folder"])
-        check_transcripts(hparams["tokenizer"], csvs)
-        datasets = dataio_prepare(hparams, csvs)
-        if hparams.get("init_from"):
-            # a checkpoint in save_folder (resume) still wins: fit() recovers it afterwards
-            load_initialisation(hparams, hparams["init_from"])
-        brain = ASR(
-            modules=hparams["modules"],
-            opt_class=hparams["opt_class"],
-            hparams=hparams,
-            run_opts=run_opts,
-            checkpointer=hparams["checkpointer"],
-        )
-        train_set = train_loader(brain, hparams, datasets["train"])  # episodes, or plain batches
-        brain.curve_set = datasets["test"]
-        if hparams.get("export_folder"):
-            check_destination(hparams["export_folder"], force=True)  # refuse before training
-    brain.fit(
-        hparams["epoch_counter"],
-        train_set,
-        datasets["valid"],
-        train_loader_kwargs=hparams.get("train_dataloader_opts", {}),
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    brain.evaluate(datasets["test"], min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"])
-    if hparams.get("export_folder"):
-        # the evaluated (best-WER) model, in SpeechBrain's pretrained format; the
-        # folder is this experiment's own, so an earlier export of it is replaced
-        sb.utils.distributed.run_on_main(export_brain, args=[brain, hparams["export_folder"]],
-                                         kwargs={"force": True})
-    return brain
+    """Train, test and export on the synthetic corpus; returns the trained brain."""
+    return an4.main(argv, prepare_data=prepare, brain_class=ASR)
 
 
 if __name__ == "__main__":
