@@ -249,11 +249,19 @@ def main(argv, prepare_data=prepare, brain_class=ASR):
         brain.curve_set = datasets["test"]
         if hparams.get("export_folder"):
             check_destination(hparams["export_folder"], force=True)  # refuse before training
+    train_kwargs = dict(hparams.get("train_dataloader_opts", {}))
+    if hparams.get("plain_batches") and hparams.get("dynamic_batching"):
+        # batches of similar durations: far less padding than shuffled fixed-size batches
+        from speechbrain.dataio.sampler import DynamicBatchSampler
+
+        train_kwargs = {"batch_sampler": DynamicBatchSampler(
+            datasets["train"], length_func=lambda row: float(row["duration"]),
+            **hparams["dynamic_batch_sampler"])}
     brain.fit(
         hparams["epoch_counter"],
         train_set,
         datasets["valid"],
-        train_loader_kwargs=hparams.get("train_dataloader_opts", {}),
+        train_loader_kwargs=train_kwargs,
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     brain.evaluate(datasets["test"], min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"])
