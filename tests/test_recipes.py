@@ -143,3 +143,14 @@ def test_an4_recipe_trains_tests_and_exports(an4_root, tmp_path):
     asr = EncoderASR.from_hparams(source=str(out / "pretrained"), savedir=str(out / "pretrained"))
     wav = next((pathlib.Path(an4_root) / "wav" / "an4test_clstk").rglob("*.sph"))
     assert isinstance(asr.transcribe_file(str(wav)), str)
+
+
+def test_the_an4_transformer_recipe_runs_second_order_maml(an4_root, tmp_path):
+    """`python recipes/AN4/train.py recipes/AN4/hparams/transformer_meta.yaml
+    --data_folder=... --meta_strategy=maml --debug` (issue 13)."""
+    out = tmp_path / "exp"
+    brain = train_in_process("AN4", [f"--data_folder={an4_root}", f"--output_folder={out}",
+                                     "--meta_strategy=maml", *DEBUG], yaml="transformer_meta.yaml")
+    assert brain.strategy.name == "maml" and not brain.strategy.first_order
+    info = json.loads((out / "pretrained" / "sbmeta.json").read_text())
+    assert info["interface"] == "speechbrain.inference.ASR.EncoderDecoderASR"
