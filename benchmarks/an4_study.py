@@ -433,6 +433,81 @@ def add_eval_commands(sub):
 
 
 
+# --------------------------------------------------------------------- transfer add-ons
+def cmd_dann(args):
+    """Joint training from the base with and without DANN over speakers, equal budgets:
+    WER on the unseen test speakers."""
+    root = an4_root(args.an4_root)
+    base = OUT / "base" / args.family / "pretrained"
+    records = {}
+    for name, extra in (("joint", []), ("joint_dann", ["meta_addons=[dann]", "dann_column=spk_id"])):
+        ov = meta_overrides(args.family, "joint", args.minutes, extra + (args.set or []))
+        folder = OUT / "meta" / args.family / name
+        records[name] = train(args.family, folder, ov, root, init_from=base, manifests=OUT / "manifests")
+    out = {"records": records, "machine": _machine(),
+           "command": f"python benchmarks/an4_study.py dann --family {args.family} --minutes {args.minutes}"}
+    _write(OUT / "transfer" / "dann.json", out)
+    return out
+
+
+def cmd_distill(args):
+    """A student with at most a third of the teacher's (the base's) parameters, trained
+    from scratch with and without distillation from it, equal budgets."""
+    root = an4_root(args.an4_root)
+    teacher = OUT / "base" / args.family / "pretrained"
+    student = {"rnn_neurons": args.student_rnn, "dnn_neurons": args.student_rnn, "rnn_layers": 2}
+    records = {}
+    for name, extra in (("student_alone", {}),
+                        ("student_distilled", {"meta_addons": "[distill]", "distill_teacher": str(teacher),
+                                               "distill_phases": "[outer]"})):
+        ov = dict(BASE_COMMON, train_budget_minutes=args.minutes, **FAMILIES[args.family]["base"])
+        ov.update(student, **extra)
+        ov["curve_every_minutes"] = None
+        records[name] = train(args.family, OUT / "transfer" / name, ov, root, manifests=OUT / "manifests")
+    base = json.loads((OUT / "base" / args.family / "record.json").read_text())
+    out = {"teacher": {"parameters": base["parameters"], "test": base["test"]}, "records": records,
+           "machine": _machine(),
+           "command": f"python benchmarks/an4_study.py distill --family {args.family} "
+                      f"--minutes {args.minutes} --student-rnn {args.student_rnn}"}
+    _write(OUT / "transfer" / "distill.json", out)
+    return out
+
+
+def cmd_compress(args):
+    """int8 and pruned copies of the base vs the float model: size, real-time factor, WER."""
+    import subprocess
+
+    model = OUT / "base" / args.family / "pretrained"
+    test_csv = OUT / "manifests" / "test.csv"
+    cmd = [sys.executable, str(HERE / "compression.py"), "--model", str(model), "--data", str(test_csv),
+           "--out", str(OUT / "transfer" / "compression"), "--variants", args.variants,
+           "--threads", "1", "--repeats", str(args.repeats), "--force"]
+    subprocess.run(cmd, check=True)
+    rows = json.loads((OUT / "transfer" / "compression" / "compression.json").read_text())
+    out = {"rows": rows, "machine": _machine(),
+           "command": "python benchmarks/compression.py " + " ".join(shlex.quote(c) for c in cmd[2:])}
+    _write(OUT / "transfer" / "compression.json", out)
+    return out
+
+
+def add_transfer_commands(sub):
+    d = sub.add_parser("dann", help="joint from the base with and without DANN")
+    d.add_argument("--family", default="crdnn_ctc")
+    d.add_argument("--minutes", type=float, default=15.0)
+    d.add_argument("--set", action="append")
+    d.set_defaults(func=cmd_dann)
+    k = sub.add_parser("distill", help="a small student with and without distillation from the base")
+    k.add_argument("--family", default="crdnn_ctc")
+    k.add_argument("--minutes", type=float, default=30.0)
+    k.add_argument("--student-rnn", type=int, default=96, help="RNN and DNN units of the student")
+    k.set_defaults(func=cmd_distill)
+    c = sub.add_parser("compress", help="int8 / pruned vs float")
+    c.add_argument("--family", default="crdnn_ctc")
+    c.add_argument("--variants", default="int8,prune:0.5,prune:0.8")
+    c.add_argument("--repeats", type=int, default=3)
+    c.set_defaults(func=cmd_compress)
+
+
 # --------------------------------------------------------------------- report
 ESPNET = ("ESPnet on the same 130 test utterances: CTC only 22.9% WER, hybrid CTC/attention 7.9% "
           "(with a word LM), Transformer with speed perturbation 7.6% without a language model "
@@ -622,6 +697,7 @@ def main(argv=None):
     c.add_argument("--rounds", type=int, default=5)
     c.set_defaults(func=cmd_cost)
     add_eval_commands(sub)
+    add_transfer_commands(sub)
     r = sub.add_parser("report", help="merge the records into benchmarks/RESULTS.json and RESULTS.md")
     r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
