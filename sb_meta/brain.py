@@ -72,21 +72,51 @@ class RNGState:
 
 @register_checkpoint_hooks
 class TrainClock:
-    """Seconds spent training (validation excluded), checkpointed so that
-    ``train_budget_minutes`` and learning curves survive a resume."""
+    """Seconds spent training (validation excluded), on the wall clock and in CPU
+    time of the process, checkpointed so that ``train_budget_minutes`` and
+    learning curves survive a resume.
+
+    ``train_budget_clock: cpu`` budgets CPU time instead of wall-clock time: on
+    a machine other jobs share, a one-thread run then gets the same amount of
+    computation as on a free core (its CPU time is what the wall clock would
+    be there); with N threads it is N times the wall clock.
+
+    Example
+    -------
+    >>> clock = TrainClock()
+    >>> clock.start(); _ = sum(range(100000)); clock.stop()
+    >>> clock.seconds > 0 and clock.cpu_seconds > 0
+    True
+    """
 
     def __init__(self):
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._t0 = None
+
+    def start(self):
+        self._t0 = (time.time(), time.process_time())
+
+    def stop(self):
+        if self._t0 is not None:
+            self.seconds += time.time() - self._t0[0]
+            self.cpu_seconds += time.process_time() - self._t0[1]
+            self._t0 = None
+
+    def running(self):
+        return self._t0 is not None
 
     @mark_as_saver
     def _save(self, path):
         with open(path, "w") as f:
-            f.write(f"{self.seconds!r}\n")
+            f.write(f"{self.seconds!r} {self.cpu_seconds!r}\n")
 
     @mark_as_loader
     def _recover(self, path, end_of_epoch):
         with open(path) as f:
-            self.seconds = float(f.read())
+            values = [float(x) for x in f.read().split()]
+        self.seconds = values[0]
+        self.cpu_seconds = values[1] if len(values) > 1 else values[0]
 
 
 def set_aside_incomplete_checkpoints(checkpointer):
@@ -275,7 +305,6 @@ class MetaBrain(sb.Brain):
             self.checkpointer.add_recoverable("train_clock", self.train_clock)
         self.meta_stage = sb.Stage.TRAIN
         self._term_sums = {}
-        self._last_batch_end = None
 
     # ------------------------------------------------------------ parameters
     def base_params(self):
@@ -471,8 +500,10 @@ class MetaBrain(sb.Brain):
 
     @property
     def train_minutes(self):
-        """Minutes spent training so far (validation excluded; resumed runs included)."""
-        return self.train_clock.seconds / 60.0
+        """Minutes spent training so far (validation excluded; resumed runs included),
+        on the clock ``train_budget_clock`` names (wall clock, or CPU time)."""
+        cpu = self.meta_config["train_budget_clock"] == "cpu"
+        return (self.train_clock.cpu_seconds if cpu else self.train_clock.seconds) / 60.0
 
     def _check_budget(self):
         budget = self.meta_config["train_budget_minutes"]
@@ -506,9 +537,8 @@ class MetaBrain(sb.Brain):
             raise NotImplementedError(
                 "sb-meta meta-training supports fp32 and bf16 precision, not fp16"
             )
-        start = time.time()
-        if self._last_batch_end is not None:  # loading this episode
-            self.train_clock.seconds += start - self._last_batch_end
+        if not self.train_clock.running():  # the first batch of a stage (loading it not counted)
+            self.train_clock.start()
         should_step = (self.step % self.grad_accumulation_factor) == 0
         self.on_fit_batch_start(batch, should_step)
         scale = 1.0 / self.grad_accumulation_factor
@@ -522,8 +552,8 @@ class MetaBrain(sb.Brain):
             self.optimizers_step()
             self._sync_statistics()
         self.on_fit_batch_end(batch, None, loss, should_step)
-        self._last_batch_end = time.time()
-        self.train_clock.seconds += self._last_batch_end - start
+        self.train_clock.stop()
+        self.train_clock.start()  # loading the next batch is training time too
         self._check_budget()
         return loss.detach().cpu()
 
@@ -537,7 +567,7 @@ class MetaBrain(sb.Brain):
                     rows={i: dict(rows[i], ID=i) for i in ids if i in rows})
 
     def evaluate_batch(self, batch, stage):
-        self._last_batch_end = None  # validation time is not training time
+        self.train_clock._t0 = None  # validation time is not training time
         return super().evaluate_batch(batch, stage)
 
     @staticmethod

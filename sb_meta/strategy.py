@@ -60,6 +60,7 @@ META_KEYS = {
     "meta_addons": [],
     "plugins": [],
     "train_budget_minutes": None,
+    "train_budget_clock": "wall",
 }
 
 #: One line per meta key (the README's table is checked against this).
@@ -78,6 +79,7 @@ META_KEY_HELP = {
     "meta_addons": "add-ons to activate, in order",
     "plugins": "extra plugin modules or `.py` files",
     "train_budget_minutes": "stop training after this many minutes of training (validation excluded)",
+    "train_budget_clock": "`wall` clock, or `cpu` time of the process (fair budgets on a shared machine)",
 }
 
 
@@ -154,6 +156,8 @@ class MetaConfig(dict):
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             cfg[key] = list(value)
+        if cfg["train_budget_clock"] not in ("wall", "cpu"):
+            raise ValueError(f"train_budget_clock must be 'wall' or 'cpu', got {cfg['train_budget_clock']!r}")
         budget = cfg["train_budget_minutes"]
         if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
             raise ValueError(f"train_budget_minutes must be a number > 0 or null, got {budget!r}")
