@@ -154,3 +154,27 @@ def test_the_an4_transformer_recipe_runs_second_order_maml(an4_root, tmp_path):
     assert brain.strategy.name == "maml" and not brain.strategy.first_order
     info = json.loads((out / "pretrained" / "sbmeta.json").read_text())
     assert info["interface"] == "speechbrain.inference.ASR.EncoderDecoderASR"
+
+
+def test_tensorboard_snippet_logs_every_loss_term(tiny_corpus, tmp_path):
+    """hparams/tensorboard.yaml appended to a recipe gives TensorBoard curves of the
+    train and valid statistics, add-on loss terms (here DANN's) included."""
+    pytest.importorskip("tensorboard", reason="tensorboard comes with the dev extras")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tmp_path / "with_tensorboard.yaml"
+    recipe.write_text(
+        (ROOT / "recipes" / "SynthVoices" / "hparams" / "crdnn_ctc_meta.yaml").read_text()
+        + "\n" + (ROOT / "hparams" / "tensorboard.yaml").read_text()
+        + "\n" + (ROOT / "hparams" / "addons" / "dann.yaml").read_text()
+    )
+    out = tmp_path / "exp"
+    from sb_meta.utils import load_script
+
+    module = load_script(ROOT / "recipes" / "SynthVoices" / "train.py", "sbmeta_test_tb")
+    module.main([str(recipe), f"--data_folder={tiny_corpus}", f"--output_folder={out}",
+                 "--meta_strategy=fomaml", "--meta_addons=[dann]", *SMALL])
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/valid", "WER/valid", "outer_dann_domain/train"} <= tags, tags
