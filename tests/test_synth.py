@@ -145,3 +145,58 @@ def test_unknown_language_message_lists_available(tmp_path):
         generate_corpus(tmp_path, speakers=3, langs=["xx"], progress=False)
     assert "'en'" in str(err.value) and "'de'" in str(err.value)
     assert not (tmp_path / "train.csv").exists()
+
+
+def test_the_engine_lives_in_its_own_module():
+    from sb_meta.data import espeak, synth
+
+    assert synth.synthesize is espeak.synthesize and synth.list_voices is espeak.list_voices
+    assert synth.load_wordlist is espeak.load_wordlist
+
+
+@pytest.fixture(scope="module")
+def word_corpus(tmp_path_factory):
+    from sb_meta.data.synth import generate_word_corpus
+
+    out = tmp_path_factory.mktemp("words")
+    summary = generate_word_corpus(out, words=10, voices=10, seed=2, progress=False, exclude=["seven"])
+    return out, summary
+
+
+def test_single_word_corpus_is_words_by_voices_split_by_class_and_speaker(word_corpus):
+    out, summary = word_corpus
+    rows = {s: read_manifest(out / f"{s}.csv") for s in ("train", "valid", "test")}
+    assert list(rows["train"][0]) == ["ID", "duration", "wav", "start", "stop", "word", "spk_id", "voice"]
+    words = {s: {r["word"] for r in v} for s, v in rows.items()}
+    voices = {s: {r["spk_id"] for r in v} for s, v in rows.items()}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert not words[a] & words[b] and not voices[a] & voices[b]
+    for split, v in rows.items():
+        assert len(v) == len(words[split]) * len(voices[split]) == summary[split]["recordings"]
+        assert len({(r["word"], r["spk_id"]) for r in v}) == len(v)  # every word once by every voice
+    assert (len(words["train"]), len(voices["train"])) == (7, 7)
+    assert "SEVEN" not in set().union(*words.values())
+    assert all(w == w.upper() and " " not in w for w in set().union(*words.values()))
+    for row in rows["test"][:3]:
+        info = soundfile.info(row["wav"])
+        assert info.samplerate == 16000 and int(row["start"]) == 0 and int(row["stop"]) == info.frames
+        assert float(row["duration"]) == pytest.approx(info.frames / 16000, abs=1e-3)
+        assert 0.1 < float(row["duration"]) < 2.0
+
+
+def test_single_word_corpus_is_reproducible_and_checked(word_corpus, tmp_path):
+    from sb_meta.data.synth import generate_word_corpus
+
+    out, _ = word_corpus
+    again = tmp_path / "again"
+    generate_word_corpus(again, words=10, voices=10, seed=2, progress=False, exclude=["seven"])
+    a = (out / "valid.csv").read_text().replace(str(out), "X")
+    assert a == (again / "valid.csv").read_text().replace(str(again), "X")
+    with pytest.raises(ValueError, match="words must be an integer >= 3"):
+        generate_word_corpus(tmp_path / "bad", words=2, voices=5, progress=False)
+
+
+def test_cli_words_synth(tmp_path, capsys):
+    assert main(["words", "synth", "--out", str(tmp_path), "--words", "5", "--voices", "5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 9 recordings, 3 words, 3 voices" in out

@@ -1,244 +1,46 @@
 """An embedded, offline, multi-speaker synthetic speech corpus.
 
-Speech is synthesised with espeak-ng (shipped as a shared library by the PyPI
-package ``espeakng-loader``) through :mod:`ctypes`, so no network access, no
-external binary and no downloaded data are needed. A *speaker* is a language, an
-espeak voice variant (``voices/!v``), a base pitch, a speaking rate, a pitch
-range and, optionally, a recording *channel* (spectral tilt, band limitation,
-room reverberation and additive white or pink noise at a speaker-specific SNR).
-Everything is drawn from a seed, so the same seed gives byte-identical manifests
-and audio.
+Speech is synthesised with espeak-ng (:mod:`sb_meta.data.espeak`). A *speaker*
+is a language, an espeak voice variant (``voices/!v``), a base pitch, a
+speaking rate, a pitch range and, optionally, a recording *channel* (spectral
+tilt, band limitation, room reverberation and additive white or pink noise at
+a speaker-specific SNR). Everything is drawn from a seed, so the same seed
+gives byte-identical manifests and audio.
 
-Notes on espeak-ng
-------------------
-espeak-ng keeps process-global state, some of it in function-level ``static``
-variables that no API call resets (e.g. the pitch-flutter phase of the wave
-generator): synthesising the same text twice in one session gives two slightly
-different waveforms. To make every utterance depend only on its own settings,
-this module loads a *private copy* of the library for each utterance, synthesises,
-terminates and ``dlclose``-s it (about 3 ms). The private copy also keeps us clear
-of any other user of espeak in the process (e.g. a phonemizer). All access is
-serialised by a module-level lock.
+Two corpora are generated: :func:`generate_corpus` (sentences of 2 to 6 words
+per utterance, SpeechBrain's ``ID,duration,wav,spk_id,wrd`` manifests) and
+:func:`generate_word_corpus` (one word per recording, many words x many
+voices, the word manifests of few-shot spoken-term recognition:
+``ID,duration,wav,start,stop,word,spk_id``).
 """
 
-import atexit
-import ctypes
+import csv
 import dataclasses
 import functools
-import math
-import os
 import pathlib
 import re
-import shutil
-import tempfile
-import threading
 
 import numpy as np
 import soundfile
 
-from sb_meta.data.manifest import write_manifest
-
-__all__ = ["generate_corpus", "list_voices", "available_languages", "make_speakers", "synthesize"]
-
-SAMPLE_RATE = 16000
-WORDLIST_DIR = pathlib.Path(__file__).resolve().parent / "wordlists"
-SPLITS = ("train", "valid", "test")
-
-# Constants of espeak-ng's speak_lib.h
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_DONT_EXIT = 0x8000  # return an error instead of calling exit()
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_RATE, _VOLUME, _PITCH, _RANGE = 1, 2, 3, 4
-_EE_OK = 0
-
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+from sb_meta.data.espeak import (  # noqa: F401 - synthesize / list_voices are part of this module's API
+    SAMPLE_RATE,
+    WORDLIST_DIR,
+    _espeak_languages,
+    _resample,
+    _trim,
+    available_languages,
+    list_voices,
+    load_wordlist,
+    synthesize,
 )
-_LOCK = threading.RLock()
-_STATE = {"lib_copy": None, "chunks": [], "voices": None, "espeak_langs": None}
+from sb_meta.data.manifest import write_manifest
+from sb_meta.utils import atomic_open
 
+__all__ = ["generate_corpus", "generate_word_corpus", "list_voices", "available_languages",
+           "make_speakers", "synthesize", "apply_channel"]
 
-# --------------------------------------------------------------------------- espeak
-
-
-def _data_path():
-    import espeakng_loader
-
-    return pathlib.Path(espeakng_loader.get_data_path())
-
-
-def _on_samples(wav, numsamples, events):
-    if numsamples > 0 and wav:
-        _STATE["chunks"].append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
-    return 0  # 0 = continue synthesis
-
-
-_CALLBACK = _SYNTH_CALLBACK(_on_samples)  # kept alive for the life of the module
-
-
-def _private_library_path():
-    """Copy libespeak-ng once per process so that we can load it fresh each time."""
-    if _STATE["lib_copy"] is None or not os.path.exists(_STATE["lib_copy"]):
-        import espeakng_loader
-
-        src = pathlib.Path(espeakng_loader.get_library_path())
-        folder = tempfile.mkdtemp(prefix="sbmeta-espeak-")
-        atexit.register(shutil.rmtree, folder, True)
-        dst = pathlib.Path(folder) / f"sbmeta-{src.name}"
-        shutil.copyfile(src, dst)
-        _STATE["lib_copy"] = str(dst)
-    return _STATE["lib_copy"]
-
-
-def _load_fresh_library():
-    mode = os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0)
-    lib = ctypes.CDLL(_private_library_path(), mode=mode)
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-    ]
-    lib.espeak_Synth.restype = ctypes.c_int
-    # ``path`` is the folder *containing* espeak-ng-data (the library also
-    # accepts the data folder itself, but this is the documented meaning).
-    parent = str(_data_path().parent).encode()
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, parent, _INITIALIZE_DONT_EXIT)
-    if rate <= 0:
-        _unload(lib, terminate=False)
-        raise RuntimeError(f"espeak_Initialize failed ({rate}) with data in {_data_path()}")
-    lib.espeak_SetSynthCallback(_CALLBACK)
-    return lib, rate
-
-
-def _unload(lib, terminate=True):
-    import _ctypes
-
-    if terminate:
-        lib.espeak_Terminate()
-    _ctypes.dlclose(lib._handle)
-
-
-def synthesize(text, voice="en", rate=175, pitch=50, pitch_range=50, seed=0):
-    """Synthesise ``text`` with espeak-ng; the result depends only on the arguments.
-
-    Arguments
-    ---------
-    text : str
-        Text to speak (UTF-8; lowercase avoids all-caps words being spelled out).
-    voice : str
-        espeak voice, ``lang`` or ``lang+variant`` (e.g. ``"de+f2"``).
-    rate : int
-        Speaking rate in words per minute (espeak accepts 80 to 450).
-    pitch : int
-        Base pitch, 0 to 100 (50 is the voice's own).
-    pitch_range : int
-        Pitch range, 0 (monotone) to 100 (50 is the voice's own).
-    seed : int
-        Seed of espeak's internal random generator (breath and frication noise).
-
-    Returns
-    -------
-    tuple of (numpy.ndarray, int)
-        The int16 waveform and its sample rate (22050 Hz).
-
-    Example
-    -------
-    >>> wav, sr = synthesize("hello world", "en+m3")
-    >>> sr, wav.dtype.name, len(wav) > sr // 2
-    (22050, 'int16', True)
-    """
-    data = text.encode("utf-8")
-    with _LOCK:
-        lib, sample_rate = _load_fresh_library()
-        try:
-            if lib.espeak_SetVoiceByName(voice.encode("utf-8")) != _EE_OK:
-                raise ValueError(f"espeak-ng cannot load voice {voice!r}")
-            for param, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range)):
-                lib.espeak_SetParameter(param, int(value), 0)
-            lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
-            _STATE["chunks"] = []
-            err = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            lib.espeak_Synchronize()
-            if err != _EE_OK:
-                raise RuntimeError(f"espeak_Synth failed ({err}) on {text!r}")
-            chunks, _STATE["chunks"] = _STATE["chunks"], []
-        finally:
-            _unload(lib)
-    wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    return wav, sample_rate
-
-
-def list_voices():
-    """Return the espeak-ng voice variants usable as ``lang+variant`` (sorted).
-
-    Returns
-    -------
-    list of str
-        Variant names found in ``espeak-ng-data/voices/!v`` (names with spaces
-        or other odd characters are left out).
-
-    Example
-    -------
-    >>> voices = list_voices()
-    >>> "m3" in voices and "f2" in voices and len(voices) > 60
-    True
-    """
-    if _STATE["voices"] is None:
-        folder = _data_path() / "voices" / "!v"
-        names = [p.name for p in folder.iterdir() if p.is_file()]
-        _STATE["voices"] = sorted(n for n in names if re.fullmatch(r"[A-Za-z0-9_]+", n))
-    return list(_STATE["voices"])
-
-
-def _espeak_languages():
-    if _STATE["espeak_langs"] is None:
-        folder = _data_path() / "lang"
-        _STATE["espeak_langs"] = sorted({p.name for p in folder.rglob("*") if p.is_file()})
-    return _STATE["espeak_langs"]
-
-
-def available_languages():
-    """Return the languages that have both a word list and an espeak-ng voice.
-
-    Returns
-    -------
-    list of str
-        Language codes, sorted.
-
-    Example
-    -------
-    >>> available_languages()
-    ['de', 'en', 'es', 'fr', 'it']
-    """
-    espeak = set(_espeak_languages())
-    return sorted(p.stem for p in WORDLIST_DIR.glob("*.txt") if p.stem in espeak)
-
-
-def load_wordlist(lang):
-    """Return the word list of ``lang`` (lowercase, unique, in file order).
-
-    Example
-    -------
-    >>> len(load_wordlist("en")) >= 400
-    True
-    """
-    path = WORDLIST_DIR / f"{lang}.txt"
-    if not path.is_file():
-        raise ValueError(f"no word list for language {lang!r}; available: {available_languages()}")
-    words = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        word = line.strip().lower()
-        if word and not word.startswith("#") and word not in words:
-            words.append(word)
-    return words
+SPLITS = ("train", "valid", "test")
 
 
 # --------------------------------------------------------------------------- speakers
@@ -403,41 +205,12 @@ def make_speakers(speakers, langs=("en",), seed=0, channel=True):
 # --------------------------------------------------------------------------- audio
 
 
-@functools.lru_cache(maxsize=8)
-def _resample_filter(up, down):
-    from scipy.signal import firwin
-
-    # the filter scipy.signal.resample_poly would design, computed once
-    max_rate = max(up, down)
-    return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-
-
 @functools.lru_cache(maxsize=256)
 def _lowpass_filter(cutoff_hz, sample_rate):
     from scipy.signal import firwin
 
     return firwin(31, cutoff_hz, fs=sample_rate)
 
-
-def _resample(wav, orig_sr, new_sr=SAMPLE_RATE):
-    if orig_sr == new_sr:
-        return wav
-    from scipy.signal import resample_poly
-
-    g = math.gcd(orig_sr, new_sr)
-    up, down = new_sr // g, orig_sr // g
-    return resample_poly(wav, up, down, window=_resample_filter(up, down))
-
-
-def _trim(wav, sample_rate, pad_s=0.1, threshold=0.01):
-    loud = np.flatnonzero(np.abs(wav) > threshold * max(np.abs(wav).max(), 1e-9))
-    if loud.size == 0:
-        return wav
-    pad = int(pad_s * sample_rate)
-    core = wav[loud[0] : loud[-1] + 1]
-    out = np.zeros(pad + len(core) + pad)
-    out[pad : pad + len(core)] = core
-    return out
 
 
 def _noise(kind, n, rng):
@@ -689,4 +462,106 @@ def generate_corpus(
             "hours": round(seconds / 3600.0, 4),
         }
     summary["out_dir"] = str(out_dir)
+    return summary
+
+
+WORD_COLUMNS = ("ID", "duration", "wav", "start", "stop", "word", "spk_id", "voice")
+
+
+def _split_three(items, valid_fraction, test_fraction, what):
+    n = len(items)
+    n_valid, n_test = max(1, round(valid_fraction * n)), max(1, round(test_fraction * n))
+    if n - n_valid - n_test < 1:
+        raise ValueError(f"{n} {what} leave no training {what[:-1]} after the valid and test shares")
+    return {"train": items[: n - n_valid - n_test], "valid": items[n - n_valid - n_test : n - n_test],
+            "test": items[n - n_test :]}
+
+
+def generate_word_corpus(out_dir, words=200, voices=40, lang="en", seed=0, valid_fraction=0.1,
+                         test_fraction=0.2, channel=True, progress=True, exclude=(), wordlist=None):
+    """Synthesise a single-word corpus: many words x many voices, split by word and by voice.
+
+    Words (drawn from the word list with ``seed``) are split into train,
+    valid and test *classes* and the voices into train, valid and test
+    *speakers*; each split holds every one of its words spoken once by every
+    one of its voices, so classes and speakers are disjoint across splits (the
+    layout of few-shot spoken-term recognition). Wavs go to
+    ``out_dir/wav/<spk_id>/<ID>.wav`` (16 kHz, trimmed); the manifests
+    ``train.csv``, ``valid.csv``, ``test.csv`` have the columns
+    ``ID,duration,wav,start,stop,word,spk_id,voice`` (``start``/``stop``: the
+    whole file, in samples; ``word`` uppercase).
+
+    Arguments
+    ---------
+    out_dir : str or pathlib.Path
+    words : int
+        Number of words.
+    voices : int
+        Number of synthetic speakers (see :func:`make_speakers`).
+    lang : str
+        Language of the speakers (and of the word list unless ``wordlist``).
+    seed : int
+    valid_fraction, test_fraction : float
+        Shares of the words and of the voices for validation and test.
+    channel : bool
+        Give each speaker a recording channel.
+    progress : bool
+    exclude : sequence of str
+        Words never to use (e.g. the classes a real corpus tests on).
+    wordlist : str, optional
+        A word list of ``sb_meta/data/wordlists`` other than the language's.
+
+    Returns
+    -------
+    dict
+        Per split: ``recordings``, ``words``, ``voices``; and ``out_dir``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = generate_word_corpus(tempfile.mkdtemp(), words=10, voices=10, progress=False)
+    >>> out["train"]["words"], out["train"]["voices"], out["train"]["recordings"]
+    (7, 7, 49)
+    """
+    from tqdm import tqdm
+
+    for name, value in (("words", words), ("voices", voices)):
+        if int(value) != value or value < 3:
+            raise ValueError(f"{name} must be an integer >= 3 (train, valid and test), got {value!r}")
+    banned = {str(w).strip().lower() for w in exclude}
+    pool = [w for w in load_wordlist(wordlist or _check_langs([lang])[0]) if w not in banned]
+    if len(pool) < words:
+        raise ValueError(f"words={words} but the word list has {len(pool)} usable words")
+    rng = np.random.default_rng([int(seed), 0x3D1])
+    chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=int(words), replace=False))]
+    chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    word_split = _split_three(chosen, valid_fraction, test_fraction, "words")
+    specs = make_speakers(int(voices), [lang], seed=seed, channel=channel)
+    voice_split = _split_three(specs, valid_fraction, test_fraction, "voices")
+    out_dir = pathlib.Path(out_dir).resolve()
+    total = sum(len(word_split[s]) * len(voice_split[s]) for s in SPLITS)
+    bar = tqdm(total=total, desc="synthesising words", unit="rec", disable=not progress)
+    summary = {"out_dir": str(out_dir)}
+    try:
+        for split in SPLITS:
+            rows = []
+            for spk in voice_split[split]:
+                (out_dir / "wav" / spk.spk_id).mkdir(parents=True, exist_ok=True)
+                for word in word_split[split]:
+                    wav = _render(spk, word, chosen.index(word))
+                    uid = f"{spk.spk_id}_{re.sub(r'[^a-z0-9]+', '_', word)}"
+                    path = out_dir / "wav" / spk.spk_id / f"{uid}.wav"
+                    soundfile.write(str(path), wav, SAMPLE_RATE, subtype="PCM_16")
+                    rows.append({"ID": uid, "duration": f"{len(wav) / SAMPLE_RATE:.3f}", "wav": str(path),
+                                 "start": 0, "stop": len(wav), "word": word.upper(),
+                                 "spk_id": spk.spk_id, "voice": spk.voice})
+                    bar.update(1)
+            with atomic_open(out_dir / f"{split}.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(WORD_COLUMNS))
+                writer.writeheader()
+                writer.writerows(rows)
+            summary[split] = {"recordings": len(rows), "words": len(word_split[split]),
+                              "voices": len(voice_split[split])}
+    finally:
+        bar.close()
     return summary
