@@ -60,6 +60,22 @@ def _cmd_summary(args):
     return 0
 
 
+def _cmd_channels(args):
+    import pathlib
+
+    from sb_meta.data.channels import prepare_channels
+
+    folder = pathlib.Path(args.manifests)
+    csvs = {p.stem: p for p in sorted(folder.glob("*.csv"))} if folder.is_dir() else {folder.stem: folder}
+    if not csvs:
+        raise FileNotFoundError(f"no manifest (*.csv) in {folder}")
+    names = [c.strip() for c in args.channels.split(",") if c.strip()]
+    out = prepare_channels(csvs, args.out, names, seed=args.seed, progress=not args.quiet)
+    for split, path in out.items():
+        print(f"{split}: {path}")
+    return 0
+
+
 def _cmd_demo(args):
     from sb_meta.demo import DEMO_DEFAULTS, run_demo
 
@@ -106,6 +122,16 @@ def build_parser():
     p.add_argument("--task-column", default="spk_id")
     p.set_defaults(func=_cmd_summary)
 
+    p = sub.add_parser("channels", help="pass manifests' utterances through realistic channels "
+                                        "(telephone, noise, reverb): (speaker, channel) tasks")
+    p.add_argument("--manifests", required=True, help="a manifest CSV, or a folder of them")
+    p.add_argument("--out", required=True, help="folder for the audio and the new manifests")
+    p.add_argument("--channels", default="clean,telephone,noise10,reverb",
+                   help="comma-separated: clean, telephone, noise<SNR dB> (e.g. noise10), reverb")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_channels)
+
     p = sub.add_parser("demo", help="synthesise, meta-train, adapt held-out speakers, report")
     p.add_argument("--out", default="demo_out", help="working folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -120,8 +146,10 @@ def build_parser():
 def _add_later_commands(sub):
     """Commands implemented in other modules (adaptation, evaluation)."""
     from sb_meta.adapt import commands
+    from sb_meta.words import commands as word_commands
 
     commands.add_commands(sub)
+    word_commands.add_commands(sub)  # sb-meta words enrol | classify | evaluate | synth
 
 
 #: errors a user causes (bad input, configuration, files): one line, exit code 2

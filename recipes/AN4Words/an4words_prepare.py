@@ -25,7 +25,8 @@ Quality is checked without listening, per segment:
 
 Segments below ``min_confidence`` or outside the duration bounds are left
 out. The remaining words are split into **meta-train, meta-valid and
-meta-test classes**, and the speakers into training, validation and test
+meta-test classes** (stratified by frequency, :func:`split_classes`), and the
+speakers into training, validation and test
 speakers (test: AN4's 10 test speakers plus ``extra_test_speakers`` training
 speakers held out; validation: ``valid_speakers`` others). ``test.csv`` holds
 test classes spoken by test speakers only, ``valid.csv`` validation classes
@@ -66,6 +67,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 AN4 = load_script(HERE.parent / "AN4" / "an4_prepare.py", "sbmeta_an4_prepare_for_words")
 
 COLUMNS = ("ID", "duration", "wav", "start", "stop", "word", "spk_id", "confidence", "recognized", "utt")
+SEGMENT_COLUMNS = COLUMNS + ("split", "single_word", "kept", "reason")
 SPLITS = ("train", "valid", "test")
 PREP_VERSION = 1
 
@@ -80,8 +82,8 @@ DEFAULTS = dict(
     margin=0.04,
     extra_test_speakers=14,
     valid_speakers=8,
-    test_classes=20,
-    valid_classes=10,
+    test_classes=12,
+    valid_classes=6,
     min_test_examples=20,
     min_valid_examples=10,
     min_train_examples=6,
@@ -311,23 +313,39 @@ def split_speakers(segments, options):
 
 
 def split_classes(kept, speakers, options):
-    """(train, valid, test) word classes, each with enough examples from its speakers."""
+    """(train, valid, test) word classes, stratified by frequency.
+
+    AN4's vocabulary is Zipfian: the words with enough test examples are the
+    frequent ones (letters, digits), which training needs too. The classes
+    with ``min_test_examples`` segments from test speakers are ranked by
+    frequency and taken in pairs, one of each pair (drawn with ``seed``) a
+    test class, until there are ``test_classes``; the validation classes are
+    the least frequent remaining ones with ``min_valid_examples`` segments
+    from validation speakers; every other class with ``min_train_examples``
+    segments from training speakers is a training class.
+    """
     count = {name: {} for name in SPLITS}
+    total = {}
     for s in kept:
+        total[s["word"]] = total.get(s["word"], 0) + 1
         for name, group in zip(SPLITS, speakers):
             if s["spk_id"] in group:
                 count[name][s["word"]] = count[name].get(s["word"], 0) + 1
+    ranked = sorted(total, key=lambda w: (-total[w], w))
     rng = random.Random(options["seed"] + 1)
-
-    def pick(split, n, minimum, taken):
-        eligible = sorted(w for w, c in count[split].items() if c >= minimum and w not in taken)
-        if len(eligible) < n:
-            logger.warning("only %d words have %d %s examples; %d wanted", len(eligible), minimum, split, n)
-        rng.shuffle(eligible)
-        return set(eligible[:n])
-
-    test = pick("test", options["test_classes"], options["min_test_examples"], set())
-    valid = pick("valid", options["valid_classes"], options["min_valid_examples"], test)
+    eligible = [w for w in ranked if count["test"].get(w, 0) >= options["min_test_examples"]]
+    test = []
+    for i in range(0, len(eligible), 2):
+        if len(test) == options["test_classes"]:
+            break
+        test.append(rng.choice(eligible[i:i + 2]))
+    valid = [w for w in ranked if w not in test and count["valid"].get(w, 0) >= options["min_valid_examples"]]
+    valid = valid[len(valid) - options["valid_classes"]:] if options["valid_classes"] else []
+    for name, got, wanted, minimum in (("test", test, options["test_classes"], options["min_test_examples"]),
+                                      ("valid", valid, options["valid_classes"], options["min_valid_examples"])):
+        if len(got) < wanted:
+            logger.warning("only %d words have %d %s examples; %d wanted", len(got), minimum, name, wanted)
+    test, valid = set(test), set(valid)
     train = {w for w, c in count["train"].items() if c >= options["min_train_examples"]} - test - valid
     return train, valid, test
 
@@ -394,6 +412,26 @@ def quality_report(segments, failed, splits, classes, speakers, options):
     }
 
 
+def _cached_segments(save_folder, align_record):
+    """The segments of an earlier preparation cut with the same aligner and options, or None."""
+    path, report = pathlib.Path(save_folder) / "segments.csv", pathlib.Path(save_folder) / "report.json"
+    if not (path.is_file() and report.is_file()):
+        return None
+    try:
+        if json.loads(report.read_text()).get("align_record") != align_record:
+            return None
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, ValueError):
+        return None
+    if rows and "split" not in rows[0]:
+        return None
+    for r in rows:
+        r.update(duration=float(r["duration"]), start=int(r["start"]), stop=int(r["stop"]),
+                 confidence=float(r["confidence"]), single_word=r["single_word"] == "True")
+    return rows
+
+
 def prepare_an4words(data_folder, aligner_folder, save_folder, aligner=None, progress=True,
                      skip_prep_if_exists=True, **options):
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` of AN4 word segments.
@@ -413,7 +451,9 @@ def prepare_an4words(data_folder, aligner_folder, save_folder, aligner=None, pro
     progress : bool
         Show a progress bar.
     skip_prep_if_exists : bool
-        Keep an earlier preparation with the same options and aligner.
+        Keep an earlier preparation with the same options and aligner; when
+        only the thresholds or the splits changed, reuse its aligned segments
+        (``segments.csv``) instead of aligning again.
     **options
         Any of :data:`DEFAULTS` (thresholds, speaker and class split sizes, seed).
 
@@ -437,13 +477,19 @@ def prepare_an4words(data_folder, aligner_folder, save_folder, aligner=None, pro
         if old.get("record") == record and old.get("version") == PREP_VERSION:
             logger.info("AN4 word manifests in %s are up to date; skipping preparation", save_folder)
             return old
-    if aligner is None:
-        if not aligner_folder:
-            raise ValueError("the AN4 word preparation needs an aligner: give aligner_folder "
-                             "(an export of recipes/AN4/train.py with a CTC model)")
-        aligner = load_aligner(aligner_folder)
-    utterances = read_an4(data_folder)
-    segments, failed = cut_segments(utterances, aligner, options, progress)
+    align_record = {k: record[k] for k in ("data_folder", "aligner", "max_pad", "silence_db", "margin")}
+    segments = _cached_segments(save_folder, align_record) if aligner_folder and skip_prep_if_exists else None
+    if segments is not None:
+        failed = json.loads(report_path.read_text()).get("utterances_failed", [])
+        logger.info("reusing the aligned segments of %s (same aligner and cutting options)", save_folder)
+    else:
+        if aligner is None:
+            if not aligner_folder:
+                raise ValueError("the AN4 word preparation needs an aligner: give aligner_folder "
+                                 "(an export of recipes/AN4/train.py with a CTC model)")
+            aligner = load_aligner(aligner_folder)
+        utterances = read_an4(data_folder)
+        segments, failed = cut_segments(utterances, aligner, options, progress)
     quality_filter(segments, options)
     kept = [s for s in segments if s["kept"]]
     speakers = split_speakers(segments, options)
@@ -452,9 +498,10 @@ def prepare_an4words(data_folder, aligner_folder, save_folder, aligner=None, pro
               for name, spk, cls in zip(SPLITS, speakers, classes)}
     for name, rows in splits.items():
         write_segments(save_folder / f"{name}.csv", rows)
-    write_segments(save_folder / "segments.csv", segments, COLUMNS + ("kept", "reason", "single_word"))
+    write_segments(save_folder / "segments.csv", segments, SEGMENT_COLUMNS)
     report = quality_report(segments, failed, splits, classes, speakers, options)
     report["record"] = record
+    report["align_record"] = align_record
     with atomic_open(report_path, "w") as f:
         json.dump(report, f, indent=2)
     logger.info("AN4 word segments in %s: %s", save_folder,
