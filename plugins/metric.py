@@ -174,7 +174,7 @@ class MetricStrategy(Strategy):
         return loss, log_probs
 
     def episode_backward(self, episode, scale=1.0):
-        tasks = _distinct(episode.tasks)
+        tasks = _one_per_class(episode.tasks)
         if len(tasks) < 2:
             raise ValueError(
                 f"{self.name}: an episode needs at least two classes (tasks) per process, got "
@@ -217,20 +217,15 @@ class MetricStrategy(Strategy):
         raise NotImplementedError(f"{self.name} trains on whole episodes (episode_backward)")
 
 
-def _distinct(tasks):
-    """The episode's tasks, each class once.
-
-    The episode sampler can draw a task twice in one episode when the
-    episode straddles two passes over the tasks (its split of a task is the
-    same both times); two "classes" that are one word would contradict each
-    other, so the copy is dropped.
-    """
-    seen, out = set(), []
-    for t in tasks:
-        if t.name not in seen:
-            seen.add(t.name)
-            out.append(t)
-    return out
+def _one_per_class(tasks):
+    """The episode's tasks, checked to hold each class once (sb-meta's sampler never
+    repeats a task in an episode; two "classes" that are one word would contradict
+    each other)."""
+    names = [t.name for t in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"an N-way episode holds class(es) {', '.join(twice)} more than once")
+    return tasks
 
 
 @contextlib.contextmanager
@@ -318,7 +313,7 @@ class ClassifierBaseline(MetricStrategy):
                 "finetune_classifier trains a softmax over the meta-train classes: set "
                 "`word_classes` (two or more) in the hparams"
             )
-        tasks = _distinct(episode.tasks)
+        tasks = _one_per_class(episode.tasks)
         if not tasks:
             return torch.tensor(0.0)
         unknown = [t.name for t in tasks if t.name not in self.classes]

@@ -234,12 +234,19 @@ class EpisodeSampler:
         self.epoch = epoch
 
     def task_order(self, epoch):
-        """The tasks of ``epoch`` in episode order (reshuffled each pass)."""
+        """The tasks of ``epoch`` in episode order (reshuffled each pass).
+
+        When a pass ends inside an episode, the next pass starts with tasks that
+        episode does not hold yet: no episode has a task twice (with classes as
+        tasks, twice would put the same class in two slots of an N-way episode).
+        """
         needed = self.episodes_per_epoch * self.meta_batch_tasks
         order, rnd = [], 0
         while len(order) < needed:
             names = list(self.task_names)
             _rng(self.seed, "order", epoch, rnd).shuffle(names)
+            begun = set(order[len(order) - len(order) % self.meta_batch_tasks:])
+            names = [n for n in names if n not in begun] + [n for n in names if n in begun]
             order.extend(names)
             rnd += 1
         return order[:needed]

@@ -91,3 +91,18 @@ def test_support_by_duration_budget():
 def test_episodes_per_epoch_can_exceed_one_pass():
     s = EpisodeSampler(rows(n_tasks=3), k_support=2, k_query=2, meta_batch_tasks=2, episodes_per_epoch=7)
     assert len(stream(s, 1)) == 7
+
+
+def test_no_episode_holds_a_task_twice_when_a_pass_ends_inside_it():
+    # 5 tasks in episodes of 3: passes end inside episodes; without care a new pass
+    # can start with a task the straddling episode already holds
+    for seed in range(20):
+        s = EpisodeSampler(rows(n_tasks=5), k_support=2, k_query=2, meta_batch_tasks=3,
+                           episodes_per_epoch=10, seed=seed)
+        for epoch in (1, 2):
+            for episode in stream(s, epoch):
+                names = [name for name, _, _ in episode]
+                assert len(set(names)) == 3, (seed, epoch, names)
+    # every pass still visits every task once
+    order = s.task_order(1)
+    assert sorted(order[:5]) == sorted(s.task_names)
