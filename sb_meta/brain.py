@@ -129,6 +129,11 @@ def set_aside_incomplete_checkpoints(checkpointer):
     whole zip archive; incomplete ones are set aside (never deleted), so the
     run resumes from the last complete one. Returns the renamed folders.
 
+    When no complete checkpoint is left and one only lacks files (saved by a
+    run whose YAML had fewer recoverables, e.g. no scheduler yet), it is an
+    error naming them: training from scratch over it would silently discard
+    that run.
+
     Example
     -------
     >>> import tempfile, pathlib
@@ -141,6 +146,13 @@ def set_aside_incomplete_checkpoints(checkpointer):
     ['BROKEN+CKPT+later']
     >>> ckpt.find_checkpoint().path == good.path
     True
+    >>> older = Checkpointer(tempfile.mkdtemp(), recoverables={"m": torch.nn.Linear(1, 1)})
+    >>> _ = older.save_checkpoint()
+    >>> older.add_recoverable("scheduler", torch.nn.Linear(1, 1))  # the YAML grew one
+    >>> set_aside_incomplete_checkpoints(older)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    RuntimeError: checkpoint ... has no scheduler.ckpt: it was saved by a run whose YAML had no scheduler ...
     """
     import pathlib
     import zipfile
@@ -150,19 +162,42 @@ def set_aside_incomplete_checkpoints(checkpointer):
     moved = []
     if not if_main_process():
         return moved
-    for ckpt in checkpointer.list_checkpoints():
+    checkpoints = checkpointer.list_checkpoints()
+    problems = {}
+    for ckpt in checkpoints:
+        missing = [name for name in checkpointer.recoverables
+                   if not (pathlib.Path(ckpt.path) / f"{name}.ckpt").is_file()]
         problem = None
         for name in checkpointer.recoverables:
             path = pathlib.Path(ckpt.path) / f"{name}.ckpt"
-            if not path.is_file() or path.stat().st_size == 0:
-                problem = f"{path.name} is missing or empty"
+            if name in missing:
+                continue
+            if path.stat().st_size == 0:
+                problem = f"{path.name} is empty"
                 break
             with open(path, "rb") as f:
                 zipped = f.read(2) == b"PK"
             if zipped and not zipfile.is_zipfile(path):
                 problem = f"{path.name} is truncated"
                 break
-        if problem:
+        if problem or missing:
+            problems[ckpt.path] = (problem, missing)
+    if checkpoints and len(problems) == len(checkpoints):
+        # nothing complete to resume from: a checkpoint that only lacks files may be an
+        # older configuration's (a recoverable added to the YAML since), and training
+        # silently from scratch over it would throw that run away
+        older = {path: missing for path, (problem, missing) in problems.items() if missing and not problem}
+        if older:
+            path, missing = max(older.items())
+            raise RuntimeError(
+                f"checkpoint {path} has no {', '.join(m + '.ckpt' for m in missing)}: it was saved "
+                f"by a run whose YAML had no {', '.join(missing)} (put the YAML back as it was to "
+                "resume) or killed while saving. There is no complete checkpoint to resume from; "
+                "move it out of the save folder to train from scratch")
+    for ckpt in checkpoints:
+        if ckpt.path in problems:
+            problem, missing = problems[ckpt.path]
+            problem = problem or f"{', '.join(m + '.ckpt' for m in missing)} missing"
             target = pathlib.Path(ckpt.path).with_name(f"BROKEN+{pathlib.Path(ckpt.path).name}")
             pathlib.Path(ckpt.path).rename(target)
             logger.warning("checkpoint %s is incomplete (%s; a run was killed while saving it): "
