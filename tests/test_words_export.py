@@ -144,9 +144,9 @@ def test_commands_enrol_classify_evaluate(trained, corpus, tmp_path, capsys):
     assert 0.0 <= results["1"]["mean"] <= 1.0 and results["1"]["ci95"] >= 0.0
 
 
-def test_an_asr_loader_names_the_word_model(trained):
+def test_loading_a_word_model_as_a_recognizer_says_what_it_is(trained):
     from sb_meta.adapt import load_model
 
     _, _, export, _ = trained
-    with pytest.raises(ValueError, match="ASR model"):
+    with pytest.raises(ValueError, match="is a word model .*sb-meta words"):
         load_model(export)

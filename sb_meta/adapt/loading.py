@@ -133,6 +133,10 @@ def load_model(source, savedir=None, device=None, adapters=None):
             missing = [f for f in info.get("files", []) if not (local / f).is_file()]
             if missing:
                 raise FileNotFoundError(f"the export in {local} is incomplete: missing {missing}")
+            if info.get("kind") == "words":
+                raise ValueError(f"{local} is a word model (few-shot spoken terms), not a speech "
+                                 "recognizer: use the sb-meta words commands, or "
+                                 "sb_meta.words.load_word_model in Python")
         yaml_text = hp.read_text(encoding="utf-8")
         interface = (info or {}).get("interface") or detect_interface(yaml_text, str(hp))
         if info is not None:
