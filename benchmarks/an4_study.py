@@ -255,11 +255,31 @@ def _models(family, names):
 
     out = {}
     for name in names:
-        folder = OUT / "base" / family / "pretrained" if name == "base" else OUT / "meta" / family / name / "pretrained"
+        folder = _model_folder(family, name)
         if not folder.is_dir():
             raise SystemExit(f"an4_study: no model {folder}; train it first")
         out[name] = load_model(folder)
     return out
+
+
+def _model_folder(family, name):
+    return OUT / "base" / family / "pretrained" if name == "base" else OUT / "meta" / family / name / "pretrained"
+
+
+def _model_stamp(family, name):
+    """What identifies a trained model: its export's metadata (written once per export)."""
+    return (_model_folder(family, name) / "sbmeta.json").read_text()
+
+
+def _cached(path, key):
+    """The evaluation results at ``path`` when they were computed with ``key``, else None
+    (a finished model's evaluation is reused when ``evaluate`` runs again with more models)."""
+    if path.is_file():
+        res = json.loads(path.read_text())
+        if res.get("config", {}).get("cache_key") == key:
+            _say(f"reusing {path}")
+            return res
+    return None
 
 
 def choose(model, name, dev_csv, repeats, grid=None):
@@ -270,13 +290,14 @@ def choose(model, name, dev_csv, repeats, grid=None):
     if model.has_step_sizes:  # the learned step sizes are a candidate too
         grid.append({"name": f"{model.state_strategy}_s3", "strategy": model.state_strategy, "steps": 3})
     path = OUT / "eval" / "selection" / f"{name}.json"
+    stamp = json.dumps(model.info, sort_keys=True)  # a retrained model is chosen for again
     if path.is_file():
         rec = json.loads(path.read_text())
-        if rec.get("grid") == grid:
+        if rec.get("grid") == grid and rec.get("model") == stamp:
             chosen = rec["candidates"][rec["chosen"]]
             return Method(**{k: v for k, v in chosen.items() if k != "dev_wer"}), rec
     method, rec = select_on_dev(model, dev_csv, grid, k=K_MAIN, repeats=repeats, progress=False)
-    rec["grid"] = grid
+    rec["grid"], rec["model"] = grid, stamp
     _write(path, rec)
     _say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
     return method, rec
@@ -292,27 +313,36 @@ def cmd_evaluate(args):
     for name, model in models.items():
         method, rec = choose(model, name, manifests / "dev.csv", args.dev_repeats)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
-        res = evaluate_kshot(model, manifests / "test.csv", ks=KS, repeats=args.repeats,
-                             methods=[Method(**dict(method.as_dict(), name="adapted"))],
-                             progress=False)
-        res["config"]["selection"] = {"method": method.as_dict(), "dev_manifest": str(manifests / "dev.csv")}
-        write_report(res, OUT / "eval" / args.family / name)
+        folder = OUT / "eval" / args.family / name
+        key = {"method": method.as_dict(), "ks": list(KS), "repeats": args.repeats,
+               "model": _model_stamp(args.family, name)}
+        res = _cached(folder / "results.json", key)
+        if res is None:
+            res = evaluate_kshot(model, manifests / "test.csv", ks=KS, repeats=args.repeats,
+                                 methods=[Method(**dict(method.as_dict(), name="adapted"))],
+                                 progress=False)
+            res["config"]["selection"] = {"method": method.as_dict(), "dev_manifest": str(manifests / "dev.csv")}
+            res["config"]["cache_key"] = key
+            write_report(res, folder)
         results[name] = res
         s = res["summary"]["adapted"][str(K_MAIN)]
         _say(f"{name}: 5-shot {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
              f"(rel {100 * s['relative']:.1f}%, CI {s['relative_ci']})")
-    comparisons = {}
-    if "joint" in results:
-        for name in results:
-            if name not in ("joint", "base"):
-                comparisons[name] = {str(k): compare_models(results["joint"], results[name], "adapted", k)
-                                     for k in KS if k > 0}
+    # paired differences (same draws) of every model against each reference: joint for
+    # "does meta-learning beat joint training", maml / metasgd / finetune for meta_lstm
+    paired = {}
+    for ref in args.reference.split(","):
+        if ref in results:
+            paired[ref] = {name: {str(k): compare_models(results[ref], results[name], "adapted", k)
+                                  for k in KS if k > 0}
+                           for name in results if name not in (ref, "base")}
+    comparisons = paired.get("joint", {})
     record = {"family": args.family, "ks": KS, "repeats": args.repeats, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
-              "meta_vs_joint": comparisons, "machine": _machine(),
+              "meta_vs_joint": comparisons, "paired": paired, "machine": _machine(),
               "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
-                         f"--models {args.models} --repeats {args.repeats}"}
+                         f"--models {args.models} --repeats {args.repeats} --reference {args.reference}"}
     _write(OUT / "eval" / args.family / "record.json", record)
     return record
 
@@ -418,6 +448,8 @@ def add_eval_commands(sub):
     e.add_argument("--models", default="base,joint,fomaml,reptile,metasgd")
     e.add_argument("--repeats", type=int, default=5)
     e.add_argument("--dev-repeats", type=int, default=2)
+    e.add_argument("--reference", default="joint",
+                   help="comma-separated models every other one is compared with, paired")
     e.set_defaults(func=cmd_evaluate)
     m = sub.add_parser("methods", help="adaptation methods compared on the same draws")
     m.add_argument("--family", required=True)
