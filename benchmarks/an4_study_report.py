@@ -1,0 +1,264 @@
+"""The AN4 study's sections of ``benchmarks/RESULTS.json`` / ``RESULTS.md``.
+
+``python benchmarks/an4_study.py report`` calls :func:`write_report`: it reads the
+records the study's steps wrote under ``results/an4_study/`` and writes the
+sections ``an4_base`` (strong bases, learning curves, MAML/FOMAML cost),
+``an4_study`` (adaptation that pays: the k-shot protocol, methods, channels) and
+``transfer`` (DANN, distillation, compression, support-set augmentation).
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+OUT = REPO / "results" / "an4_study"
+K_MAIN = 5  # the k of the headline figures (5-shot)
+
+ESPNET = ("ESPnet on the same 130 test utterances: CTC only 22.9% WER, hybrid CTC/attention 7.9% "
+          "(with a word LM), Transformer with speed perturbation 7.6% without a language model "
+          "(GPU training)")
+TARGET_WER, MOONSHOT_WER, TARGET_REL = 12.0, 7.6, 0.10
+
+
+def _records(pattern):
+    out = {}
+    for path in sorted(OUT.glob(pattern)):
+        out[str(path.relative_to(OUT))] = json.loads(path.read_text())
+    return out
+
+
+def _plot_curves(bases, path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for fam, rec in bases.items():
+        pts = rec.get("curve") or []
+        if pts:
+            line = ax.plot([p["minutes"] for p in pts], [p["wer"] for p in pts], marker="o", label=f"{fam} test")
+            ax.plot([p["minutes"] for p in pts], [p["dev_wer"] for p in pts], linestyle="--",
+                    color=line[0].get_color(), alpha=0.6, label=f"{fam} dev")
+    ax.axhline(TARGET_WER, color="grey", linewidth=0.8, linestyle=":", label="target 12%")
+    ax.set_xlabel("training minutes (1 CPU core)")
+    ax.set_ylabel("WER (%)")
+    ax.set_ylim(0, 60)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("AN4 speaker-independent WER vs training time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _ci(v, digits=1):
+    return "–" if not v or v[0] is None else f"[{v[0]:+.{digits}f}, {v[1]:+.{digits}f}]"
+
+
+def base_section():
+    bases = {r["family"]: r for r in _records("base/*/record.json").values()}
+    costs = _records("cost/*.json")
+    if not bases:
+        return None
+    rows, targets = [], []
+    for fam, r in bases.items():
+        met = r["test"]["wer"] <= TARGET_WER
+        rows.append(f"| {fam} | {r['parameters'] / 1e6:.2f}M | {r.get('train_cpu_minutes', r['train_minutes']):.0f} / "
+                    f"{r.get('train_wall_minutes', r['train_minutes']):.0f} | {r['outer_steps']} | "
+                    f"{r['epochs']} | **{r['test']['wer']:.1f}** | {r['test']['cer']:.1f} | "
+                    f"{'met' if met else 'missed'} |")
+        targets.append([f"{fam}: AN4 test WER <= {TARGET_WER:g}% from <= 60 min of CPU training",
+                        f"{r['test']['wer']:.1f}%", met])
+        targets.append([f"{fam}: moonshot, below ESPnet's {MOONSHOT_WER:g}%", f"{r['test']['wer']:.1f}%",
+                        r["test"]["wer"] < MOONSHOT_WER])
+    plot = REPO / "benchmarks" / "an4_learning_curves.png"
+    _plot_curves(bases, plot)
+    md = ["Each model trained by the AN4 recipe (`recipes/AN4/train.py`) from scratch with the "
+          "`joint` strategy on plain shuffled batches of similar durations, SpeechBrain augmentation "
+          "(speed 95/100/105, time and frequency masks) and `train_budget_minutes=60` of training "
+          "(validation, learning-curve points, test and export are outside it), one thread pinned to "
+          "one core. The machine was shared with other jobs, so the budget is CPU time of the "
+          "training process (`train_budget_clock=cpu`: what the wall clock would be on a free core); "
+          "the table also gives the wall-clock minutes. "
+          "Test WER/CER of the best-dev-WER checkpoint on the 130 utterances of the 10 test speakers; "
+          "nothing was chosen on them. " + ESPNET + ".", "",
+          "| model | parameters | training min (CPU / wall) | outer steps | epochs | test WER | test CER | <= 12% |",
+          "|---|---|---|---|---|---|---|---|"] + rows + ["",
+          "![learning curves](an4_learning_curves.png)", "",
+          "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`).", ""]
+    if costs:
+        md += ["MAML vs FOMAML, seconds per outer step on one AN4 task (4+4 utterances, one thread, "
+               "median of interleaved rounds):", "", "| model | k | FOMAML s | MAML s | MAML / FOMAML |",
+               "|---|---|---|---|---|"]
+        for r in costs.values():
+            md.append(f"| {r['family']} | {r['k']} | {r['median_s']['fomaml']:.2f} | {r['median_s']['maml']:.2f} | "
+                      f"{r['ratio_maml_over_fomaml']:.2f}x |")
+        md.append("")
+    md += ["Commands:", ""] + [f"- `{r['command']}`" for r in bases.values()] + \
+          [f"- `{r['command']}`" for r in costs.values()]
+    return {"status": "ok", "markdown": "\n".join(md), "targets": targets, "records": bases,
+            "costs": costs, "command": "python benchmarks/an4_study.py base ... (see the list)",
+            "machine": next(iter(bases.values())).get("machine")}
+
+
+def study_section():
+    evals = _records("eval/*/record.json")
+    if not evals:
+        return None
+    md, targets = [], []
+    for rel, ev in evals.items():
+        fam = ev["family"]
+        md += [f"**{fam}**: 5-shot adaptation on the 10 AN4 test speakers (k support utterances, the "
+               f"other {13}-k as query, {ev['repeats']} draws per speaker and k, the same draws for "
+               "every model); the adaptation (steps, step size, adapted parameters) chosen per model "
+               "on the 6 dev speakers. Paired changes with 95% bootstrap intervals over speakers and draws.",
+               "", "| model | training | query WER unadapted | 5-shot adapted | change [95% CI] | "
+               "relative [95% CI] | speakers worse | chosen on dev |", "|---|---|---|---|---|---|---|---|"]
+        for name, summ in ev["summary"].items():
+            s5 = summ["adapted"].get(str(K_MAIN))
+            if not s5:
+                continue
+            method = ev["chosen"][name]["method"]
+            chosen = f"{method['strategy']}, lr {method.get('lr') or 'learned'}, {method['steps']} steps, " + \
+                ("all" if not method.get("adapt_params") else ",".join(method["adapt_params"]))
+            rel = s5["relative"]
+            md.append(f"| {name} | {_training(fam, name)} | {s5['base_wer_mean']:.1f} | {s5['wer_mean']:.1f} | "
+                      f"{s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | {100 * rel:.1f}% "
+                      f"[{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}] | "
+                      f"{len(s5['worse_tasks'])}/{s5['tasks']} | {chosen} |")
+            excl = s5["relative_ci"][0] is not None and s5["relative_ci"][0] > 0
+            targets.append([f"{fam} {name}: 5-shot relative WER reduction >= 10%, CI excluding 0",
+                            f"{100 * rel:.1f}% [{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}]",
+                            rel >= TARGET_REL and excl])
+        if ev.get("meta_vs_joint"):
+            md += ["", "Meta-trained initialisation + its adaptation minus joint initialisation + its "
+                   "adaptation, on the same draws (negative: the meta-learner is better):", "",
+                   "| model | " + " | ".join(f"k={k}" for k in ev["ks"] if k) + " |",
+                   "|---|" + "---|" * len([k for k in ev["ks"] if k])]
+            for name, by_k in ev["meta_vs_joint"].items():
+                md.append(f"| {name} | " + " | ".join(
+                    f"{by_k[str(k)]['delta']:+.1f} {_ci(by_k[str(k)]['delta_ci'])}" for k in ev["ks"] if k) + " |")
+                c = by_k[str(K_MAIN)]
+                targets.append([f"{fam} {name} beats joint after 5-shot adaptation (CI excludes 0)",
+                                f"{c['delta']:+.1f} WER {_ci(c['delta_ci'])}",
+                                c["delta_ci"][1] is not None and c["delta_ci"][1] < 0])
+        md += ["", f"Command: `{ev['command']}`", ""]
+    for rel, mr in _records("eval/*/methods_*.json").items():
+        md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws:", "",
+               "| method | adapted WER | change [95% CI] | relative | speakers worse |", "|---|---|---|---|---|"]
+        for name, summ in mr["summary"].items():
+            s5 = summ.get(str(K_MAIN))
+            if s5:
+                md.append(f"| {name} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
+                          f"{100 * s5['relative']:.1f}% | {len(s5['worse_tasks'])}/{s5['tasks']} |")
+        md += ["", f"Command: `{mr['command']}`", ""]
+    for rel, ch in _records("eval/*/channels.json").items():
+        md += ["(speaker, channel) tasks on the AN4 test speakers: unadapted and 5-shot adapted WER per channel, "
+               "and the share of the channel's WER loss (over clean) that adaptation wins back:", "",
+               "| model | " + " | ".join(ch["channels"]) + " |", "|---|" + "---|" * len(ch["channels"])]
+        for name, r in ch["results"].items():
+            cells = []
+            for c in ch["channels"]:
+                v = r["per_channel"][c]
+                won = "" if v.get("won_back") is None else f", won back {100 * v['won_back']:.0f}%"
+                cells.append(f"{v['unadapted']:.1f} -> {v['adapted']:.1f}{won}")
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
+        md += ["", f"Command: `{ch['command']}`", ""]
+    return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
+            "command": "python benchmarks/an4_study.py evaluate / methods / channels (see above)"}
+
+
+def _training(fam, name):
+    """Minutes and outer steps of a meta-trained model (its record), for the tables."""
+    path = OUT / "meta" / fam / name / "record.json"
+    if name == "base":
+        path = OUT / "base" / fam / "record.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    return f"{r.get('train_cpu_minutes', r['train_minutes']):.0f} min, {r['outer_steps']} steps"
+
+
+def transfer_section():
+    """Issue 11's evidence: DANN vs none, a distilled student vs one trained alone,
+    int8 / pruned vs float, support-set augmentation vs none (from ``methods``)."""
+    dann = _records("transfer/dann.json")
+    distill = _records("transfer/distill.json")
+    compress = _records("transfer/compression.json")
+    methods = _records("eval/*/methods_*.json")
+    if not (dann or distill or compress or methods):
+        return None
+    md, targets = [], []
+    for d in dann.values():
+        rows = [f"| {n} | {_training_record(r)} | {r['test']['wer']:.1f} | {r['test']['cer']:.1f} |"
+                for n, r in d["records"].items()]
+        md += ["**DANN over speakers** (gradient reversal + a speaker classifier on the encoder output, "
+               "`meta_addons=[dann] dann_column=spk_id`), `joint` training from the CTC base at equal "
+               "budgets; WER on the unseen test speakers:", "",
+               "| run | training | test WER | test CER |", "|---|---|---|---|", *rows, "",
+               f"Command: `{d['command']}`", ""]
+    for d in distill.values():
+        t = d["teacher"]
+        rows = [f"| teacher (the base) | {t['parameters'] / 1e6:.2f}M | | {t['test']['wer']:.1f} | {t['test']['cer']:.1f} |"]
+        rows += [f"| {n} | {r['parameters'] / 1e6:.2f}M ({r['parameters'] / t['parameters']:.0%}) | "
+                 f"{_training_record(r)} | {r['test']['wer']:.1f} | {r['test']['cer']:.1f} |"
+                 for n, r in d["records"].items()]
+        md += ["**Distillation**: a student CRDNN with at most a third of the teacher's parameters, from "
+               "scratch, with and without frame-level CTC posterior distillation from the base "
+               "(`meta_addons=[distill]`), equal budgets:", "",
+               "| model | parameters | training | test WER | test CER |", "|---|---|---|---|---|", *rows, "",
+               f"Command: `{d['command']}`", ""]
+        if "student_distilled" in d["records"]:
+            gap = d["records"]["student_distilled"]["test"]["wer"] - t["test"]["wer"]
+            alone = d["records"].get("student_alone", {}).get("test", {}).get("wer")
+            targets.append(["distilled student (<= 1/3 of the teacher's parameters): WER gap to the teacher",
+                            f"{gap:+.1f} points" + (f" (student alone: {alone - t['test']['wer']:+.1f})"
+                                                    if alone is not None else ""), None])
+    for c in compress.values():
+        from sb_meta_plugins.compress import report_table
+
+        md += ["**Compression** of the CTC base (dynamic int8 quantization of Linear/LSTM layers; "
+               "global magnitude pruning made permanent): size on disk, CPU real-time factor "
+               "(one thread) and test WER:", "", report_table(c["rows"]).rstrip(), "",
+               f"Command: `{c['command']}`", ""]
+    for mr in methods.values():
+        rows = []
+        for name, summ in mr["summary"].items():
+            if not name.endswith("+aug"):
+                continue
+            plain = mr["summary"].get(name[:-4], {}).get(str(K_MAIN))
+            aug = summ.get(str(K_MAIN))
+            if plain and aug:
+                rows.append(f"| {name[:-4]} | {plain['delta_wer_mean']:+.1f} {_ci(plain['delta_ci'])} | "
+                            f"{aug['delta_wer_mean']:+.1f} {_ci(aug['delta_ci'])} |")
+        if rows:
+            md += ["**Support-set augmentation** (`augment` add-on in the adapt phase: speed perturbation "
+                   "and masks on the 5 support utterances) vs none: the 5-shot WER change of each "
+                   f"method on the {mr['model']} model, same draws:", "",
+                   "| method | without | with augmentation |", "|---|---|---|", *rows, "",
+                   f"Command: `{mr['command']}`", ""]
+    return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
+            "command": "python benchmarks/an4_study.py dann / distill / compress / methods"}
+
+
+def _training_record(r):
+    return f"{r.get('train_cpu_minutes', r['train_minutes']):.0f} min, {r['outer_steps']} steps"
+
+
+def write_report():
+    """Merge the study's sections into ``benchmarks/RESULTS.json`` and re-render RESULTS.md."""
+    path = HERE / "RESULTS.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for key, make in (("an4_base", base_section), ("an4_study", study_section),
+                      ("transfer", transfer_section)):
+        sec = make()
+        if sec is not None:
+            results[key] = sec
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    subprocess.run([sys.executable, str(HERE / "report.py"), str(path)], check=True)
+    print(f"wrote {path} and RESULTS.md")

@@ -1,0 +1,90 @@
+"""The AN4 and AN4Words study reports render every section from the records their
+steps write (constructed here), so a long study does not end in a KeyError."""
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import an4_study_report  # noqa: E402
+import words_study  # noqa: E402
+
+
+def summary(base, adapted, worse=()):
+    return {"base_wer_mean": base, "wer_mean": adapted, "delta_wer_mean": adapted - base,
+            "delta_ci": [adapted - base - 1.0, adapted - base + 1.0], "relative": (base - adapted) / base,
+            "relative_ci": [0.01, 0.2], "worse_tasks": list(worse), "tasks": 10}
+
+
+def trained(wer, steps=100, params=3.6e6):
+    return {"family": "crdnn_ctc", "command": "python recipes/AN4/train.py ...", "train_minutes": 10.0,
+            "train_cpu_minutes": 10.0, "train_wall_minutes": 14.0, "outer_steps": steps, "epochs": 3,
+            "parameters": int(params), "test": {"wer": wer, "cer": wer / 2},
+            "curve": [{"minutes": 10.0, "wer": wer + 5, "cer": 5.0, "epoch": 1, "dev_wer": wer + 6}],
+            "machine": {"cores": 2}}
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_every_an4_study_section_renders(tmp_path, monkeypatch):
+    out = tmp_path / "an4_study"
+    monkeypatch.setattr(an4_study_report, "OUT", out)
+    monkeypatch.setattr(an4_study_report, "REPO", tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    write(out / "base" / "crdnn_ctc" / "record.json", trained(11.0))
+    for name in ("joint", "fomaml"):
+        write(out / "meta" / "crdnn_ctc" / name / "record.json", trained(12.0))
+    method = {"strategy": "finetune", "lr": 0.02, "steps": 3, "adapt_params": None}
+    ev = {"family": "crdnn_ctc", "ks": [0, 1, 5], "repeats": 3, "command": "python benchmarks/an4_study.py evaluate",
+          "chosen": {n: {"method": method} for n in ("base", "joint", "fomaml")},
+          "summary": {n: {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}} for n in ("base", "joint", "fomaml")},
+          "meta_vs_joint": {"fomaml": {k: {"delta": -0.5, "delta_ci": [-1.0, -0.1]} for k in ("1", "5")}}}
+    write(out / "eval" / "crdnn_ctc" / "record.json", ev)
+    write(out / "eval" / "crdnn_ctc" / "methods_base.json",
+          {"family": "crdnn_ctc", "model": "base", "command": "python benchmarks/an4_study.py methods",
+           "summary": {"full": {"5": summary(12.0, 10.0)}, "full+aug": {"5": summary(12.0, 9.5)}}})
+    write(out / "eval" / "crdnn_ctc" / "channels.json",
+          {"channels": ["clean", "telephone"], "command": "python benchmarks/an4_study.py channels",
+           "results": {"base": {"per_channel": {"clean": {"unadapted": 10.0, "adapted": 9.0, "won_back": None},
+                                                "telephone": {"unadapted": 30.0, "adapted": 20.0, "won_back": 0.5}}}}})
+    write(out / "transfer" / "dann.json", {"command": "python benchmarks/an4_study.py dann",
+                                           "records": {"joint": trained(12.0), "joint_dann": trained(11.5)}})
+    write(out / "transfer" / "distill.json",
+          {"command": "python benchmarks/an4_study.py distill", "teacher": {"parameters": 3.6e6, "test": {"wer": 11.0, "cer": 5.0}},
+           "records": {"student_alone": trained(20.0, params=1e6), "student_distilled": trained(18.0, params=1e6)}})
+    row = {"label": "float", "size_mb": 14.0, "gzip_mb": 13.0, "size_ratio": 1.0, "rtf": 0.05, "rtf_ratio": 1.0,
+           "wer": 11.0, "wer_change": 0.0, "cer": 5.0}
+    write(out / "transfer" / "compression.json", {"command": "python benchmarks/compression.py ...",
+                                                  "rows": [row, dict(row, label="int8", size_ratio=0.3)]})
+
+    base = an4_study_report.base_section()
+    assert "| crdnn_ctc | 3.60M |" in base["markdown"] and (tmp_path / "benchmarks" / "an4_learning_curves.png").is_file()
+    assert [t[2] for t in base["targets"]] == [True, False]  # 11% meets 12%, misses 7.6%
+    study = an4_study_report.study_section()
+    assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
+    assert "30.0 -> 20.0, won back 50%" in study["markdown"]
+    assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
+    transfer = an4_study_report.transfer_section()
+    for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
+                 "| int8 |", "| full | -2.0 [-3.0, -1.0] | -2.5 [-3.5, -1.5] |"):
+        assert text in transfer["markdown"], text
+
+
+def test_the_words_section_renders(tmp_path, monkeypatch):
+    monkeypatch.setattr(words_study, "OUT", tmp_path / "an4words_study")
+    monkeypatch.setattr(words_study, "REPO", tmp_path)
+    test = {"classes": 12, "recordings": 530, "n_query": 15,
+            "results": {"1": {"mean": 0.7, "ci95": 0.01, "episodes": 600}, "5": {"mean": 0.86, "ci95": 0.006, "episodes": 600}}}
+    for name in ("protonet", "protonet_synth"):
+        write(tmp_path / "an4words_study" / name / "record.json",
+              {"name": name, "strategy": "protonet", "minutes": 10, "commands": ["python a", "python b"], "test": test})
+    sec = words_study.words_section()
+    assert "| protonet | protonet | 10 | 70.0 ± 1.0 | 86.0 ± 0.6 |" in sec["markdown"]
+    assert "changed protonet's 5-shot accuracy by +0.0 points (within the two intervals)" in sec["markdown"]
+    assert sec["targets"][0][2] is True
+    assert "Meta-LSTM comparison: not run yet" in sec["markdown"]
