@@ -85,8 +85,10 @@ class MetricStrategy(Strategy):
         dim = _hparam(brain, "emb_dim")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(
-                f"strategy {self.name!r} needs `emb_dim` (the encoder's embedding size, an "
-                f"integer >= 1) in the recipe's hparams, got {dim!r}"
+                f"strategy {self.name!r} classifies words from embeddings (few-shot spoken terms, "
+                f"recipes/AN4Words) and needs `emb_dim` (the encoder's embedding size, an "
+                f"integer >= 1) in the recipe's hparams, got {dim!r}; a speech recognizer's "
+                "recipe wants an ASR strategy (maml, fomaml, reptile, metasgd, anil, meta_lstm, joint, finetune)"
             )
         self.emb_dim = dim
         self.head = self.make_head()

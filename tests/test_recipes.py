@@ -51,7 +51,7 @@ DEBUG = ["--debug", "--debug_batches=1", "--debug_epochs=1", "--meta_batch_tasks
 
 
 @pytest.mark.parametrize(
-    "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "joint", "finetune"]
+    "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "meta_lstm", "joint", "finetune"]
 )
 def test_synthvoices_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy):
     out = tmp_path / "exp"
@@ -66,7 +66,7 @@ def test_synthvoices_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy)
 
 
 @pytest.mark.parametrize(
-    "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "joint", "finetune"]
+    "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "meta_lstm", "joint", "finetune"]
 )
 def test_the_transformer_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy):
     out = tmp_path / "exp"
@@ -178,3 +178,12 @@ def test_tensorboard_snippet_logs_every_loss_term(tiny_corpus, tmp_path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss/train", "loss/valid", "WER/valid", "outer_dann_domain/train"} <= tags, tags
+
+
+def test_a_word_strategy_in_a_speech_recognizer_recipe_says_which_strategies_fit(tiny_corpus, tmp_path):
+    proc = run_recipe("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={tmp_path / 'exp'}",
+                                      "--meta_strategy=protonet", *DEBUG], tmp_path, ok=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-2]
+    assert "classifies words" in last and "recipes/AN4Words" in last and "meta_lstm" in last, last
+    assert not (tmp_path / "exp").exists()
