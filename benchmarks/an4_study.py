@@ -162,8 +162,8 @@ def cmd_base(args):
     root = an4_root(args.an4_root)
     ov = dict(BASE_COMMON, train_budget_minutes=args.minutes, **FAMILIES[args.family]["base"])
     ov.update(_pairs(args.set))
-    return train(args.family, OUT / "base" / args.family, ov, root,
-                 manifests=OUT / "manifests")
+    name = args.family + (f"_{args.tag}" if args.tag else "")
+    return train(args.family, OUT / "base" / name, ov, root, manifests=OUT / "manifests")
 
 
 def cmd_meta(args):
@@ -268,7 +268,10 @@ def _models(family, names):
 
 
 def _model_folder(family, name):
-    return OUT / "base" / family / "pretrained" if name == "base" else OUT / "meta" / family / name / "pretrained"
+    """base: the family's base; base_<tag>: a tagged base variant; else a meta-trained model."""
+    if name == "base" or name.startswith("base_"):
+        return OUT / "base" / (family + name[4:]) / "pretrained"
+    return OUT / "meta" / family / name / "pretrained"
 
 
 def _model_stamp(family, name):
@@ -564,6 +567,8 @@ def main(argv=None):
     b.add_argument("--family", choices=sorted(FAMILIES), required=True)
     b.add_argument("--minutes", type=float, default=60.0)
     b.add_argument("--set", action="append", help="more recipe overrides KEY=VALUE")
+    b.add_argument("--tag", default=None, help="a variant: trained into base/<family>_<tag>, "
+                   "evaluated as model base_<tag> (e.g. meta-training from scratch)")
     b.set_defaults(func=cmd_base)
     m = sub.add_parser("meta", help="meta-train from a base at equal budgets")
     m.add_argument("--family", choices=sorted(FAMILIES), required=True)

@@ -59,7 +59,7 @@ def _ci(v, digits=1):
 
 
 def base_section():
-    bases = {r["family"]: r for r in _records("base/*/record.json").values()}
+    bases = {pathlib.Path(rel).parent.name: r for rel, r in _records("base/*/record.json").items()}
     costs = _records("cost/*.json")
     if not bases:
         return None
@@ -88,7 +88,9 @@ def base_section():
           "| model | parameters | training min (CPU / wall) | outer steps | epochs | test WER | test CER | <= 12% |",
           "|---|---|---|---|---|---|---|---|"] + rows + ["",
           "![learning curves](an4_learning_curves.png)", "",
-          "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`).", ""]
+          "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`). "
+          "A row named `<family>_<tag>` is a variant of that base (its command says how it differs, "
+          "e.g. meta-training from scratch instead of joint pretraining).", ""]
     if costs:
         md += ["MAML vs FOMAML, seconds per outer step on one AN4 task (4+4 utterances, one thread, "
                "median of interleaved rounds):", "", "| model | k | FOMAML s | MAML s | MAML / FOMAML |",
@@ -174,8 +176,8 @@ def study_section():
 def _training(fam, name):
     """Minutes and outer steps of a meta-trained model (its record), for the tables."""
     path = OUT / "meta" / fam / name / "record.json"
-    if name == "base":
-        path = OUT / "base" / fam / "record.json"
+    if name == "base" or name.startswith("base_"):
+        path = OUT / "base" / (fam + name[4:]) / "record.json"
     if not path.is_file():
         return ""
     r = json.loads(path.read_text())
