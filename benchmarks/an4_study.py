@@ -92,12 +92,9 @@ def _load_recipe():
 
 
 def _machine():
-    import platform
+    from common import machine_info
 
-    import torch
-
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0))}
+    return dict(machine_info(), affinity=sorted(os.sched_getaffinity(0)))
 
 
 def _write(path, data):

@@ -9,6 +9,7 @@ sections ``an4_base`` (strong bases, learning curves, MAML/FOMAML cost),
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -78,7 +79,8 @@ def base_section():
     _plot_curves(bases, plot)
     md = ["Each model trained by the AN4 recipe (`recipes/AN4/train.py`) from scratch with the "
           "`joint` strategy on plain shuffled batches of similar durations, SpeechBrain augmentation "
-          "(speed 95/100/105, time and frequency masks) and `train_budget_minutes=60` of training "
+          "(speed 95/100/105, time and frequency masks) and the training budget of its command "
+          "(`train_budget_minutes`, at most 60) "
           "(validation, learning-curve points, test and export are outside it), one thread pinned to "
           "one core. The machine was shared with other jobs, so the budget is CPU time of the "
           "training process (`train_budget_clock=cpu`: what the wall clock would be on a free core); "
@@ -250,6 +252,24 @@ def _training_record(r):
     return f"{r.get('train_cpu_minutes', r['train_minutes']):.0f} min, {r['outer_steps']} steps"
 
 
+def _display(text):
+    """Commands as a user types them: paths relative to the repository, AN4 as $SBMETA_AN4_ROOT."""
+    text = text.replace(str(REPO) + "/", "")
+    return re.sub(r"--data_folder=\S+", "--data_folder=$SBMETA_AN4_ROOT", text)
+
+
+def _finish(sec):
+    """Provenance every section states: the mode and the machine (the steps recorded the threads
+    and cores they were pinned to; the rest is this machine's, where they ran)."""
+    from common import machine_info
+
+    sec["markdown"] = _display(sec["markdown"])
+    sec["machine"] = dict(machine_info(), **{k: v for k, v in (sec.get("machine") or {}).items()
+                                             if k in ("torch_threads", "affinity")})
+    sec.setdefault("mode", "full")
+    return sec
+
+
 def write_report():
     """Merge the study's sections into ``benchmarks/RESULTS.json`` and re-render RESULTS.md."""
     path = HERE / "RESULTS.json"
@@ -258,7 +278,7 @@ def write_report():
                       ("transfer", transfer_section)):
         sec = make()
         if sec is not None:
-            results[key] = sec
+            results[key] = _finish(sec)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     tmp.replace(path)
