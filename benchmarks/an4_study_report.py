@@ -258,7 +258,7 @@ def _display(text):
     return re.sub(r"--data_folder=\S+", "--data_folder=$SBMETA_AN4_ROOT", text)
 
 
-def _finish(sec):
+def finish_section(sec):
     """Provenance every section states: the mode and the machine (the steps recorded the threads
     and cores they were pinned to; the rest is this machine's, where they ran)."""
     from common import machine_info
@@ -278,7 +278,7 @@ def write_report():
                       ("transfer", transfer_section)):
         sec = make()
         if sec is not None:
-            results[key] = _finish(sec)
+            results[key] = finish_section(sec)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
     tmp.replace(path)

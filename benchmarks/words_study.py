@@ -180,7 +180,11 @@ def cmd_report(args):
     sec = words_section()
     if sec is None:
         raise SystemExit("words_study: nothing to report; run train first")
-    results["words"] = sec
+    from an4_study_report import finish_section
+
+    # the runs record no machine of their own: they ran here, one thread each (see the docstring)
+    sec.setdefault("machine", {"torch_threads": 1})
+    results["words"] = finish_section(sec)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     subprocess.run([sys.executable, str(HERE / "report.py"), str(path)], check=True)
     _say(f"wrote {path} and RESULTS.md")
