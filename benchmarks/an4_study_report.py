@@ -44,6 +44,9 @@ def _plot_curves(bases, path):
             line = ax.plot([p["minutes"] for p in pts], [p["wer"] for p in pts], marker="o", label=f"{fam} test")
             ax.plot([p["minutes"] for p in pts], [p["dev_wer"] for p in pts], linestyle="--",
                     color=line[0].get_color(), alpha=0.6, label=f"{fam} dev")
+            # the final figure: the best-dev checkpoint's test WER at the end of the budget
+            ax.plot([rec.get("train_cpu_minutes", rec["train_minutes"])], [rec["test"]["wer"]], marker="*",
+                    markersize=12, linestyle="none", color=line[0].get_color())
     ax.axhline(TARGET_WER, color="grey", linewidth=0.8, linestyle=":", label="target 12%")
     ax.set_xlabel("training minutes (1 CPU core)")
     ax.set_ylabel("WER (%)")
@@ -90,7 +93,8 @@ def base_section():
           "| model | parameters | training min (CPU / wall) | outer steps | epochs | test WER | test CER | <= 12% |",
           "|---|---|---|---|---|---|---|---|"] + rows + ["",
           "![learning curves](an4_learning_curves.png)", "",
-          "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`). "
+          "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`); "
+          "the star is the table's figure (the best-dev checkpoint, tested at the end of the budget). "
           "A row named `<family>_<tag>` is a variant of that base (its command says how it differs, "
           "e.g. meta-training from scratch instead of joint pretraining).", ""]
     if costs:
