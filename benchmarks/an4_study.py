@@ -347,7 +347,7 @@ def cmd_evaluate(args):
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "machine": _machine(),
               "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
-                         f"--models {args.models} --repeats {args.repeats} --reference {args.reference}"}
+                         f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} --reference {args.reference}"}
     _write(OUT / "eval" / args.family / "record.json", record)
     return record
 
@@ -395,7 +395,7 @@ def cmd_methods(args):
     record = {"family": args.family, "model": name, "base_method": base.as_dict(),
               "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
               "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
-                         f"--repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")}
+                         f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")}
     _write(OUT / "eval" / args.family / f"methods_{name}.json", record)
     return record
 

@@ -176,6 +176,7 @@ def study_section():
             md.append(f"| {name} | " + " | ".join(cells) + " |")
         md += ["", f"Command: `{ch['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
+            "machine": next(iter(evals.values())).get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels (see above)"}
 
 
@@ -186,8 +187,7 @@ def _training(fam, name):
         path = OUT / "base" / (fam + name[4:]) / "record.json"
     if not path.is_file():
         return ""
-    r = json.loads(path.read_text())
-    return f"{r.get('train_cpu_minutes', r['train_minutes']):.0f} min, {r['outer_steps']} steps"
+    return _training_record(json.loads(path.read_text()))
 
 
 def transfer_section():
@@ -248,12 +248,21 @@ def transfer_section():
                    f"method on the {mr['model']} model, same draws:", "",
                    "| method | without | with augmentation |", "|---|---|---|", *rows, "",
                    f"Command: `{mr['command']}`", ""]
+    measured = [r.get("machine") for group in (dann, distill, compress, methods) for r in group.values()]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
+            "machine": next((m for m in measured if m), None),
             "command": "python benchmarks/an4_study.py dann / distill / compress / methods"}
 
 
 def _training_record(r):
-    return f"{r.get('train_cpu_minutes', r['train_minutes']):.0f} min, {r['outer_steps']} steps"
+    """The model's training: minutes and outer steps at the checkpoint kept (best on dev),
+    and the budget of the run when the kept checkpoint came before its end."""
+    minutes = r.get("train_cpu_minutes", r["train_minutes"])
+    kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
+    budget = re.search(r"--train_budget_minutes=([0-9.]+)", r.get("command", ""))
+    if budget and float(budget.group(1)) - minutes > 0.5:
+        return f"{float(budget.group(1)):g}-min run, best dev at {kept}"
+    return kept
 
 
 def _display(text):
