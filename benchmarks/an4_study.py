@@ -138,6 +138,7 @@ def train(family, folder, overrides, root, init_from=None, manifests=None):
         "machine": _machine(),
         "train_minutes": round(brain.train_minutes, 2),
         "train_clock": brain.meta_config["train_budget_clock"],
+        "train_budget_minutes": brain.meta_config["train_budget_minutes"],
         "train_wall_minutes": round(brain.train_clock.seconds / 60, 2),
         "train_cpu_minutes": round(brain.train_clock.cpu_seconds / 60, 2),
         "wall_minutes": round((time.time() - t0) / 60, 2),

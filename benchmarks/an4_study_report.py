@@ -259,9 +259,9 @@ def _training_record(r):
     and the budget of the run when the kept checkpoint came before its end."""
     minutes = r.get("train_cpu_minutes", r["train_minutes"])
     kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
-    budget = re.search(r"--train_budget_minutes=([0-9.]+)", r.get("command", ""))
-    if budget and float(budget.group(1)) - minutes > 0.5:
-        return f"{float(budget.group(1)):g}-min run, best dev at {kept}"
+    budget = r.get("train_budget_minutes")
+    if budget and budget - minutes > 0.5:
+        return f"{budget:g}-min run, best dev at {kept}"
     return kept
 
 

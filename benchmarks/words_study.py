@@ -129,8 +129,8 @@ def words_section():
           "confidence interval. Each model trained for the stated CPU minutes on one core.", "",
           "| run | strategy | CPU min | 5-way 1-shot | 5-way 5-shot |", "| --- | --- | --- | --- | --- |",
           *rows, "", f"For scale: {LITERATURE}.", ""]
-    short = lambda c: c.replace(str(REPO) + "/", "")  # noqa: E731 (commands as typed in the repo)
-    md += [f"- {n}: `{short(r['commands'][0])}` then `{short(r['commands'][1])}`" for n, r in records.items()]
+    # (finish_section writes the commands as typed in the repository)
+    md += [f"- {n}: `{r['commands'][0]}` then `{r['commands'][1]}`" for n, r in records.items()]
     targets = []
     if "protonet" in records and "protonet_synth" in records:
         a, b = (records[k]["test"]["results"]["5"] for k in ("protonet", "protonet_synth"))

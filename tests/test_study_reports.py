@@ -88,3 +88,21 @@ def test_the_words_section_renders(tmp_path, monkeypatch):
     assert "changed protonet's 5-shot accuracy by +0.0 points (within the two intervals)" in sec["markdown"]
     assert sec["targets"][0][2] is True
     assert "Meta-LSTM comparison: not run yet" in sec["markdown"]
+
+
+def test_training_column_states_the_budget_when_the_kept_checkpoint_came_earlier():
+    early = dict(trained(12.0), train_cpu_minutes=6.2, outer_steps=150, train_budget_minutes=8.0)
+    assert an4_study_report._training_record(early) == "8-min run, best dev at 6 min, 150 steps"
+    at_the_end = dict(early, train_cpu_minutes=7.8)
+    assert an4_study_report._training_record(at_the_end) == "8 min, 150 steps"
+    assert an4_study_report._training_record(trained(12.0)) == "10 min, 100 steps"  # no budget recorded
+
+
+def test_sections_are_finished_with_commands_as_typed_and_their_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(an4_study_report, "REPO", tmp_path)
+    sec = {"markdown": f"`python {tmp_path}/recipes/AN4/train.py --data_folder=/data/an4 --output_folder={tmp_path}/x`",
+           "machine": {"torch_threads": 1, "cores": 99}}
+    out = an4_study_report.finish_section(sec)
+    assert out["markdown"] == "`python recipes/AN4/train.py --data_folder=$SBMETA_AN4_ROOT --output_folder=x`"
+    assert out["machine"]["torch_threads"] == 1 and out["machine"]["cores"] != 99  # threads as recorded, the rest measured
+    assert out["mode"] == "full" and out["machine"]["cpu_model"]
