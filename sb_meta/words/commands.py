@@ -24,16 +24,9 @@ import pathlib
 import random
 import sys
 
+from sb_meta.adapt.commands import _int_list
+
 __all__ = ["add_commands"]
-
-
-def _int_list(text):
-    import argparse
-
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _manifest_rows(path):
