@@ -288,8 +288,8 @@ def _cached(path, key):
     return None
 
 
-def choose(model, name, dev_csv, repeats, grid=None):
-    """(Method, selection record) chosen on the dev speakers for ``model``."""
+def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=None):
+    """(Method, selection record) chosen on the dev tasks (``task_column``) for ``model``."""
     from sb_meta.evaluation import Method, select_on_dev
 
     grid = list(grid or DEV_GRID)
@@ -299,11 +299,13 @@ def choose(model, name, dev_csv, repeats, grid=None):
     stamp = json.dumps(model.info, sort_keys=True)  # a retrained model is chosen for again
     if path.is_file():
         rec = json.loads(path.read_text())
-        if rec.get("grid") == grid and rec.get("model") == stamp:
+        if (rec.get("grid") == grid and rec.get("model") == stamp and rec.get("dev_manifest") == str(dev_csv)
+                and rec.get("task_column", "spk_id") == task_column and rec.get("k") == (k or K_MAIN)):
             chosen = rec["candidates"][rec["chosen"]]
-            return Method(**{k: v for k, v in chosen.items() if k != "dev_wer"}), rec
-    method, rec = select_on_dev(model, dev_csv, grid, k=K_MAIN, repeats=repeats, progress=False)
-    rec["grid"], rec["model"] = grid, stamp
+            return Method(**{key: v for key, v in chosen.items() if key != "dev_wer"}), rec
+    method, rec = select_on_dev(model, dev_csv, grid, k=k or K_MAIN, repeats=repeats, progress=False,
+                                task_column=task_column)
+    rec["grid"], rec["model"], rec["task_column"] = grid, stamp, task_column
     _write(path, rec)
     _say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
     return method, rec
@@ -416,14 +418,14 @@ def cmd_channels(args):
         records[strategy] = train(args.family, OUT / "channels" / args.family / strategy, ov, root,
                                   init_from=base, manifests=OUT / "manifests")
     test_csv = OUT / "manifests" / "channels" / "test.csv"
-    dev_csv = OUT / "manifests" / "channels" / "dev.csv"
+    dev_csv = OUT / "manifests" / "channels" / "valid.csv"  # prepare_channels keeps the recipe split names
     from sb_meta.adapt import load_model
 
     out = {"channels": channels, "training": records, "results": {}}
     models = {"base": load_model(base)}
     models.update({s: load_model(r["export"]) for s, r in records.items()})
     for name, model in models.items():
-        method, rec = choose(model, f"channels_{name}", dev_csv, 1)
+        method, rec = choose(model, f"channels_{name}", dev_csv, 1, task_column="spk_channel")
         res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
                              methods=[Method(**dict(method.as_dict(), name="adapted"))], progress=False)
         write_report(res, OUT / "eval" / args.family / f"channels_{name}")
@@ -446,6 +448,49 @@ def cmd_channels(args):
                       f"--strategies {args.strategies} --minutes {args.minutes} --channels {args.channels}")
     _write(OUT / "eval" / args.family / "channels.json", out)
     return out
+
+
+#: unsupervised candidates, chosen per mode on the dev channel tasks
+UNSUP_GRID = {mode: [{"name": f"{mode}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps,
+                      "unsupervised": mode} for lr in (0.02, 0.1) for steps in (3, 10)]
+              for mode in ("entropy", "pseudo")}
+KS_UNSUP = (0, 5, 20)
+
+
+def cmd_unsup(args):
+    """Adaptation without transcripts from 5 and 20 unlabelled utterances of a new channel.
+
+    An AN4 test speaker has 13 utterances, too few for 20 unlabelled ones plus a query;
+    a channel of the test set pooled over its 10 speakers has 130. Each mode's step size
+    and steps are chosen on the dev speakers' channel tasks at k = 20 (never on test).
+    """
+    from sb_meta.evaluation import Method, evaluate_kshot, write_report
+
+    manifests = OUT / "manifests" / "channels"
+    if not (manifests / "test.csv").is_file():
+        raise SystemExit(f"an4_study: no {manifests / 'test.csv'}; run the channels step first")
+    model = _models(args.family, ["base"])["base"]
+    methods, chosen = [], {}
+    for mode, grid in UNSUP_GRID.items():
+        method, rec = choose(model, f"unsup_{mode}_base", manifests / "valid.csv", args.dev_repeats,
+                             grid=grid, task_column="channel", k=max(KS_UNSUP))
+        chosen[mode] = {"method": method.as_dict(), "selection": rec}
+        methods.append(Method(**dict(method.as_dict(), name=f"unsup-{mode}")))
+    res = evaluate_kshot(model, manifests / "test.csv", task_column="channel", ks=KS_UNSUP,
+                         repeats=args.repeats, methods=methods, progress=False)
+    write_report(res, OUT / "eval" / args.family / "unsup_channels")
+    record = {"family": args.family, "model": "base", "task_column": "channel", "ks": KS_UNSUP,
+              "repeats": args.repeats, "chosen": chosen, "summary": res["summary"], "failed": res["failed"],
+              "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py unsup --family {args.family} "
+                         f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}"}
+    _write(OUT / "eval" / args.family / "unsup_channels.json", record)
+    for name, summ in res["summary"].items():
+        for k in KS_UNSUP[1:]:
+            s = summ[str(k)]
+            _say(f"{name} k={k}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
+                 f"({s['delta_wer_mean']:+.2f} {s['delta_ci']}), worse {s['worse_draws']}/{s['n']} draws")
+    return record
 
 
 def add_eval_commands(sub):
@@ -472,6 +517,12 @@ def add_eval_commands(sub):
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--set", action="append")
     c.set_defaults(func=cmd_channels)
+    u = sub.add_parser("unsup", help="adaptation without transcripts from 5 and 20 utterances of a "
+                                     "new channel (after channels)")
+    u.add_argument("--family", required=True)
+    u.add_argument("--repeats", type=int, default=2)
+    u.add_argument("--dev-repeats", type=int, default=1)
+    u.set_defaults(func=cmd_unsup)
 
 
 

@@ -175,6 +175,23 @@ def study_section():
                 cells.append(f"{v['unadapted']:.1f} -> {v['adapted']:.1f}{won}")
             md.append(f"| {name} | " + " | ".join(cells) + " |")
         md += ["", f"Command: `{ch['command']}`", ""]
+    for rel, un in _records("eval/*/unsup_channels.json").items():
+        md += [f"Adaptation without transcripts ({un['family']} base): each channel of the test set pooled over "
+               "its 10 speakers is a task (130 utterances), k unlabelled support utterances, the rest as query, "
+               f"{un['repeats']} draws per channel and k; each mode's step size and steps chosen on the dev "
+               "speakers' channel tasks at k = 20:", "",
+               "| mode (chosen on dev) | k | unadapted | adapted | change [95% CI] | relative | draws worse |",
+               "|---|---|---|---|---|---|---|"]
+        for name, summ in un["summary"].items():
+            m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
+            label = f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)"
+            for k in un["ks"][1:]:
+                s = summ.get(str(k))
+                if s:
+                    md.append(f"| {label} | {k} | {s['base_wer_mean']:.1f} | {s['wer_mean']:.1f} | "
+                              f"{s['delta_wer_mean']:+.1f} {_ci(s['delta_ci'])} | {100 * s['relative']:.1f}% | "
+                              f"{s['worse_draws']}/{s['n']} |")
+        md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next(iter(evals.values())).get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels (see above)"}

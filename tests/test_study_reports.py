@@ -15,7 +15,8 @@ import words_study  # noqa: E402
 def summary(base, adapted, worse=()):
     return {"base_wer_mean": base, "wer_mean": adapted, "delta_wer_mean": adapted - base,
             "delta_ci": [adapted - base - 1.0, adapted - base + 1.0], "relative": (base - adapted) / base,
-            "relative_ci": [0.01, 0.2], "worse_tasks": list(worse), "tasks": 10}
+            "relative_ci": [0.01, 0.2], "worse_tasks": list(worse), "tasks": 10,
+            "worse_draws": len(worse), "n": 10}
 
 
 def trained(wer, steps=100, params=3.6e6):
@@ -52,6 +53,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           {"channels": ["clean", "telephone"], "command": "python benchmarks/an4_study.py channels",
            "results": {"base": {"per_channel": {"clean": {"unadapted": 10.0, "adapted": 9.0, "won_back": None},
                                                 "telephone": {"unadapted": 30.0, "adapted": 20.0, "won_back": 0.5}}}}})
+    write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
+          {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
+           "chosen": {"pseudo": {"method": {"lr": 0.1, "steps": 3}}},
+           "summary": {"unsup-pseudo": {"5": summary(12.0, 10.0), "20": summary(12.0, 11.0)}}})
     write(out / "transfer" / "dann.json", {"command": "python benchmarks/an4_study.py dann",
                                            "records": {"joint": trained(12.0), "joint_dann": trained(11.5)}})
     write(out / "transfer" / "distill.json",
@@ -68,6 +73,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     study = an4_study_report.study_section()
     assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
     assert "30.0 -> 20.0, won back 50%" in study["markdown"]
+    assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
     transfer = an4_study_report.transfer_section()
     for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
