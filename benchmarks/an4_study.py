@@ -426,27 +426,49 @@ def cmd_channels(args):
     models.update({s: load_model(r["export"]) for s, r in records.items()})
     for name, model in models.items():
         method, rec = choose(model, f"channels_{name}", dev_csv, 1, task_column="spk_channel")
-        res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
-                             methods=[Method(**dict(method.as_dict(), name="adapted"))], progress=False)
-        write_report(res, OUT / "eval" / args.family / f"channels_{name}")
-        per_channel = {}
-        for ch in channels:
-            tasks = [t for t in res["tasks"] if t.endswith("@" + ch)]
-            draws = [d for d in res["draws"] if d["task"] in tasks and d["k"] == K_MAIN]
-            unadapted = [d["unadapted"]["wer"] for d in draws]
-            adapted = [d["adapted"]["adapted"]["wer"] for d in draws if "adapted" in d["adapted"]]
-            per_channel[ch] = {"unadapted": sum(unadapted) / len(unadapted) if unadapted else None,
-                               "adapted": sum(adapted) / len(adapted) if adapted else None}
-        clean = per_channel.get("clean", {}).get("unadapted")
-        for ch, v in per_channel.items():
-            loss = None if clean is None or v["unadapted"] is None else v["unadapted"] - clean
-            v["won_back"] = (None if not loss or v["adapted"] is None else (v["unadapted"] - v["adapted"]) / loss)
-        out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel,
+        folder = OUT / "eval" / args.family / f"channels_{name}"
+        key = {"method": method.as_dict(), "ks": [0, K_MAIN], "repeats": args.repeats, "channels": channels,
+               "model": json.dumps(model.info, sort_keys=True)}
+        res = _cached(folder / "results.json", key)
+        if res is None:
+            res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
+                                 methods=[Method(**dict(method.as_dict(), name="adapted"))], progress=False)
+            res["config"]["cache_key"] = key
+            write_report(res, folder)
+        out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel_summary(res, channels),
                                 "summary": res["summary"]}
     out["machine"] = _machine()
     out["command"] = (f"python benchmarks/an4_study.py channels --family {args.family} "
-                      f"--strategies {args.strategies} --minutes {args.minutes} --channels {args.channels}")
+                      f"--strategies {args.strategies} --minutes {args.minutes:g} --channels {args.channels} "
+                      f"--repeats {args.repeats}")
     _write(OUT / "eval" / args.family / "channels.json", out)
+    return out
+
+
+def per_channel_summary(res, channels, k=K_MAIN):
+    """Per channel: unadapted and adapted query WER, their paired change with its 95% interval
+    (bootstrap over the channel's speakers and draws), the speakers made worse, and the share
+    of the channel's WER loss over the same model's clean WER that adaptation wins back."""
+    from sb_meta.evaluation.statistics import summarize_paired
+
+    out = {}
+    for ch in channels:
+        base, adapted = {}, {}
+        for d in res["draws"]:
+            if d["k"] == k and d["task"].endswith("@" + ch) and "adapted" in d["adapted"]:
+                base.setdefault(d["task"], []).append(d["unadapted"]["wer"])
+                adapted.setdefault(d["task"], []).append(d["adapted"]["adapted"]["wer"])
+        if not base:
+            out[ch] = {"unadapted": None, "adapted": None, "won_back": None}
+            continue
+        p = summarize_paired(base, adapted)
+        out[ch] = {"unadapted": p["base_mean"], "adapted": p["mean"], "delta": p["delta"],
+                   "delta_ci": p["delta_ci"], "relative": p["relative"], "relative_ci": p["relative_ci"],
+                   "worse_tasks": p["worse_tasks"], "tasks": p["tasks"]}
+    clean = out.get("clean", {}).get("unadapted")
+    for v in out.values():
+        loss = None if clean is None or v["unadapted"] is None else v["unadapted"] - clean
+        v["won_back"] = None if not loss or v["adapted"] is None else (v["unadapted"] - v["adapted"]) / loss
     return out
 
 

@@ -72,7 +72,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert [t[2] for t in base["targets"]] == [True, False]  # 11% meets 12%, misses 7.6%
     study = an4_study_report.study_section()
     assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
-    assert "30.0 -> 20.0, won back 50%" in study["markdown"]
+    assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
     transfer = an4_study_report.transfer_section()
