@@ -98,6 +98,23 @@ def test_evaluate_kshot(model_and_data, tmp_path):
     assert len(table.splitlines()) == 1 + 6
 
 
+def test_select_on_dev_chooses_the_lowest_dev_wer_and_records_it(model_and_data):
+    from sb_meta.evaluation import evaluate_kshot, select_on_dev
+
+    model, dev = model_and_data["model"], model_and_data["csv"]
+    grid = [{"name": "tiny", "strategy": "finetune", "lr": 1e-6, "steps": 1},
+            {"name": "wild", "strategy": "finetune", "lr": 50.0, "steps": 2}]
+    method, rec = select_on_dev(model, dev, grid, k=1, repeats=1, progress=False)
+    scores = {n: c["dev_wer"] for n, c in rec["candidates"].items()}
+    assert rec["chosen"] == method.name == min(scores, key=scores.get)
+    assert rec["dev_manifest"] == str(dev) and rec["k"] == 1
+    # the candidates' dev WERs and the unadapted WER on the same draws, as the protocol gives them
+    again = evaluate_kshot(model, dev, ks=(1,), repeats=1, methods=grid, progress=False)
+    for name in scores:
+        assert scores[name] == pytest.approx(again["summary"][name]["1"]["wer_mean"])
+    assert rec["unadapted_dev_wer"] == pytest.approx(again["summary"]["tiny"]["1"]["base_wer_mean"])
+
+
 def test_only_k0_uses_every_utterance(model_and_data):
     from sb_meta.evaluation import evaluate_kshot
 

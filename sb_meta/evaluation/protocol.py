@@ -502,9 +502,10 @@ def select_on_dev(model, dev_csv, grid, k=5, repeats=2, seed=0, task_column="spk
     if not valid:
         raise ValueError(f"no candidate adapted on the dev tasks of {dev_csv}")
     best = min(valid, key=valid.get)
+    unadapted = results["summary"][best].get(str(k), {}).get("base_wer_mean")  # same draws for all
     record = {"dev_manifest": str(dev_csv), "k": k, "repeats": repeats, "seed": seed,
               "candidates": {m.name: dict(m.as_dict(), dev_wer=scores[m.name]) for m in grid},
-              "chosen": best}
+              "chosen": best, "unadapted_dev_wer": unadapted}
     return next(m for m in grid if m.name == best), record
 
 
