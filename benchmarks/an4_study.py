@@ -288,12 +288,12 @@ def _cached(path, key):
     return None
 
 
-def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=None):
+def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=None, stepsizes=True):
     """(Method, selection record) chosen on the dev tasks (``task_column``) for ``model``."""
     from sb_meta.evaluation import Method, select_on_dev
 
     grid = list(grid or DEV_GRID)
-    if model.has_step_sizes:  # the learned step sizes are a candidate too
+    if stepsizes and model.has_step_sizes:  # the learned step sizes are a candidate too
         grid.append({"name": f"{model.state_strategy}_s3", "strategy": model.state_strategy, "steps": 3})
     path = OUT / "eval" / "selection" / f"{name}.json"
     stamp = json.dumps(model.info, sort_keys=True)  # a retrained model is chosen for again
@@ -355,19 +355,32 @@ def cmd_evaluate(args):
     return record
 
 
-def method_grid(model, base_method):
-    """The test-time adaptation methods compared on the same draws (issue 14, item 2)."""
+#: step sizes tried on dev for the adapter methods: a fresh LHUC scale or LoRA factor needs
+#: larger steps than the weights the base was trained with
+ADAPTER_LRS = (0.05, 0.5, 2.0)
+
+
+def method_grid(model, base_method, name="base", dev_csv=None, dev_repeats=1):
+    """The test-time adaptation methods compared on the same draws (issue 14, item 2):
+    full and head-only updates at the dev-chosen step size; LHUC and LoRA each at its own
+    step size chosen on dev (``dev_csv``), or at 0.05 without one."""
     from sb_meta.evaluation import Method
 
     b = base_method.as_dict()
     lr, steps = b["lr"], b["steps"]
+    adapters = {"lhuc": {}, "lora": {"peft_rank": 8}}
     core = [
         Method(name="full", strategy="finetune", lr=lr, steps=steps),
         Method(name="head", strategy="finetune", lr=lr, steps=steps, adapt_params=["ctc_lin.*"]),
-        Method(name="lhuc", strategy="finetune", lr=max(lr, 0.05), steps=steps, addons=["lhuc"]),
-        Method(name="lora", strategy="finetune", lr=max(lr, 0.05), steps=steps, addons=["lora"],
-               addon_config={"peft_rank": 8}),
     ]
+    for addon, config in adapters.items():
+        chosen_lr = max(lr, 0.05)
+        if dev_csv is not None:
+            grid = [{"name": f"{addon}_lr{a:g}_s{steps}", "strategy": "finetune", "lr": a, "steps": steps,
+                     "addons": [addon], "addon_config": config} for a in ADAPTER_LRS]
+            chosen_lr = choose(model, f"{name}_{addon}", dev_csv, dev_repeats, grid=grid, stepsizes=False)[0].lr
+        core.append(Method(name=addon, strategy="finetune", lr=chosen_lr, steps=steps, addons=[addon],
+                           addon_config=config))
     if model.has_step_sizes:
         core.append(Method(name=model.state_strategy, strategy=model.state_strategy, steps=steps))
     out = []
@@ -388,7 +401,7 @@ def cmd_methods(args):
     (name,) = args.models.split(",")
     model = _models(args.family, [name])[name]
     base, _ = choose(model, name, manifests / "dev.csv", args.dev_repeats)
-    methods = method_grid(model, base)
+    methods = method_grid(model, base, name, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
                            adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
@@ -396,7 +409,7 @@ def cmd_methods(args):
                          methods=methods, progress=False)
     write_report(res, OUT / "eval" / args.family / f"methods_{name}")
     record = {"family": args.family, "model": name, "base_method": base.as_dict(),
-              "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
+              "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
               "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")}
     _write(OUT / "eval" / args.family / f"methods_{name}.json", record)
@@ -630,7 +643,8 @@ def cmd_report(args):
     write_report()
 
 
-def main(argv=None):
+def build_parser():
+    """The command line of every step (``main`` runs the one it names)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--an4-root", default=None)
     sub = p.add_subparsers(dest="step", required=True)
@@ -658,7 +672,11 @@ def main(argv=None):
     add_transfer_commands(sub)
     r = sub.add_parser("report", help="merge the records into benchmarks/RESULTS.json and RESULTS.md")
     r.set_defaults(func=cmd_report)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -156,11 +156,14 @@ def study_section():
         md += ["", f"Command: `{ev['command']}`", ""]
     for rel, mr in _records("eval/*/methods_*.json").items():
         md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws:", "",
-               "| method | adapted WER | change [95% CI] | relative | speakers worse |", "|---|---|---|---|---|"]
+               "| method | step size, steps | adapted WER | change [95% CI] | relative | speakers worse |",
+               "|---|---|---|---|---|---|"]
         for name, summ in mr["summary"].items():
             s5 = summ.get(str(K_MAIN))
+            m = mr.get("methods", {}).get(name, {})
+            how = f"{m.get('lr') or 'learned'}, {m.get('steps')}" if m else ""
             if s5:
-                md.append(f"| {name} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
+                md.append(f"| {name} | {how} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
                           f"{100 * s5['relative']:.1f}% | {len(s5['worse_tasks'])}/{s5['tasks']} |")
         md += ["", f"Command: `{mr['command']}`", ""]
     for rel, ch in _records("eval/*/channels.json").items():
@@ -201,7 +204,7 @@ def study_section():
         md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next(iter(evals.values())).get("machine"),
-            "command": "python benchmarks/an4_study.py evaluate / methods / channels (see above)"}
+            "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
 
 
 def _training(fam, name):
@@ -275,7 +278,7 @@ def transfer_section():
     measured = [r.get("machine") for group in (dann, distill, compress, methods) for r in group.values()]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next((m for m in measured if m), None),
-            "command": "python benchmarks/an4_study.py dann / distill / compress / methods"}
+            "command": "python benchmarks/an4_study.py dann / distill / compress / methods (see above)"}
 
 
 def _training_record(r):

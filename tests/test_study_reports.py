@@ -3,6 +3,7 @@ steps write (constructed here), so a long study does not end in a KeyError."""
 
 import json
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -112,3 +113,23 @@ def test_sections_are_finished_with_commands_as_typed_and_their_machine(tmp_path
     assert out["markdown"] == "`python recipes/AN4/train.py --data_folder=$SBMETA_AN4_ROOT --output_folder=x`"
     assert out["machine"]["torch_threads"] == 1 and out["machine"]["cores"] != 99  # threads as recorded, the rest measured
     assert out["mode"] == "full" and out["machine"]["cpu_model"]
+
+
+def test_every_study_command_the_docs_show_parses():
+    """A step renamed or an option dropped would leave the README and RESULTS.md
+    showing commands that no longer run."""
+    import shlex
+
+    import an4_study
+
+    parser = an4_study.build_parser()
+    shown = []
+    for doc in (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"):
+        text = doc.read_text().replace("\\\n", " ")
+        shown += re.findall(r"python benchmarks/an4_study\.py ([^`\n]+)", text)
+    assert len(shown) >= 10
+    for line in shown:
+        if "..." in line or "(see " in line:  # a summary pointing at the commands, not one
+            continue
+        args = parser.parse_args(shlex.split(line, comments=True))
+        assert callable(args.func), line
