@@ -37,6 +37,8 @@ import pathlib
 import random
 import time
 
+import torch
+
 from sb_meta.evaluation.methods import methods_from
 from sb_meta.evaluation.statistics import mean_std, summarize_paired
 
@@ -300,11 +302,17 @@ def evaluate_kshot(
                         name = method.name
                         t0 = time.time()
                         try:
-                            adapted = method.adapt(
-                                model, [wav_of(u) for u in support],
-                                [by_id[u]["wrd"] for u in support], support, task,
-                                steps=steps, lr=lr, adapt_params=adapt_params,
-                            )
+                            # random parts of an adaptation (augmentation, dropout) draw from a
+                            # CPU generator seeded by the draw and the method, so that a method's
+                            # result is reproducible and does not depend on which methods ran
+                            # before it; the caller's generator state is restored afterwards
+                            with torch.random.fork_rng(devices=[]):
+                                torch.manual_seed(_rng(seed, str(task), int(k), int(r), name).getrandbits(63))
+                                adapted = method.adapt(
+                                    model, [wav_of(u) for u in support],
+                                    [by_id[u]["wrd"] for u in support], support, task,
+                                    steps=steps, lr=lr, adapt_params=adapt_params,
+                                )
                         except Exception as exc:  # noqa: BLE001 - bad data is reported
                             from sb_meta.adapt import AdaptationError
 
