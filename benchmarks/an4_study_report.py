@@ -194,7 +194,8 @@ def study_section():
                "|---|---|---|---|---|---|---|"]
         for name, summ in un["summary"].items():
             m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
-            label = f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)"
+            label = (f"{name} (no step: input statistics of the support)" if m.get("unsupervised") == "cmvn"
+                     else f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)")
             for k in un["ks"][1:]:
                 s = summ.get(str(k))
                 if s:

@@ -100,3 +100,49 @@ def test_the_command_adapts_without_a_transcript_column(setup, tmp_path, capsys)
                  "--out", str(out)]) == 0, capsys.readouterr().err
     assert (out / "sbmeta.json").is_file()
     del write_manifest
+
+
+def test_cmvn_re_estimates_the_input_statistics_from_audio_alone(setup, monkeypatch, tmp_path):
+    import speechbrain as sb
+    from speechbrain.processing.features import InputNormalization
+
+    import sb_meta.adapt.support as support
+    from sb_meta.adapt import load_model
+
+    model = load_model(setup["export"])
+
+    def never(*args, **kwargs):
+        raise AssertionError("a transcript was read")
+
+    monkeypatch.setattr(support, "encode_transcript", never)
+
+    def norm(m):
+        (n,) = [x for x in m.asr.mods.modules() if isinstance(x, InputNormalization)]
+        return n
+
+    wavs = [r["wav"] for r in setup["rows"][5:9]]
+    before = norm(model).glob_mean.clone()
+    adapted = model.adapt([w for w in wavs], None, unsupervised="cmvn")
+    log = adapted.last_adaptation["unsupervised"]
+    assert log["mode"] == "cmvn" and log["frames"] > 0 and log["mean_shift"][0] > 0
+    assert not changed(model, adapted)  # no weight moved, only the statistics
+    assert torch.equal(norm(model).glob_mean, before)  # the original is untouched
+    # the new statistics are the support features' own: normalised support features have
+    # mean 0 and standard deviation 1 over the valid frames
+    feats = []
+    n = norm(adapted)
+    hook = n.register_forward_hook(lambda mod, args, out: feats.append(out.detach()))
+    try:
+        adapted.transcribe_waveforms([model.load_audio(w) for w in wavs], batch_size=1)
+    finally:
+        hook.remove()
+    x = torch.cat([f[0] for f in feats])
+    assert x.mean(0).abs().max() < 1e-3 and (x.std(0) - 1).abs().max() < 1e-2
+    half = model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5})
+    assert torch.allclose(norm(half).glob_mean, (before + norm(adapted).glob_mean) / 2, atol=1e-5)
+    # the adapted statistics travel with the export
+    again = load_model(adapted.export(tmp_path / "cmvn"))
+    assert torch.allclose(norm(again).glob_mean, norm(adapted).glob_mean)
+    with pytest.raises(ValueError, match="cmvn_weight"):
+        model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 2})
+    assert sb  # speechbrain imported for the hooks' module classes

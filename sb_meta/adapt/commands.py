@@ -19,6 +19,8 @@ Example
 import pathlib
 import sys
 
+from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES
+
 __all__ = ["add_commands", "compress_options"]
 
 
@@ -100,7 +102,10 @@ def _cmd_adapt(args):
     )
     if rec.get("unsupervised"):
         u = rec["unsupervised"]
-        if u["mode"] == "pseudo":
+        if u["mode"] == "cmvn":
+            print(f"Without transcripts: input statistics re-estimated on {u['frames']} frames "
+                  f"(mean moved by {u['mean_shift']} on average per feature)")
+        elif u["mode"] == "pseudo":
             print(f"Without transcripts: {u['kept']} of {len(chosen)} utterance(s) confident enough "
                   "to serve as pseudo-labels" + (f"; {u['stopped']}" if u.get("stopped") else ""))
         else:
@@ -317,9 +322,10 @@ def add_commands(subparsers):
                         "replaced only with --force; nothing else is ever replaced)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier sb-meta export at --out (atomically)")
-    p.add_argument("--unsupervised", choices=["entropy", "pseudo"], default=None,
+    p.add_argument("--unsupervised", choices=list(UNSUPERVISED_MODES), default=None,
                    help="adapt from the audio alone (the manifest needs no transcripts): entropy "
-                        "minimisation or confident pseudo-labels, with safeguards")
+                        "minimisation or confident pseudo-labels, with safeguards, or input statistics "
+                        "re-estimated on the audio (cmvn)")
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
@@ -340,7 +346,7 @@ def add_commands(subparsers):
     p.add_argument("--methods", type=_name_list, default=None,
                    help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or add-on names, "
                         "e.g. 'full:finetune,head:finetune:ctc_lin.*,lora,lhuc' (default: --strategies)")
-    p.add_argument("--unsupervised", choices=["entropy", "pseudo"], default=None,
+    p.add_argument("--unsupervised", choices=list(UNSUPERVISED_MODES), default=None,
                    help="also evaluate every method adapting without transcripts")
     p.add_argument("--strategies", type=_name_list, default=["finetune"],
                    help="comma-separated gradient strategies (default finetune)")

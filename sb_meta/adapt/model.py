@@ -371,7 +371,7 @@ class AdaptableASR:
         ctc_weight : float, optional
             Weight of CTC against attention for models with both.
         unsupervised : str, optional
-            ``"pseudo"`` or ``"entropy"``: adapt from the audio alone
+            ``"pseudo"``, ``"entropy"`` or ``"cmvn"``: adapt from the audio alone
             (``transcripts`` must be None; see :mod:`sb_meta.adapt.unsupervised`).
         unsupervised_config : dict, optional
             ``confidence``, ``min_improvement``, ``blank_guard``.
@@ -410,10 +410,10 @@ class AdaptableASR:
                 raise ValueError(f"unsupervised must be one of {unsup.MODES}, got {unsupervised!r}")
             if transcripts is not None:
                 raise ValueError("unsupervised adaptation never reads transcripts: pass transcripts=None")
-            if "ctc" not in view.losses:
+            if "ctc" not in view.losses and unsupervised != "cmvn":
                 raise ValueError(f"unsupervised adaptation needs a CTC head; this model has {view.losses}")
         elif transcripts is None:
-            raise ValueError("give the support transcripts, or unsupervised='pseudo' or 'entropy'")
+            raise ValueError(f"give the support transcripts, or unsupervised= one of {unsup.MODES}")
         config = dict(unsup.DEFAULTS, **(unsupervised_config or {}))
         unknown = sorted(set(config) - set(unsup.DEFAULTS))
         if unknown:
@@ -480,7 +480,9 @@ class AdaptableASR:
             if str(self.device).startswith("cuda") else contextlib.nullcontext()
         )
         with cudnn_off:
-            if unsupervised == "entropy":
+            if unsupervised == "cmvn":  # new input statistics, no gradient step
+                unsup_log, fast = dict(mode="cmvn", **unsup.renormalize(brain, batches, config["cmvn_weight"])), {}
+            elif unsupervised == "entropy":
                 names_to_adapt = names_to_adapt or brain.strategy.adapt_names(Phase.ADAPT)
                 unsup_log = dict(mode="entropy", **unsup.entropy_steps(
                     brain, batches, steps, lr, names_to_adapt, the_task, Phase.ADAPT, config))

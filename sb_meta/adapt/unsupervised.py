@@ -14,6 +14,12 @@ Users rarely have transcripts for a new speaker or channel; they have audio.
     Entropy minimisation of the CTC posteriors over the support frames, as in
     SUTA (Lin et al. 2022, single-utterance test-time adaptation for CTC
     models): the loss is the mean per-frame entropy (padding excluded).
+``"cmvn"``
+    No gradient step: the model's global ``InputNormalization`` statistics
+    are re-estimated on the support audio (per-speaker or per-channel cepstral
+    mean and variance normalisation, the classic remedy for a convolutional
+    channel), blended with the training statistics by ``cmvn_weight`` (1: the
+    support's alone).
 
 Safeguards against making the model worse (the known failure of entropy
 minimisation is a collapse onto one label, often the blank): steps are taken
@@ -36,11 +42,13 @@ True
 
 import torch
 
-__all__ = ["MODES", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps", "DEFAULTS"]
+__all__ = ["MODES", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps", "renormalize",
+           "DEFAULTS"]
 
-MODES = ("entropy", "pseudo")
+MODES = ("entropy", "pseudo", "cmvn")
 #: settings of unsupervised adaptation (``unsupervised_config`` keys)
-DEFAULTS = {"confidence": 0.9, "min_improvement": 0.01, "blank_guard": 0.5, "agreement_guard": 0.6}
+DEFAULTS = {"confidence": 0.9, "min_improvement": 0.01, "blank_guard": 0.5, "agreement_guard": 0.6,
+            "cmvn_weight": 1.0}
 
 
 def _mask(log_probs, lengths):
@@ -149,4 +157,49 @@ def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
     with torch.no_grad():
         for n, w in best.items():
             params[n].copy_(w)
+    return log
+
+
+def renormalize(brain, batches, weight=1.0):
+    """Re-estimate the global ``InputNormalization`` statistics on the support (no gradients).
+
+    The features reaching each normaliser are captured with a forward pre-hook
+    while the support is transcribed, so any recipe's feature pipeline is used as
+    it is; mean and standard deviation over the valid frames replace the
+    training statistics in the share ``weight``. The normalisers belong to the
+    adapted copy. Returns the log: how many frames and how far the mean moved.
+    """
+    import speechbrain as sb
+    from speechbrain.processing.features import InputNormalization, make_padding_mask
+
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"cmvn_weight must be in [0, 1], got {weight!r}")
+    norms = [m for m in brain.modules.modules() if isinstance(m, InputNormalization) and m.norm_type == "global"]
+    if not norms:
+        raise ValueError("unsupervised='cmvn' needs a global InputNormalization in the model (norm_type: global)")
+    frames = {id(m): [] for m in norms}
+
+    def capture(module, args, kwargs):  # the valid frames as the normaliser itself masks them
+        x = args[0]
+        mask = make_padding_mask(x, args[1] if len(args) > 1 else kwargs.get("lengths"), length_dim=1)
+        frames[id(module)].append(x[mask.reshape(mask.shape[:2])].detach())
+
+    handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in norms]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                brain.compute_forward(batch, sb.Stage.TEST)
+    finally:
+        for h in handles:
+            h.remove()
+    log = {"frames": 0, "mean_shift": []}
+    with torch.no_grad():
+        for m in norms:
+            x = torch.cat(frames[id(m)])
+            mean, std = x.mean(0), x.std(0).clamp(min=m.epsilon)
+            new_mean = weight * mean + (1.0 - weight) * m.glob_mean
+            log["mean_shift"].append(round(float((new_mean - m.glob_mean).abs().mean()), 4))
+            m.glob_mean.copy_(new_mean)
+            m.glob_std.copy_(weight * std + (1.0 - weight) * m.glob_std)
+            log["frames"] = int(x.shape[0])
     return log
