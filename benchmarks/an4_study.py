@@ -404,7 +404,10 @@ def cmd_methods(args):
     methods = method_grid(model, base, name, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
-                           adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo", "cmvn")]
+                           adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
+        cmvn, _ = choose(model, f"{name}_cmvn", manifests / "dev.csv", args.dev_repeats, grid=UNSUP_GRID["cmvn"],
+                         stepsizes=False)
+        methods.append(Method(**dict(cmvn.as_dict(), name="unsup-cmvn")))
     res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
                          methods=methods, progress=False)
     write_report(res, OUT / "eval" / args.family / f"methods_{name}")
@@ -489,8 +492,9 @@ def per_channel_summary(res, channels, k=K_MAIN):
 UNSUP_GRID = {mode: [{"name": f"{mode}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps,
                       "unsupervised": mode} for lr in (0.02, 0.1) for steps in (3, 10)]
               for mode in ("entropy", "pseudo")}
-#: re-estimated input statistics take no step: one candidate
-UNSUP_GRID["cmvn"] = [{"name": "cmvn", "strategy": "finetune", "steps": 1, "unsupervised": "cmvn"}]
+#: re-estimated input statistics take no step: the share of the support's statistics is chosen
+UNSUP_GRID["cmvn"] = [{"name": f"cmvn_w{w:g}", "strategy": "finetune", "steps": 1, "unsupervised": "cmvn",
+                       "unsupervised_config": {"cmvn_weight": w}} for w in (0.25, 0.5, 1.0)]
 KS_UNSUP = (0, 5, 20)
 
 

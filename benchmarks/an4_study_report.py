@@ -162,6 +162,8 @@ def study_section():
             s5 = summ.get(str(K_MAIN))
             m = mr.get("methods", {}).get(name, {})
             how = f"{m.get('lr') or 'learned'}, {m.get('steps')}" if m else ""
+            if m.get("unsupervised") == "cmvn":
+                how = f"statistics, weight {(m.get('unsupervised_config') or {}).get('cmvn_weight', 1.0)}"
             if s5:
                 md.append(f"| {name} | {how} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
                           f"{100 * s5['relative']:.1f}% | {len(s5['worse_tasks'])}/{s5['tasks']} |")
@@ -194,7 +196,8 @@ def study_section():
                "|---|---|---|---|---|---|---|"]
         for name, summ in un["summary"].items():
             m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
-            label = (f"{name} (no step: input statistics of the support)" if m.get("unsupervised") == "cmvn"
+            label = (f"{name} (no step: input statistics of the support, weight "
+                     f"{(m.get('unsupervised_config') or {}).get('cmvn_weight', 1.0)})" if m.get("unsupervised") == "cmvn"
                      else f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)")
             for k in un["ks"][1:]:
                 s = summ.get(str(k))

@@ -140,6 +140,11 @@ def test_cmvn_re_estimates_the_input_statistics_from_audio_alone(setup, monkeypa
     assert x.mean(0).abs().max() < 1e-3 and (x.std(0) - 1).abs().max() < 1e-2
     half = model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5})
     assert torch.allclose(norm(half).glob_mean, (before + norm(adapted).glob_mean) / 2, atol=1e-5)
+    from sb_meta.evaluation import Method  # the protocol's methods pass the setting through
+
+    via = Method(name="c", unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5}).adapt(
+        model, wavs, ["never read"] * len(wavs), None, "t")
+    assert torch.allclose(norm(via).glob_mean, norm(half).glob_mean)
     # the adapted statistics travel with the export
     again = load_model(adapted.export(tmp_path / "cmvn"))
     assert torch.allclose(norm(again).glob_mean, norm(adapted).glob_mean)

@@ -45,7 +45,9 @@ class Method:
     addon_config : dict
         Their settings.
     unsupervised : str, optional
-        ``"entropy"`` or ``"pseudo"``: adapt without the transcripts.
+        ``"entropy"``, ``"pseudo"`` or ``"cmvn"``: adapt without the transcripts.
+    unsupervised_config : dict
+        Its settings (:data:`sb_meta.adapt.unsupervised.DEFAULTS`).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Method:
     addons: list = field(default_factory=list)
     addon_config: dict = field(default_factory=dict)
     unsupervised: str = None
+    unsupervised_config: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text):
@@ -86,7 +89,8 @@ class Method:
             addon_config=dict(self.addon_config) or None,
         )
         if self.unsupervised:
-            return model.adapt(wavs, None, unsupervised=self.unsupervised, **kwargs)
+            return model.adapt(wavs, None, unsupervised=self.unsupervised,
+                               unsupervised_config=dict(self.unsupervised_config) or None, **kwargs)
         return model.adapt(wavs, transcripts, **kwargs)
 
 
