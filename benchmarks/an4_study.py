@@ -442,16 +442,20 @@ def cmd_channels(args):
     models.update({s: load_model(r["export"]) for s, r in records.items()})
     for name, model in models.items():
         method, rec = choose(model, f"channels_{name}", dev_csv, 1, task_column="spk_channel")
+        cmvn, _ = choose(model, f"channels_{name}_cmvn", dev_csv, 1, grid=UNSUP_GRID["cmvn"],
+                         task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
+        methods = [Method(**dict(method.as_dict(), name="adapted")), Method(**dict(cmvn.as_dict(), name="cmvn"))]
         folder = OUT / "eval" / args.family / f"channels_{name}"
-        key = {"method": method.as_dict(), "ks": [0, K_MAIN], "repeats": args.repeats, "channels": channels,
-               "model": json.dumps(model.info, sort_keys=True)}
+        key = {"methods": [m.as_dict() for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
+               "channels": channels, "model": json.dumps(model.info, sort_keys=True)}
         res = _cached(folder / "results.json", key)
         if res is None:
             res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
-                                 methods=[Method(**dict(method.as_dict(), name="adapted"))], progress=False)
+                                 methods=methods, progress=False)
             res["config"]["cache_key"] = key
             write_report(res, folder)
         out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel_summary(res, channels),
+                                "cmvn": cmvn.as_dict(), "per_channel_cmvn": per_channel_summary(res, channels, "cmvn"),
                                 "summary": res["summary"]}
     out["machine"] = _machine()
     out["command"] = (f"python benchmarks/an4_study.py channels --family {args.family} "
@@ -461,7 +465,7 @@ def cmd_channels(args):
     return out
 
 
-def per_channel_summary(res, channels, k=K_MAIN):
+def per_channel_summary(res, channels, method="adapted", k=K_MAIN):
     """Per channel: unadapted and adapted query WER, their paired change with its 95% interval
     (bootstrap over the channel's speakers and draws), the speakers made worse, and the share
     of the channel's WER loss over the same model's clean WER that adaptation wins back."""
@@ -471,9 +475,9 @@ def per_channel_summary(res, channels, k=K_MAIN):
     for ch in channels:
         base, adapted = {}, {}
         for d in res["draws"]:
-            if d["k"] == k and d["task"].endswith("@" + ch) and "adapted" in d["adapted"]:
+            if d["k"] == k and d["task"].endswith("@" + ch) and method in d["adapted"]:
                 base.setdefault(d["task"], []).append(d["unadapted"]["wer"])
-                adapted.setdefault(d["task"], []).append(d["adapted"]["adapted"]["wer"])
+                adapted.setdefault(d["task"], []).append(d["adapted"][method]["wer"])
         if not base:
             out[ch] = {"unadapted": None, "adapted": None, "won_back": None}
             continue
@@ -521,7 +525,8 @@ def cmd_unsup(args):
                          repeats=args.repeats, methods=methods, progress=False)
     write_report(res, OUT / "eval" / args.family / "unsup_channels")
     record = {"family": args.family, "model": "base", "task_column": "channel", "ks": KS_UNSUP,
-              "repeats": args.repeats, "chosen": chosen, "summary": res["summary"], "failed": res["failed"],
+              "repeats": args.repeats, "chosen": chosen, "summary": res["summary"], "per_task": res["per_task"],
+              "failed": res["failed"],
               "machine": _machine(),
               "command": f"python benchmarks/an4_study.py unsup --family {args.family} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}"}

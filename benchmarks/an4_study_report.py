@@ -177,9 +177,12 @@ def study_section():
                "strategy from the base on episodes of (speaker, channel) tasks of the training speakers:", "",
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
-        for name, r in ch["results"].items():
+        rows = [(name, r["per_channel"]) for name, r in ch["results"].items()]
+        rows += [(f"{name} + cmvn, no transcripts (weight {r['cmvn'].get('unsupervised_config', {}).get('cmvn_weight')})",
+                  r["per_channel_cmvn"]) for name, r in ch["results"].items() if r.get("per_channel_cmvn")]
+        for name, per_channel in rows:
             for c in ch["channels"]:
-                v = r["per_channel"][c]
+                v = per_channel[c]
                 if v.get("unadapted") is None:
                     continue
                 won = "" if v.get("won_back") is None else f"{100 * v['won_back']:.0f}%"
@@ -192,8 +195,8 @@ def study_section():
                "its 10 speakers is a task (130 utterances), k unlabelled support utterances, the rest as query, "
                f"{un['repeats']} draws per channel and k; each mode's step size and steps chosen on the dev "
                "speakers' channel tasks at k = 20:", "",
-               "| mode (chosen on dev) | k | unadapted | adapted | change [95% CI] | relative | draws worse |",
-               "|---|---|---|---|---|---|---|"]
+               "| mode (chosen on dev) | k | unadapted | adapted | change [95% CI] | relative | draws worse | "
+               "per channel |", "|---|---|---|---|---|---|---|---|"]
         for name, summ in un["summary"].items():
             m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
             label = (f"{name} (no step: input statistics of the support, weight "
@@ -202,9 +205,13 @@ def study_section():
             for k in un["ks"][1:]:
                 s = summ.get(str(k))
                 if s:
+                    per = un.get("per_task", {})
+                    channels = "; ".join(f"{t} {per[t][name][str(k)]['base_wer_mean']:.1f} -> "
+                                         f"{per[t][name][str(k)]['wer_mean']:.1f}"
+                                         for t in per if str(k) in per[t].get(name, {}))
                     md.append(f"| {label} | {k} | {s['base_wer_mean']:.1f} | {s['wer_mean']:.1f} | "
                               f"{s['delta_wer_mean']:+.1f} {_ci(s['delta_ci'])} | {100 * s['relative']:.1f}% | "
-                              f"{s['worse_draws']}/{s['n']} |")
+                              f"{s['worse_draws']}/{s['n']} | {channels} |")
         md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next(iter(evals.values())).get("machine"),

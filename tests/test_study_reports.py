@@ -57,7 +57,8 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
           {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
            "chosen": {"pseudo": {"method": {"lr": 0.1, "steps": 3}}},
-           "summary": {"unsup-pseudo": {"5": summary(12.0, 10.0), "20": summary(12.0, 11.0)}}})
+           "summary": {"unsup-pseudo": {"5": summary(12.0, 10.0), "20": summary(12.0, 11.0)}},
+           "per_task": {"telephone": {"unsup-pseudo": {"20": summary(40.0, 30.0)}}}})
     write(out / "transfer" / "dann.json", {"command": "python benchmarks/an4_study.py dann",
                                            "records": {"joint": trained(12.0), "joint_dann": trained(11.5)}})
     write(out / "transfer" / "distill.json",
@@ -75,6 +76,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
     assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
+    assert "| telephone 40.0 -> 30.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
     transfer = an4_study_report.transfer_section()
     for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
