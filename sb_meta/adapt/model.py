@@ -374,7 +374,7 @@ class AdaptableASR:
             ``"pseudo"``, ``"entropy"`` or ``"cmvn"``: adapt from the audio alone
             (``transcripts`` must be None; see :mod:`sb_meta.adapt.unsupervised`).
         unsupervised_config : dict, optional
-            ``confidence``, ``min_improvement``, ``blank_guard``.
+            ``confidence``, ``min_improvement``, ``blank_guard``, ``cmvn_weight``...
 
         Returns
         -------
@@ -503,7 +503,7 @@ class AdaptableASR:
             "time": _now(),
             "source": self.source,
             "strategy": strategy,
-            "steps": steps,
+            "steps": 0 if unsupervised == "cmvn" else steps,
             "lr": float(lr) if lr is not None else ("meta-learned" if uses_state else brain.meta_config["inner_lr"]),
             "adapt_params": list(adapt_params) if adapt_params else None,
             "adapted_parameters": len(fast),
