@@ -163,7 +163,7 @@ def study_section():
             m = mr.get("methods", {}).get(name, {})
             how = f"{m.get('lr') or 'learned'}, {m.get('steps')}" if m else ""
             if m.get("unsupervised") == "cmvn":
-                how = f"statistics, weight {(m.get('unsupervised_config') or {}).get('cmvn_weight', 1.0)}"
+                how = f"statistics, weight {_cmvn_weight(m)}"
             if s5:
                 md.append(f"| {name} | {how} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
                           f"{100 * s5['relative']:.1f}% | {len(s5['worse_tasks'])}/{s5['tasks']} |")
@@ -178,7 +178,7 @@ def study_section():
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
         rows = [(name, r["per_channel"]) for name, r in ch["results"].items()]
-        rows += [(f"{name} + cmvn, no transcripts (weight {r['cmvn'].get('unsupervised_config', {}).get('cmvn_weight')})",
+        rows += [(f"{name} + cmvn, no transcripts (weight {_cmvn_weight(r['cmvn'])})",
                   r["per_channel_cmvn"]) for name, r in ch["results"].items() if r.get("per_channel_cmvn")]
         for name, per_channel in rows:
             for c in ch["channels"]:
@@ -199,8 +199,8 @@ def study_section():
                "per channel |", "|---|---|---|---|---|---|---|---|"]
         for name, summ in un["summary"].items():
             m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
-            label = (f"{name} (no step: input statistics of the support, weight "
-                     f"{(m.get('unsupervised_config') or {}).get('cmvn_weight', 1.0)})" if m.get("unsupervised") == "cmvn"
+            label = (f"{name} (no step: input statistics of the support, weight {_cmvn_weight(m)})"
+                     if m.get("unsupervised") == "cmvn"
                      else f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)")
             for k in un["ks"][1:]:
                 s = summ.get(str(k))
@@ -216,6 +216,13 @@ def study_section():
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next(iter(evals.values())).get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
+
+
+def _cmvn_weight(method):
+    """The blend weight of a ``cmvn`` method record (the library's default when it set none)."""
+    from sb_meta.adapt.unsupervised import DEFAULTS
+
+    return (method.get("unsupervised_config") or {}).get("cmvn_weight", DEFAULTS["cmvn_weight"])
 
 
 def _training(fam, name):
