@@ -122,7 +122,8 @@ def study_section():
         md += [f"**{fam}**: 5-shot adaptation on the 10 AN4 test speakers (k support utterances, the "
                f"other {13}-k as query, {ev['repeats']} draws per speaker and k, the same draws for "
                "every model); the adaptation (steps, step size, adapted parameters) chosen per model "
-               "on the 6 dev speakers. Paired changes with 95% bootstrap intervals over speakers and draws.",
+               "on the 6 dev speakers" + _grid_text(ev) + ". Paired changes with 95% bootstrap intervals over "
+               "speakers and draws.",
                "", "| model | training | query WER unadapted | 5-shot adapted | change [95% CI] | "
                "relative [95% CI] | speakers worse | chosen on dev |", "|---|---|---|---|---|---|---|---|"]
         for name, summ in ev["summary"].items():
@@ -216,6 +217,14 @@ def study_section():
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next(iter(evals.values())).get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
+
+
+def _grid_text(ev):
+    """Which dev candidates an evaluation chose from (the long grid is named: it costs more)."""
+    if ev.get("grid", "short") == "short":
+        return ""
+    names = sorted({c for v in ev["chosen"].values() for c in v["selection"].get("candidates", {})})
+    return f" among the {ev['grid']} grid's candidates ({', '.join(names)})"
 
 
 def _cmvn_weight(method):

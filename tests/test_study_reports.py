@@ -47,6 +47,11 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           "summary": {n: {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}} for n in ("base", "joint", "fomaml")},
           "meta_vs_joint": {"fomaml": {k: {"delta": -0.5, "delta_ci": [-1.0, -0.1]} for k in ("1", "5")}}}
     write(out / "eval" / "crdnn_ctc" / "record.json", ev)
+    long_method = dict(method, lr=0.1, steps=25)
+    write(out / "eval" / "crdnn_ctc_long" / "record.json",
+          dict(ev, grid="long", chosen={"base": {"method": long_method, "selection": {
+              "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
+               summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
     write(out / "eval" / "crdnn_ctc" / "methods_base.json",
           {"family": "crdnn_ctc", "model": "base", "command": "python benchmarks/an4_study.py methods",
            "summary": {"full": {"5": summary(12.0, 10.0)}, "full+aug": {"5": summary(12.0, 9.5)}}})
@@ -75,6 +80,8 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     study = an4_study_report.study_section()
     assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
     assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
+    assert "among the long grid's candidates (all_lr0.1_s25, all_lr0.1_s50)" in study["markdown"]
+    assert "finetune, lr 0.1, 25 steps, all |" in study["markdown"]
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
     assert "| telephone 40.0 -> 30.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
