@@ -411,8 +411,9 @@ def cmd_methods(args):
     manifests = OUT / "manifests"
     (name,) = args.models.split(",")
     model = _models(args.family, [name])[name]
-    base, _ = choose(model, name, manifests / "dev.csv", args.dev_repeats)
-    methods = method_grid(model, base, name, manifests / "dev.csv", args.dev_repeats)
+    suffix = "" if args.grid == "short" else f"_{args.grid}"
+    base, _ = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
+    methods = method_grid(model, base, name + suffix, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
                            adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
@@ -421,12 +422,13 @@ def cmd_methods(args):
         methods.append(Method(**dict(cmvn.as_dict(), name="unsup-cmvn")))
     res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
                          methods=methods, progress=False)
-    write_report(res, OUT / "eval" / args.family / f"methods_{name}")
-    record = {"family": args.family, "model": name, "base_method": base.as_dict(),
+    write_report(res, OUT / "eval" / args.family / f"methods_{name}{suffix}")
+    record = {"family": args.family, "model": name, "grid": args.grid, "base_method": base.as_dict(),
               "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
               "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
-                         f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")}
-    _write(OUT / "eval" / args.family / f"methods_{name}.json", record)
+                         f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")
+                         + (f" --grid {args.grid}" if suffix else "")}
+    _write(OUT / "eval" / args.family / f"methods_{name}{suffix}.json", record)
     return record
 
 
@@ -567,6 +569,8 @@ def add_eval_commands(sub):
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--dev-repeats", type=int, default=2)
     m.add_argument("--unsupervised", action="store_true")
+    m.add_argument("--grid", choices=sorted(GRIDS), default="short",
+                   help="the grid the full update's step size and steps are chosen from (as in evaluate)")
     m.set_defaults(func=cmd_methods)
     c = sub.add_parser("channels", help="(speaker, channel) tasks")
     c.add_argument("--family", required=True)

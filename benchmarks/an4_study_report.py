@@ -156,7 +156,10 @@ def study_section():
                                 c["delta_ci"][1] is not None and c["delta_ci"][1] < 0])
         md += ["", f"Command: `{ev['command']}`", ""]
     for rel, mr in _records("eval/*/methods_*.json").items():
-        md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws:", "",
+        grid = "" if mr.get("grid", "short") == "short" else (
+            f", every method at the step size and steps of the full update chosen on the {mr['grid']} grid "
+            "(LHUC and LoRA at their own step size chosen on dev)")
+        md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws{grid}:", "",
                "| method | step size, steps | adapted WER | change [95% CI] | relative | speakers worse |",
                "|---|---|---|---|---|---|"]
         for name, summ in mr["summary"].items():
@@ -299,7 +302,7 @@ def transfer_section():
         if rows:
             md += ["**Support-set augmentation** (`augment` add-on in the adapt phase: speed perturbation "
                    "and masks on the 5 support utterances) vs none: the 5-shot WER change of each "
-                   f"method on the {mr['model']} model, same draws:", "",
+                   f"method on the {mr['model']} model ({mr.get('grid', 'short')} adaptation grid), same draws:", "",
                    "| method | without | with augmentation |", "|---|---|---|", *rows, "",
                    f"Command: `{mr['command']}`", ""]
     measured = [r.get("machine") for group in (dann, distill, compress, methods) for r in group.values()]
