@@ -432,6 +432,42 @@ def cmd_methods(args):
     return record
 
 
+def cmd_guard(args):
+    """The dev-chosen adaptation of each model with and without the leave-one-out guard
+    (:mod:`sb_meta.adapt.safeguard`), on the same test draws as ``evaluate`` at k = 5."""
+    from sb_meta.evaluation import Method, evaluate_kshot, write_report
+
+    manifests = OUT / "manifests"
+    suffix = "" if args.grid == "short" else f"_{args.grid}"
+    out = {}
+    for name, model in _models(args.family, args.models.split(",")).items():
+        method, _ = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
+        d = method.as_dict()
+        methods = [Method(**dict(d, name="adapted")), Method(**dict(d, name="adapted+guard", guard=True))]
+        folder = OUT / "eval" / args.family / f"guard_{name}{suffix}"
+        key = {"methods": [m.as_dict() for m in methods], "repeats": args.repeats, "model": _model_stamp(args.family, name)}
+        res = _cached(folder / "results.json", key)
+        if res is None:
+            res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
+                                 methods=methods, progress=False)
+            res["config"]["cache_key"] = key
+            write_report(res, folder)
+        checks = [d["adapted"]["adapted+guard"]["guard"] for d in res["draws"]
+                  if d["k"] == K_MAIN and "guard" in d["adapted"].get("adapted+guard", {})]
+        out[name] = {"method": d, "summary": res["summary"], "failed": res["failed"],
+                     "kept": sum(c["kept"] for c in checks), "checked": len(checks)}
+        for m in ("adapted", "adapted+guard"):
+            s = res["summary"][m][str(K_MAIN)]
+            _say(f"{name} {m}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} ({s['delta_wer_mean']:+.2f} "
+                 f"{s['delta_ci']}), worse {len(s['worse_tasks'])}/{s['tasks']}")
+    record = {"family": args.family, "grid": args.grid, "repeats": args.repeats, "models": out,
+              "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py guard --family {args.family} --models {args.models} "
+                         f"--grid {args.grid} --dev-repeats {args.dev_repeats} --repeats {args.repeats}"}
+    _write(OUT / "eval" / args.family / f"guard{suffix}.json", record)
+    return record
+
+
 def cmd_channels(args):
     """Meta-train across (speaker, channel) tasks from the base and measure how much
     of each channel's WER loss 5-shot adaptation wins back on the test speakers."""
@@ -572,6 +608,13 @@ def add_eval_commands(sub):
     m.add_argument("--grid", choices=sorted(GRIDS), default="short",
                    help="the grid the full update's step size and steps are chosen from (as in evaluate)")
     m.set_defaults(func=cmd_methods)
+    g = sub.add_parser("guard", help="the dev-chosen adaptation with and without the leave-one-out guard")
+    g.add_argument("--family", required=True)
+    g.add_argument("--models", default="base")
+    g.add_argument("--grid", choices=sorted(GRIDS), default="long")
+    g.add_argument("--repeats", type=int, default=2)
+    g.add_argument("--dev-repeats", type=int, default=2)
+    g.set_defaults(func=cmd_guard)
     c = sub.add_parser("channels", help="(speaker, channel) tasks")
     c.add_argument("--family", required=True)
     c.add_argument("--strategies", default="joint,fomaml")

@@ -52,6 +52,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, grid="long", chosen={"base": {"method": long_method, "selection": {
               "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
                summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
+    write(out / "eval" / "crdnn_ctc" / "guard_long.json",
+          {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
+           "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
+               "adapted": {"5": summary(12.0, 13.0)}, "adapted+guard": {"5": summary(12.0, 10.0)}}}}})
     write(out / "eval" / "crdnn_ctc" / "methods_base.json",
           {"family": "crdnn_ctc", "model": "base", "command": "python benchmarks/an4_study.py methods",
            "summary": {"full": {"5": summary(12.0, 10.0)}, "full+aug": {"5": summary(12.0, 9.5)}}})
@@ -82,6 +86,8 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
     assert "among the long grid's candidates (all_lr0.1_s25, all_lr0.1_s50)" in study["markdown"]
     assert "finetune, lr 0.1, 25 steps, all |" in study["markdown"]
+    assert "| base | lr 0.1, 25 steps | 12.0 | 13.0 |" in study["markdown"] and "| 7/20 |" in study["markdown"]
+    assert any("base + guard" in t[0] for t in study["targets"])
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
     assert "| telephone 40.0 -> 30.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])

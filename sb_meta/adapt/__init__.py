@@ -18,5 +18,6 @@ Example
 from sb_meta.adapt.adapters import base_model_sha256
 from sb_meta.adapt.loading import load_model
 from sb_meta.adapt.model import AdaptableASR, AdaptationError
+from sb_meta.adapt.safeguard import guarded_adapt
 
-__all__ = ["load_model", "AdaptableASR", "AdaptationError", "base_model_sha256"]
+__all__ = ["load_model", "AdaptableASR", "AdaptationError", "base_model_sha256", "guarded_adapt"]

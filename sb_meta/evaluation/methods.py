@@ -48,6 +48,9 @@ class Method:
         ``"entropy"``, ``"pseudo"`` or ``"cmvn"``: adapt without the transcripts.
     unsupervised_config : dict
         Its settings (:data:`sb_meta.adapt.unsupervised.DEFAULTS`).
+    guard : bool
+        Keep a supervised adaptation only when it lowers the word errors of
+        support utterances held out of it in turn (:mod:`sb_meta.adapt.safeguard`).
     """
 
     name: str
@@ -59,6 +62,7 @@ class Method:
     addon_config: dict = field(default_factory=dict)
     unsupervised: str = None
     unsupervised_config: dict = field(default_factory=dict)
+    guard: bool = False
 
     @classmethod
     def parse(cls, text):
@@ -89,8 +93,15 @@ class Method:
             addon_config=dict(self.addon_config) or None,
         )
         if self.unsupervised:
+            if self.guard:
+                raise ValueError(f"method {self.name!r}: the guard checks transcripts of held-out support "
+                                 "utterances, so it cannot guard unsupervised adaptation")
             return model.adapt(wavs, None, unsupervised=self.unsupervised,
                                unsupervised_config=dict(self.unsupervised_config) or None, **kwargs)
+        if self.guard:
+            from sb_meta.adapt.safeguard import guarded_adapt
+
+            return guarded_adapt(model, wavs, transcripts, **kwargs)
         return model.adapt(wavs, transcripts, **kwargs)
 
 

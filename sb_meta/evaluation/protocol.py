@@ -333,6 +333,9 @@ def evaluate_kshot(
                             "delta_cer": got["cer"] - base["cer"],
                             "adapt_seconds": round(seconds, 3),
                         }
+                        guard = (getattr(adapted, "last_adaptation", None) or {}).get("guard")
+                        if guard is not None:  # what the held-out support said (sb_meta.adapt.safeguard)
+                            record["adapted"][name]["guard"] = guard
                         bar.update(1)
                     draws.append(record)
                     matched = (k, query, base)

@@ -1,0 +1,98 @@
+"""The adaptation guard (``sb_meta.adapt.safeguard``): leave-one-out over the support."""
+
+import pathlib
+
+import pytest
+import torch
+
+from sb_meta.utils import load_script
+
+h = load_script(pathlib.Path(__file__).with_name("tiny_asr.py"), "sbmeta_tiny_asr_guard")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from sb_meta.export import export_brain
+
+    tmp = tmp_path_factory.mktemp("guard")
+    csv = h.make_corpus(tmp / "corpus")
+    brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=3)
+    return {"rows": h.read_rows(csv), "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def support(setup, n=4):
+    rows = setup["rows"][:n]
+    return [r["wav"] for r in rows], [r["wrd"] for r in rows], [r["ID"] for r in rows]
+
+
+def test_leave_one_out_adapts_once_per_fold_on_the_other_utterances(setup, monkeypatch):
+    from sb_meta.adapt import load_model
+    from sb_meta.adapt.safeguard import holdout_errors
+
+    model = load_model(setup["export"])
+    wavs, texts, ids = support(setup)
+    seen = []
+    real = type(model).adapt
+
+    def spy(self, w, t, **kw):
+        seen.append(list(kw["ids"]))
+        return real(self, w, t, **kw)
+
+    monkeypatch.setattr(type(model), "adapt", spy)
+    check = holdout_errors(model, wavs, texts, ids=ids, steps=1, lr=1e-3)
+    assert seen == [[u for u in ids if u != held] for held in ids]  # each fold leaves one utterance out
+    assert check["folds"] == 4 and check["words"] == sum(len(t.split()) for t in texts)
+    assert 0 <= check["errors_before"] and 0 <= check["errors_after"]
+    assert holdout_errors(model, wavs, texts, folds=2, steps=1, lr=1e-3)["folds"] == 2
+
+
+def test_an_adaptation_that_adds_errors_is_not_kept(setup, monkeypatch):
+    from sb_meta.adapt import load_model
+    from sb_meta.adapt import safeguard
+
+    model = load_model(setup["export"])
+    wavs, texts, ids = support(setup)
+    before = params(model)
+    monkeypatch.setattr(safeguard, "holdout_errors",
+                        lambda *a, **k: {"errors_before": 3, "errors_after": 5, "words": 10, "folds": 4})
+    out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=3, lr=10.0)
+    assert out is not model and out.last_adaptation["steps"] == 0
+    assert out.last_adaptation["guard"]["kept"] is False
+    assert all(torch.equal(p, before[n]) for n, p in out.named_parameters())  # unchanged copy
+    assert out.info["adaptations"][-1]["guard"]["errors_after"] == 5
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_an_adaptation_that_removes_errors_is_kept(setup, monkeypatch):
+    from sb_meta.adapt import load_model
+    from sb_meta.adapt import safeguard
+
+    model = load_model(setup["export"])
+    wavs, texts, ids = support(setup)
+    before = params(model)
+    monkeypatch.setattr(safeguard, "holdout_errors",
+                        lambda *a, **k: {"errors_before": 5, "errors_after": 3, "words": 10, "folds": 4})
+    out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=2, lr=0.05)
+    assert out.last_adaptation["steps"] == 2 and out.last_adaptation["guard"]["kept"] is True
+    assert any(not torch.equal(p, before[n]) for n, p in out.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_the_guard_is_a_method_setting_and_refuses_what_it_cannot_check(setup):
+    from sb_meta.adapt import load_model
+    from sb_meta.evaluation import Method
+
+    model = load_model(setup["export"])
+    wavs, texts, ids = support(setup)
+    out = Method(name="guarded", strategy="finetune", steps=1, lr=1e-3, guard=True).adapt(
+        model, wavs, texts, ids, "spk")
+    assert "guard" in out.last_adaptation
+    with pytest.raises(ValueError, match="at least 2 utterances"):
+        Method(name="g", strategy="finetune", guard=True).adapt(model, wavs[:1], texts[:1], ids[:1], "spk")
+    with pytest.raises(ValueError, match="cannot guard unsupervised"):
+        Method(name="g", unsupervised="entropy", guard=True).adapt(model, wavs, None, ids, "spk")
