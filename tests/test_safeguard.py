@@ -18,7 +18,8 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard")
     csv = h.make_corpus(tmp / "corpus")
     brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=3)
-    return {"rows": h.read_rows(csv), "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
+    return {"rows": h.read_rows(csv), "csv": csv,
+            "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
 
 
 def params(model):
@@ -96,3 +97,30 @@ def test_the_guard_is_a_method_setting_and_refuses_what_it_cannot_check(setup):
         Method(name="g", strategy="finetune", guard=True).adapt(model, wavs[:1], texts[:1], ids[:1], "spk")
     with pytest.raises(ValueError, match="cannot guard unsupervised"):
         Method(name="g", unsupervised="entropy", guard=True).adapt(model, wavs, None, ids, "spk")
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_the_command_exports_what_the_guard_decided(setup, tmp_path, capsys, monkeypatch, kept):
+    import json
+
+    from sb_meta.adapt import safeguard
+    from sb_meta.cli import main
+
+    monkeypatch.setattr(safeguard, "holdout_errors", lambda *a, **k: {
+        "errors_before": 4, "errors_after": 2 if kept else 4, "words": 9, "folds": 3})
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--model", str(setup["export"]), "--support", str(setup["csv"]), "--task", "s1",
+                 "--k", "3", "--steps", "2", "--lr", "0.05", "--guard", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ("adaptation kept" in printed) is kept and ("exported unadapted" in printed) is not kept
+    last = json.loads((out / "sbmeta.json").read_text())["adaptations"][-1]
+    assert last["guard"]["kept"] is kept and last["steps"] == (2 if kept else 0)
+
+
+def test_the_command_refuses_to_guard_unsupervised_adaptation(setup, tmp_path, capsys):
+    from sb_meta.cli import main
+
+    assert main(["adapt", "--model", str(setup["export"]), "--support", str(setup["csv"]), "--task", "s1",
+                 "--guard", "--unsupervised", "entropy", "--out", str(tmp_path / "x")]) != 0
+    assert "cannot guard --unsupervised" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

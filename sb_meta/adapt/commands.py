@@ -16,6 +16,7 @@ Example
 ([0, 1, 5], ['finetune', 'anil'], 3)
 """
 
+import functools
 import pathlib
 import sys
 
@@ -54,6 +55,9 @@ def _cmd_adapt(args):
     if args.peft == "houlsby" and not args.adapters_only:
         raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
                          "add --adapters-only (or use lora / lhuc, which merge into the weights)")
+    if args.guard and args.unsupervised:
+        raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
+                         "guard --unsupervised adaptation")
     check_destination(args.out, force=args.force)  # refuse before any work
     needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
     rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
@@ -78,10 +82,16 @@ def _cmd_adapt(args):
     data_root = args.data_root or pathlib.Path(args.support).parent
     addons, addon_config = _addon_settings(args)
     model = load_model(args.model, device=args.device)
-    adapted = model.adapt(
+    if args.guard:  # keep the adaptation only when held-out support utterances say it helps
+        from sb_meta.adapt.safeguard import guarded_adapt
+
+        adapt, extra = functools.partial(guarded_adapt, model), {}
+    else:
+        adapt, extra = model.adapt, {"unsupervised": args.unsupervised}
+    adapted = adapt(
         [resolve_wav(r["wav"], data_root) for r in chosen],
         None if args.unsupervised else [r["wrd"] for r in chosen],  # unsupervised: never read
-        unsupervised=args.unsupervised,
+        **extra,
         strategy=args.strategy,
         steps=args.steps,
         lr=args.lr,
@@ -100,6 +110,10 @@ def _cmd_adapt(args):
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
+    if rec.get("guard"):
+        g = rec["guard"]
+        print(f"Guard: {g['errors_before']} -> {g['errors_after']} word errors on {g['words']} held-out words "
+              f"({g['folds']} folds): " + ("adaptation kept" if g["kept"] else "the model is exported unadapted"))
     if rec.get("unsupervised"):
         u = rec["unsupervised"]
         if u["mode"] == "cmvn":
@@ -326,6 +340,10 @@ def add_commands(subparsers):
                    help="adapt from the audio alone (the manifest needs no transcripts): entropy "
                         "minimisation or confident pseudo-labels, with safeguards, or input statistics "
                         "re-estimated on the audio (cmvn)")
+    p.add_argument("--guard", action="store_true",
+                   help="adapt once per support utterance on the others first, and keep the adaptation "
+                        "only when it removed more word errors than it added on the held-out ones "
+                        "(k + 1 adaptations; needs k >= 2)")
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
