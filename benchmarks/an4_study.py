@@ -285,6 +285,12 @@ def _model_stamp(family, name):
     return (_model_folder(family, name) / "sbmeta.json").read_text()
 
 
+def _method_key(method):
+    """A method as a cache key: fields added to :class:`Method` after results were cached
+    (``guard``) are left out at their default, so that those results stay reusable."""
+    return {k: v for k, v in method.as_dict().items() if not (k == "guard" and not v)}
+
+
 def _cached(path, key):
     """The evaluation results at ``path`` when they were computed with ``key``, else None
     (a finished model's evaluation is reused when ``evaluate`` runs again with more models)."""
@@ -332,7 +338,7 @@ def cmd_evaluate(args):
         method, rec = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
         chosen[name] = {"method": method.as_dict(), "selection": rec}
         folder = out / name
-        key = {"method": method.as_dict(), "ks": list(KS), "repeats": args.repeats,
+        key = {"method": _method_key(method), "ks": list(KS), "repeats": args.repeats,
                "model": _model_stamp(args.family, name)}
         res = _cached(folder / "results.json", key)
         if res is None:
@@ -495,7 +501,7 @@ def cmd_channels(args):
                          task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
         methods = [Method(**dict(method.as_dict(), name="adapted")), Method(**dict(cmvn.as_dict(), name="cmvn"))]
         folder = OUT / "eval" / args.family / f"channels_{name}"
-        key = {"methods": [m.as_dict() for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
+        key = {"methods": [_method_key(m) for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
                "channels": channels, "model": json.dumps(model.info, sort_keys=True)}
         res = _cached(folder / "results.json", key)
         if res is None:

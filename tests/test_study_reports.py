@@ -148,3 +148,14 @@ def test_every_study_command_the_docs_show_parses():
             continue
         args = parser.parse_args(shlex.split(line, comments=True))
         assert callable(args.func), line
+
+
+def test_cached_evaluations_stay_reusable_when_method_gains_the_guard_field():
+    import an4_study
+
+    from sb_meta.evaluation import Method
+
+    plain = Method(name="adapted", strategy="finetune", lr=0.1, steps=25)
+    old_key = {k: v for k, v in plain.as_dict().items() if k != "guard"}  # as cached before the field existed
+    assert an4_study._method_key(plain) == old_key
+    assert an4_study._method_key(Method(**dict(plain.as_dict(), guard=True)))["guard"] is True
