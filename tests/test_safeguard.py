@@ -13,13 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from sb_meta.export import export_brain
-
-    tmp = tmp_path_factory.mktemp("guard")
-    csv = h.make_corpus(tmp / "corpus")
-    brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=3)
-    return {"rows": h.read_rows(csv), "csv": csv,
-            "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
+    return h.exported_tiny_model(tmp_path_factory.mktemp("guard"))
 
 
 def params(model):
@@ -52,7 +46,8 @@ def test_leave_one_out_adapts_once_per_fold_on_the_other_utterances(setup, monke
     assert holdout_errors(model, wavs, texts, folds=2, steps=1, lr=1e-3)["folds"] == 2
 
 
-def test_an_adaptation_that_adds_errors_is_not_kept(setup, monkeypatch):
+@pytest.mark.parametrize("kept", [False, True])
+def test_the_adaptation_is_kept_only_when_it_removed_held_out_errors(setup, monkeypatch, kept):
     from sb_meta.adapt import load_model
     from sb_meta.adapt import safeguard
 
@@ -60,28 +55,14 @@ def test_an_adaptation_that_adds_errors_is_not_kept(setup, monkeypatch):
     wavs, texts, ids = support(setup)
     before = params(model)
     monkeypatch.setattr(safeguard, "holdout_errors",
-                        lambda *a, **k: {"errors_before": 3, "errors_after": 5, "words": 10, "folds": 4})
-    out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=3, lr=10.0)
-    assert out is not model and out.last_adaptation["steps"] == 0
-    assert out.last_adaptation["guard"]["kept"] is False
-    assert all(torch.equal(p, before[n]) for n, p in out.named_parameters())  # unchanged copy
-    assert out.info["adaptations"][-1]["guard"]["errors_after"] == 5
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-
-
-def test_an_adaptation_that_removes_errors_is_kept(setup, monkeypatch):
-    from sb_meta.adapt import load_model
-    from sb_meta.adapt import safeguard
-
-    model = load_model(setup["export"])
-    wavs, texts, ids = support(setup)
-    before = params(model)
-    monkeypatch.setattr(safeguard, "holdout_errors",
-                        lambda *a, **k: {"errors_before": 5, "errors_after": 3, "words": 10, "folds": 4})
+                        lambda *a, **k: {"errors_before": 5, "errors_after": 3 if kept else 6, "words": 10, "folds": 4})
     out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=2, lr=0.05)
-    assert out.last_adaptation["steps"] == 2 and out.last_adaptation["guard"]["kept"] is True
-    assert any(not torch.equal(p, before[n]) for n, p in out.named_parameters())
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert out is not model and out.last_adaptation["guard"]["kept"] is kept
+    assert out.last_adaptation["steps"] == (2 if kept else 0)
+    assert out.info["adaptations"][-1]["guard"]["errors_after"] == (3 if kept else 6)
+    moved = any(not torch.equal(p, before[n]) for n, p in out.named_parameters())
+    assert moved is kept  # rejected: an unchanged copy
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the original never moves
 
 
 def test_the_guard_is_a_method_setting_and_refuses_what_it_cannot_check(setup):

@@ -13,13 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from sb_meta.export import export_brain
-
-    tmp = tmp_path_factory.mktemp("unsup")
-    csv = h.make_corpus(tmp / "corpus")
-    brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=3)
-    return {"tmp": tmp, "csv": csv, "rows": h.read_rows(csv),
-            "export": export_brain(brain, tmp / "pretrained", hparams_file=yaml_path)}
+    return h.exported_tiny_model(tmp_path_factory.mktemp("unsup"))
 
 
 def changed(a, b):

@@ -164,6 +164,18 @@ def train_tiny_brain(folder, csv, strategy="metasgd", epochs=2, seed=0, yaml_tex
     return brain, yaml_path
 
 
+def exported_tiny_model(folder, strategy="fomaml", epochs=3):
+    """A tiny CTC model trained on a fresh tone corpus and exported:
+    ``{"csv", "rows", "export"}`` (module fixtures of the adaptation tests)."""
+    from sb_meta.export import export_brain
+
+    folder = pathlib.Path(folder)
+    csv = make_corpus(folder / "corpus")
+    brain, yaml_path = train_tiny_brain(folder / "exp", csv, strategy=strategy, epochs=epochs)
+    return {"tmp": folder, "csv": csv, "rows": read_rows(csv),
+            "export": export_brain(brain, folder / "pretrained", hparams_file=yaml_path)}
+
+
 def read_rows(csv):
     from sb_meta.data.manifest import read_manifest
 
