@@ -325,6 +325,18 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
     return method, rec
 
 
+def grid_suffix(grid):
+    """Each grid of :data:`GRIDS` but the short one keeps its own selections and results,
+    under names ending in this."""
+    return "" if grid == "short" else f"_{grid}"
+
+
+def choose_on_grid(model, name, grid, dev_repeats):
+    """(Method, selection record): ``model``'s adaptation chosen on the dev speakers from the
+    named grid of :data:`GRIDS`."""
+    return choose(model, name + grid_suffix(grid), OUT / "manifests" / "dev.csv", dev_repeats, grid=GRIDS[grid])
+
+
 def cmd_evaluate(args):
     from sb_meta.evaluation import Method, compare_models, evaluate_kshot, write_report
 
@@ -332,10 +344,10 @@ def cmd_evaluate(args):
     manifests = OUT / "manifests"
     models = _models(args.family, args.models.split(","))
     results, chosen = {}, {}
-    suffix = "" if args.grid == "short" else f"_{args.grid}"  # each grid keeps its own selections and results
+    suffix = grid_suffix(args.grid)
     out = OUT / "eval" / (args.family + suffix)
     for name, model in models.items():
-        method, rec = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
+        method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
         folder = out / name
         key = {"method": _method_key(method), "ks": list(KS), "repeats": args.repeats,
@@ -417,8 +429,8 @@ def cmd_methods(args):
     manifests = OUT / "manifests"
     (name,) = args.models.split(",")
     model = _models(args.family, [name])[name]
-    suffix = "" if args.grid == "short" else f"_{args.grid}"
-    base, _ = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
+    suffix = grid_suffix(args.grid)
+    base, _ = choose_on_grid(model, name, args.grid, args.dev_repeats)
     methods = method_grid(model, base, name + suffix, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
@@ -444,10 +456,9 @@ def cmd_guard(args):
     from sb_meta.evaluation import Method, evaluate_kshot, write_report
 
     manifests = OUT / "manifests"
-    suffix = "" if args.grid == "short" else f"_{args.grid}"
-    out = {}
+    suffix, out = grid_suffix(args.grid), {}
     for name, model in _models(args.family, args.models.split(",")).items():
-        method, _ = choose(model, name + suffix, manifests / "dev.csv", args.dev_repeats, grid=GRIDS[args.grid])
+        method, _ = choose_on_grid(model, name, args.grid, args.dev_repeats)
         d = method.as_dict()
         methods = [Method(**dict(d, name="adapted")), Method(**dict(d, name="adapted+guard", guard=True))]
         folder = OUT / "eval" / args.family / f"guard_{name}{suffix}"

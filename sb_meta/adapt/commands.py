@@ -16,7 +16,6 @@ Example
 ([0, 1, 5], ['finetune', 'anil'], 3)
 """
 
-import functools
 import pathlib
 import sys
 
@@ -82,16 +81,8 @@ def _cmd_adapt(args):
     data_root = args.data_root or pathlib.Path(args.support).parent
     addons, addon_config = _addon_settings(args)
     model = load_model(args.model, device=args.device)
-    if args.guard:  # keep the adaptation only when held-out support utterances say it helps
-        from sb_meta.adapt.safeguard import guarded_adapt
-
-        adapt, extra = functools.partial(guarded_adapt, model), {}
-    else:
-        adapt, extra = model.adapt, {"unsupervised": args.unsupervised}
-    adapted = adapt(
-        [resolve_wav(r["wav"], data_root) for r in chosen],
-        None if args.unsupervised else [r["wrd"] for r in chosen],  # unsupervised: never read
-        **extra,
+    wavs = [resolve_wav(r["wav"], data_root) for r in chosen]
+    settings = dict(
         strategy=args.strategy,
         steps=args.steps,
         lr=args.lr,
@@ -101,6 +92,13 @@ def _cmd_adapt(args):
         addon_config=addon_config or None,
         task=args.task,
     )
+    if args.guard:  # keep the adaptation only when held-out support utterances say it helps
+        from sb_meta.adapt.safeguard import guarded_adapt
+
+        adapted = guarded_adapt(model, wavs, [r["wrd"] for r in chosen], **settings)
+    else:  # unsupervised: the transcripts are never read
+        texts = None if args.unsupervised else [r["wrd"] for r in chosen]
+        adapted = model.adapt(wavs, texts, unsupervised=args.unsupervised, **settings)
     if args.adapters_only:
         out = adapted.export_adapters(args.out, force=args.force)
     else:  # lora / lhuc adapters are folded into the weights: a plain SpeechBrain folder

@@ -292,6 +292,19 @@ class AdaptableASR:
         )
         return model
 
+    def _unchanged(self, strategy, support, asr=None, brain=None, **why):
+        """A frozen copy of this model (``asr``: one already made) whose provenance
+        records an adaptation of 0 steps on ``support`` and ``why`` it took none."""
+        asr = asr if asr is not None else self._copy()
+        self._freeze(asr)
+        record = {"time": _now(), "source": self.source, "strategy": strategy, "steps": 0, **why,
+                  "support": support}
+        info = copy.deepcopy(self.info) if self.info is not None else {}
+        info["adaptations"] = list(info.get("adaptations") or []) + [record]
+        unchanged = self._derived(asr, info, adapters=copy.deepcopy(self.adapters), brain=brain)
+        unchanged.last_adaptation = record
+        return unchanged
+
     def _brain_for(self, asr, strategy, steps, lr, adapt_params, addons, addon_config, ctc_weight):
         """An :class:`AdaptBrain` over ``asr``'s modules (add-on surgery applied)."""
         view = trainable_view(asr, self.module_names)
@@ -434,15 +447,8 @@ class AdaptableASR:
             for i, (hyp, conf) in enumerate(labels):
                 records[i]["pseudo_label"], records[i]["confidence"] = hyp, conf
             if not keep:
-                self._freeze(new_asr)
-                info = copy.deepcopy(self.info) if self.info is not None else {}
-                record = {"time": _now(), "source": self.source, "strategy": strategy, "steps": 0,
-                          "unsupervised": dict(unsup_log, stopped="no utterance confident enough"),
-                          "support": records}
-                info["adaptations"] = list(info.get("adaptations") or []) + [record]
-                adapted = self._derived(new_asr, info, adapters=copy.deepcopy(carried), brain=brain)
-                adapted.last_adaptation = record
-                return adapted
+                return self._unchanged(strategy, records, new_asr, brain,
+                                       unsupervised=dict(unsup_log, stopped="no utterance confident enough"))
             wavs, names = [wavs[i] for i in keep], [names[i] for i in keep]
             tokens = [self.encode_transcript(labels[i][0], names[j]) for j, i in enumerate(keep)]
         elif unsupervised == "entropy":

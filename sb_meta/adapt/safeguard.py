@@ -80,20 +80,10 @@ def guarded_adapt(model, wavs, transcripts, folds=None, **adapt_kwargs):
     held-out word errors before and after and whether the adaptation was kept
     (an unchanged copy records 0 steps); ``model`` itself is never modified.
     """
-    from sb_meta.adapt.model import _now
-
     check = holdout_errors(model, wavs, transcripts, folds=folds, **copy.deepcopy(adapt_kwargs))
     check["kept"] = bool(check["errors_after"] < check["errors_before"])
-    if check["kept"]:
-        adapted = model.adapt(wavs, transcripts, **adapt_kwargs)
-        adapted.last_adaptation["guard"] = check
-        return adapted
-    record = {"time": _now(), "source": model.source, "strategy": adapt_kwargs.get("strategy"), "steps": 0,
-              "guard": check, "support": list(adapt_kwargs.get("ids") or [])}
-    info = copy.deepcopy(model.info) if model.info is not None else {}
-    info["adaptations"] = list(info.get("adaptations") or []) + [record]
-    asr = model._copy()  # the same copy an adaptation starts from, left as it is
-    type(model)._freeze(asr)
-    unchanged = model._derived(asr, info, adapters=copy.deepcopy(model.adapters))
-    unchanged.last_adaptation = record
-    return unchanged
+    if not check["kept"]:
+        return model._unchanged(adapt_kwargs.get("strategy"), list(adapt_kwargs.get("ids") or []), guard=check)
+    adapted = model.adapt(wavs, transcripts, **adapt_kwargs)
+    adapted.last_adaptation["guard"] = check
+    return adapted
