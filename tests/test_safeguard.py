@@ -59,6 +59,7 @@ def test_the_adaptation_is_kept_only_when_it_removed_held_out_errors(setup, monk
     out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=2, lr=0.05)
     assert out is not model and out.last_adaptation["guard"]["kept"] is kept
     assert out.last_adaptation["steps"] == (2 if kept else 0)
+    assert out.last_adaptation["strategy"] == model.default_strategy  # the one adaptation would have used
     assert out.info["adaptations"][-1]["guard"]["errors_after"] == (3 if kept else 6)
     moved = any(not torch.equal(p, before[n]) for n, p in out.named_parameters())
     assert moved is kept  # rejected: an unchanged copy
@@ -78,6 +79,10 @@ def test_the_guard_is_a_method_setting_and_refuses_what_it_cannot_check(setup):
         Method(name="g", strategy="finetune", guard=True).adapt(model, wavs[:1], texts[:1], ids[:1], "spk")
     with pytest.raises(ValueError, match="cannot guard unsupervised"):
         Method(name="g", unsupervised="entropy", guard=True).adapt(model, wavs, None, ids, "spk")
+    from sb_meta.adapt import guarded_adapt
+
+    with pytest.raises(ValueError, match="against their transcripts: give them"):
+        guarded_adapt(model, wavs, None, steps=1)
 
 
 @pytest.mark.parametrize("kept", [True, False])

@@ -56,6 +56,9 @@ def holdout_errors(model, wavs, transcripts, folds=None, **adapt_kwargs):
         ``errors_before``, ``errors_after``, ``words`` (summed over the folds), ``folds``.
     """
     n = len(wavs)
+    if transcripts is None:
+        raise ValueError("the adaptation guard decodes held-out support utterances against their "
+                         "transcripts: give them (it cannot guard unsupervised adaptation)")
     if n < 2 or len(transcripts) != n:
         raise ValueError(f"the adaptation guard holds one of the support utterances out: it needs at least 2 "
                          f"utterances with one transcript each, got {n} utterance(s) and {len(transcripts)} transcript(s)")
@@ -83,7 +86,8 @@ def guarded_adapt(model, wavs, transcripts, folds=None, **adapt_kwargs):
     check = holdout_errors(model, wavs, transcripts, folds=folds, **copy.deepcopy(adapt_kwargs))
     check["kept"] = bool(check["errors_after"] < check["errors_before"])
     if not check["kept"]:
-        return model._unchanged(adapt_kwargs.get("strategy"), list(adapt_kwargs.get("ids") or []), guard=check)
+        strategy = adapt_kwargs.get("strategy") or model.default_strategy  # what adapt() would have used
+        return model._unchanged(strategy, list(adapt_kwargs.get("ids") or []), guard=check)
     adapted = model.adapt(wavs, transcripts, **adapt_kwargs)
     adapted.last_adaptation["guard"] = check
     return adapted
