@@ -256,7 +256,18 @@ DEV_GRID_LONG = [
     {"name": f"all_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps, "adapt_params": None}
     for lr, steps in ((0.05, 25), (0.1, 25), (0.2, 25), (0.1, 50))
 ]
-GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG}
+#: feature-space then model-space adaptation (``evaluate --grid cmvn``): the support's input
+#: statistics blended into the training ones (weight 0.25 or 0.5), alone (no transcripts read)
+#: or followed by the short grid's 3 steps on every parameter; the plain 3 steps stay candidates
+DEV_GRID_CMVN = [
+    {"name": f"cmvn_w{w:g}", "strategy": "finetune", "steps": 1, "unsupervised": "cmvn",
+     "unsupervised_config": {"cmvn_weight": w}} for w in (0.25, 0.5)
+] + [
+    dict({"name": f"{'cmvn_w%g_' % w if w else ''}all_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3,
+          "adapt_params": None}, **({"cmvn": w} if w else {}))
+    for w in (None, 0.25, 0.5) for lr in (0.005, 0.02, 0.05)
+]
+GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN}
 KS = (0, 1, 2, 5, 10)
 K_MAIN = 5
 
@@ -287,8 +298,9 @@ def _model_stamp(family, name):
 
 def _method_key(method):
     """A method as a cache key: fields added to :class:`Method` after results were cached
-    (``guard``) are left out at their default, so that those results stay reusable."""
-    return {k: v for k, v in method.as_dict().items() if not (k == "guard" and not v)}
+    (``guard``, ``cmvn``) are left out at their default, so that those results stay reusable."""
+    added = {"guard": False, "cmvn": None}
+    return {k: v for k, v in method.as_dict().items() if not (k in added and v == added[k])}
 
 
 def _cached(path, key):

@@ -150,12 +150,14 @@ def test_every_study_command_the_docs_show_parses():
         assert callable(args.func), line
 
 
-def test_cached_evaluations_stay_reusable_when_method_gains_the_guard_field():
+def test_cached_evaluations_stay_reusable_when_method_gains_the_guard_and_cmvn_fields():
     import an4_study
 
     from sb_meta.evaluation import Method
 
     plain = Method(name="adapted", strategy="finetune", lr=0.1, steps=25)
-    old_key = {k: v for k, v in plain.as_dict().items() if k != "guard"}  # as cached before the field existed
+    # as cached before the fields existed
+    old_key = {k: v for k, v in plain.as_dict().items() if k not in ("guard", "cmvn")}
     assert an4_study._method_key(plain) == old_key
     assert an4_study._method_key(Method(**dict(plain.as_dict(), guard=True)))["guard"] is True
+    assert an4_study._method_key(Method(**dict(plain.as_dict(), cmvn=0.25)))["cmvn"] == 0.25

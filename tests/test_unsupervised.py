@@ -144,3 +144,62 @@ def test_cmvn_re_estimates_the_input_statistics_from_audio_alone(setup, monkeypa
     assert torch.allclose(norm(again).glob_mean, norm(adapted).glob_mean)
     with pytest.raises(ValueError, match="cmvn_weight"):
         model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 2})
+
+
+def test_cmvn_then_a_supervised_update(setup):
+    """``cmvn=w``: the support's statistics first, then the steps on the renormalised features."""
+    from speechbrain.processing.features import InputNormalization
+
+    from sb_meta.adapt import load_model
+    from sb_meta.evaluation import Method
+
+    model = load_model(setup["export"])
+    rows = setup["rows"][5:9]
+    wavs, texts = [r["wav"] for r in rows], [r["wrd"] for r in rows]
+
+    def norm(m):
+        (n,) = [x for x in m.asr.mods.modules() if isinstance(x, InputNormalization)]
+        return n
+
+    torch.manual_seed(0)
+    both = model.adapt(wavs, texts, steps=2, lr=0.05, cmvn=0.5)
+    stats = model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5})
+    assert torch.allclose(norm(both).glob_mean, norm(stats).glob_mean)
+    assert changed(model, both)  # the weights moved too
+    # the same steps taken from the renormalised model give the same weights: the statistics
+    # were re-estimated before the update, and the update saw the renormalised features
+    torch.manual_seed(0)
+    after = stats.adapt(wavs, texts, steps=2, lr=0.05)
+    mine = dict(both.named_parameters())
+    assert all(torch.allclose(p, mine[n], atol=1e-6) for n, p in after.named_parameters())
+    torch.manual_seed(0)
+    plain = model.adapt(wavs, texts, steps=2, lr=0.05)
+    assert not all(torch.allclose(p, mine[n]) for n, p in plain.named_parameters())
+    rec = both.last_adaptation
+    assert rec["cmvn"]["weight"] == 0.5 and rec["cmvn"]["frames"] > 0 and rec["steps"] == 2
+    torch.manual_seed(0)
+    via = Method(name="c", strategy="finetune", steps=2, lr=0.05, cmvn=0.5).adapt(model, wavs, texts, None, "t")
+    assert torch.allclose(norm(via).glob_mean, norm(both).glob_mean)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="cmvn must be a weight"):
+            model.adapt(wavs, texts, cmvn=bad)
+    with pytest.raises(ValueError, match="give one of them"):
+        model.adapt(wavs, None, unsupervised="cmvn", cmvn=0.5)
+
+
+def test_the_command_adapts_after_re_estimating_the_statistics(setup, tmp_path, capsys):
+    import json
+
+    from sb_meta.cli import main
+
+    base = ["adapt", "--model", str(setup["export"]), "--support", str(setup["csv"]), "--task", "s1", "--k", "3"]
+    out = tmp_path / "both"
+    assert main(base + ["--steps", "2", "--lr", "0.05", "--cmvn", "0.5", "--out", str(out)]) == 0
+    assert "statistics re-estimated" in capsys.readouterr().out
+    last = json.loads((out / "sbmeta.json").read_text())["adaptations"][-1]
+    assert last["cmvn"]["weight"] == 0.5 and last["steps"] == 2
+    for extra, says in ((["--cmvn", "0.5", "--unsupervised", "cmvn"], "give one of them"),
+                        (["--cmvn", "2"], "must be a weight")):
+        assert main(base + extra + ["--out", str(tmp_path / "x")]) != 0
+        assert says in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()

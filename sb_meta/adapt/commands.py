@@ -57,6 +57,11 @@ def _cmd_adapt(args):
     if args.guard and args.unsupervised:
         raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
                          "guard --unsupervised adaptation")
+    if args.cmvn is not None and args.unsupervised == "cmvn":
+        raise ValueError("--cmvn re-estimates the input statistics before an update; --unsupervised cmvn "
+                         "does only that: give one of them")
+    if args.cmvn is not None and not 0.0 < args.cmvn <= 1.0:
+        raise ValueError(f"--cmvn must be a weight in (0, 1], got {args.cmvn}")
     check_destination(args.out, force=args.force)  # refuse before any work
     needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
     rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
@@ -92,6 +97,8 @@ def _cmd_adapt(args):
         addon_config=addon_config or None,
         task=args.task,
     )
+    if args.cmvn is not None:
+        settings["cmvn"] = args.cmvn
     if args.guard:  # keep the adaptation only when held-out support utterances say it helps
         from sb_meta.adapt.safeguard import guarded_adapt
 
@@ -108,6 +115,10 @@ def _cmd_adapt(args):
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
+    if rec.get("cmvn"):
+        c = rec["cmvn"]
+        print(f"Input statistics re-estimated on {c['frames']} support frames (weight {c['weight']}) "
+              "before the update")
     if rec.get("guard"):
         g = rec["guard"]
         print(f"Guard: {g['errors_before']} -> {g['errors_after']} word errors on {g['words']} held-out words "
@@ -342,6 +353,10 @@ def add_commands(subparsers):
                    help="adapt once per support utterance on the others first, and keep the adaptation "
                         "only when it removed more word errors than it added on the held-out ones "
                         "(k + 1 adaptations; needs k >= 2)")
+    p.add_argument("--cmvn", type=float, default=None, metavar="W",
+                   help="before the update, re-estimate the input statistics on the support audio and "
+                        "blend them into the training ones with weight W in (0, 1] (feature-space, then "
+                        "model-space adaptation)")
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")

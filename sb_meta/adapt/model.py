@@ -346,7 +346,7 @@ class AdaptableASR:
     def adapt(self, wavs_or_paths, transcripts, strategy=None, steps=3, lr=None,
               adapt_params=None, batch_size=None, ids=None, addons=None, peft=None,
               addon_config=None, task=None, ctc_weight=None, unsupervised=None,
-              unsupervised_config=None):
+              unsupervised_config=None, cmvn=None):
         """A new model adapted to the support utterances (this one is unchanged).
 
         Arguments
@@ -388,6 +388,12 @@ class AdaptableASR:
             (``transcripts`` must be None; see :mod:`sb_meta.adapt.unsupervised`).
         unsupervised_config : dict, optional
             ``confidence``, ``min_improvement``, ``blank_guard``, ``cmvn_weight``...
+        cmvn : float, optional
+            Feature-space then model-space adaptation: before the update,
+            re-estimate the input statistics on the support audio, blended with
+            the training statistics with this weight in (0, 1] (as
+            ``unsupervised="cmvn"`` does alone); the steps then adapt to the
+            renormalised features.
 
         Returns
         -------
@@ -427,6 +433,12 @@ class AdaptableASR:
                 raise ValueError(f"unsupervised adaptation needs a CTC head; this model has {view.losses}")
         elif transcripts is None:
             raise ValueError(f"give the support transcripts, or unsupervised= one of {unsup.MODES}")
+        if cmvn is not None:
+            if unsupervised == "cmvn":
+                raise ValueError("cmvn= re-estimates the input statistics before an update; "
+                                 "unsupervised='cmvn' already does only that: give one of them")
+            if isinstance(cmvn, bool) or not 0.0 < float(cmvn) <= 1.0:
+                raise ValueError(f"cmvn must be a weight in (0, 1], got {cmvn!r}")
         config = dict(unsup.DEFAULTS, **(unsupervised_config or {}))
         unknown = sorted(set(config) - set(unsup.DEFAULTS))
         if unknown:
@@ -485,7 +497,10 @@ class AdaptableASR:
             torch.backends.cudnn.flags(enabled=False)
             if str(self.device).startswith("cuda") else contextlib.nullcontext()
         )
+        renormalized = None
         with cudnn_off:
+            if cmvn is not None:  # the support's input statistics first, then the update below
+                renormalized = unsup.renormalize(brain, batches, float(cmvn))
             if unsupervised == "cmvn":  # new input statistics, no gradient step
                 unsup_log, fast = dict(mode="cmvn", **unsup.renormalize(brain, batches, config["cmvn_weight"])), {}
             elif unsupervised == "entropy":
@@ -519,6 +534,8 @@ class AdaptableASR:
         }
         if unsup_log is not None:
             record["unsupervised"] = unsup_log
+        if renormalized is not None:
+            record["cmvn"] = dict(weight=float(cmvn), **renormalized)
         if addons:
             record["addons"] = list(addons)
             record["addon_config"] = dict(addon_config)

@@ -51,6 +51,9 @@ class Method:
     guard : bool
         Keep a supervised adaptation only when it lowers the word errors of
         support utterances held out of it in turn (:mod:`sb_meta.adapt.safeguard`).
+    cmvn : float, optional
+        Re-estimate the input statistics on the support with this weight
+        before the update (feature-space, then model-space adaptation).
     """
 
     name: str
@@ -63,6 +66,7 @@ class Method:
     unsupervised: str = None
     unsupervised_config: dict = field(default_factory=dict)
     guard: bool = False
+    cmvn: float = None
 
     @classmethod
     def parse(cls, text):
@@ -92,6 +96,8 @@ class Method:
             addons=list(self.addons) or None,
             addon_config=dict(self.addon_config) or None,
         )
+        if self.cmvn is not None:
+            kwargs["cmvn"] = self.cmvn
         if self.unsupervised:
             if self.guard:
                 raise ValueError(f"method {self.name!r}: the guard checks transcripts of held-out support "
