@@ -272,7 +272,12 @@ KS = (0, 1, 2, 5, 10)
 K_MAIN = 5
 
 
-def _models(family, names):
+#: how the study decodes: ``greedy`` (SpeechBrain's CTC decoding) or ``lexicon`` (a beam search
+#: restricted to the training transcripts' words, :mod:`sb_meta.adapt.lexicon`)
+DECODERS = ("greedy", "lexicon")
+
+
+def _models(family, names, decoder="greedy"):
     from sb_meta.adapt import load_model
 
     out = {}
@@ -281,6 +286,8 @@ def _models(family, names):
         if not folder.is_dir():
             raise SystemExit(f"an4_study: no model {folder}; train it first")
         out[name] = load_model(folder)
+        if decoder == "lexicon":  # the training speakers' words: nothing from dev or test
+            out[name].set_lexicon(OUT / "manifests" / "train.csv")
     return out
 
 
@@ -337,16 +344,23 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
     return method, rec
 
 
-def grid_suffix(grid):
-    """Each grid of :data:`GRIDS` but the short one keeps its own selections and results,
-    under names ending in this."""
-    return "" if grid == "short" else f"_{grid}"
+def grid_suffix(grid, decoder="greedy"):
+    """Each grid of :data:`GRIDS` but the short one, and each decoder but greedy, keeps its
+    own selections and results, under names ending in this."""
+    return ("" if grid == "short" else f"_{grid}") + ("" if decoder == "greedy" else f"_{decoder}")
 
 
-def choose_on_grid(model, name, grid, dev_repeats):
+def _flags(args):
+    """The ``--grid`` / ``--decoder`` flags of a command line, where not the defaults."""
+    return (f" --grid {args.grid}" if args.grid != "short" else "") + (
+        f" --decoder {args.decoder}" if getattr(args, "decoder", "greedy") != "greedy" else "")
+
+
+def choose_on_grid(model, name, grid, dev_repeats, decoder="greedy"):
     """(Method, selection record): ``model``'s adaptation chosen on the dev speakers from the
-    named grid of :data:`GRIDS`."""
-    return choose(model, name + grid_suffix(grid), OUT / "manifests" / "dev.csv", dev_repeats, grid=GRIDS[grid])
+    named grid of :data:`GRIDS` (decoded with ``decoder``, as ``model`` is)."""
+    return choose(model, name + grid_suffix(grid, decoder), OUT / "manifests" / "dev.csv", dev_repeats,
+                  grid=GRIDS[grid])
 
 
 def cmd_evaluate(args):
@@ -354,12 +368,12 @@ def cmd_evaluate(args):
 
     an4_root(args.an4_root)
     manifests = OUT / "manifests"
-    models = _models(args.family, args.models.split(","))
+    models = _models(args.family, args.models.split(","), args.decoder)
     results, chosen = {}, {}
-    suffix = grid_suffix(args.grid)
+    suffix = grid_suffix(args.grid, args.decoder)
     out = OUT / "eval" / (args.family + suffix)
     for name, model in models.items():
-        method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats)
+        method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
         folder = out / name
         key = {"method": _method_key(method), "ks": list(KS), "repeats": args.repeats,
@@ -385,13 +399,13 @@ def cmd_evaluate(args):
                                   for k in KS if k > 0}
                            for name in results if name not in (ref, "base")}
     comparisons = paired.get("joint", {})
-    record = {"family": args.family, "grid": args.grid, "ks": KS, "repeats": args.repeats, "chosen": chosen,
+    record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "machine": _machine(),
               "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
-                         f"--reference {args.reference}" + (f" --grid {args.grid}" if suffix else "")}
+                         f"--reference {args.reference}" + _flags(args)}
     _write(out / "record.json", record)
     return record
 
@@ -440,9 +454,9 @@ def cmd_methods(args):
 
     manifests = OUT / "manifests"
     (name,) = args.models.split(",")
-    model = _models(args.family, [name])[name]
-    suffix = grid_suffix(args.grid)
-    base, _ = choose_on_grid(model, name, args.grid, args.dev_repeats)
+    model = _models(args.family, [name], args.decoder)[name]
+    suffix = grid_suffix(args.grid, args.decoder)
+    base, _ = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
     methods = method_grid(model, base, name + suffix, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
@@ -453,11 +467,12 @@ def cmd_methods(args):
     res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
                          methods=methods, progress=False)
     write_report(res, OUT / "eval" / args.family / f"methods_{name}{suffix}")
-    record = {"family": args.family, "model": name, "grid": args.grid, "base_method": base.as_dict(),
+    record = {"family": args.family, "model": name, "grid": args.grid, "decoder": args.decoder,
+              "base_method": base.as_dict(),
               "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
               "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")
-                         + (f" --grid {args.grid}" if suffix else "")}
+                         + _flags(args)}
     _write(OUT / "eval" / args.family / f"methods_{name}{suffix}.json", record)
     return record
 
@@ -468,9 +483,9 @@ def cmd_guard(args):
     from sb_meta.evaluation import Method, evaluate_kshot, write_report
 
     manifests = OUT / "manifests"
-    suffix, out = grid_suffix(args.grid), {}
-    for name, model in _models(args.family, args.models.split(",")).items():
-        method, _ = choose_on_grid(model, name, args.grid, args.dev_repeats)
+    suffix, out = grid_suffix(args.grid, args.decoder), {}
+    for name, model in _models(args.family, args.models.split(","), args.decoder).items():
+        method, _ = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
         d = method.as_dict()
         methods = [Method(**dict(d, name="adapted")), Method(**dict(d, name="adapted+guard", guard=True))]
         folder = OUT / "eval" / args.family / f"guard_{name}{suffix}"
@@ -489,10 +504,12 @@ def cmd_guard(args):
             s = res["summary"][m][str(K_MAIN)]
             _say(f"{name} {m}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} ({s['delta_wer_mean']:+.2f} "
                  f"{s['delta_ci']}), worse {len(s['worse_tasks'])}/{s['tasks']}")
-    record = {"family": args.family, "grid": args.grid, "repeats": args.repeats, "models": out,
+    record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "repeats": args.repeats,
+              "models": out,
               "machine": _machine(),
               "command": f"python benchmarks/an4_study.py guard --family {args.family} --models {args.models} "
-                         f"--grid {args.grid} --dev-repeats {args.dev_repeats} --repeats {args.repeats}"}
+                         f"--grid {args.grid} --dev-repeats {args.dev_repeats} --repeats {args.repeats}"
+                         + (f" --decoder {args.decoder}" if args.decoder != "greedy" else "")}
     _write(OUT / "eval" / args.family / f"guard{suffix}.json", record)
     return record
 
@@ -627,6 +644,8 @@ def add_eval_commands(sub):
                    help="comma-separated models every other one is compared with, paired")
     e.add_argument("--grid", choices=sorted(GRIDS), default="short",
                    help="the candidates chosen from on dev: short (3 steps, all or head) or long (25-50 steps)")
+    e.add_argument("--decoder", choices=DECODERS, default="greedy",
+                   help="greedy CTC decoding, or a beam search restricted to the training words")
     e.set_defaults(func=cmd_evaluate)
     m = sub.add_parser("methods", help="adaptation methods compared on the same draws")
     m.add_argument("--family", required=True)
@@ -636,6 +655,8 @@ def add_eval_commands(sub):
     m.add_argument("--unsupervised", action="store_true")
     m.add_argument("--grid", choices=sorted(GRIDS), default="short",
                    help="the grid the full update's step size and steps are chosen from (as in evaluate)")
+    m.add_argument("--decoder", choices=DECODERS, default="greedy",
+                   help="greedy CTC decoding, or a beam search restricted to the training words")
     m.set_defaults(func=cmd_methods)
     g = sub.add_parser("guard", help="the dev-chosen adaptation with and without the leave-one-out guard")
     g.add_argument("--family", required=True)
@@ -643,6 +664,8 @@ def add_eval_commands(sub):
     g.add_argument("--grid", choices=sorted(GRIDS), default="long")
     g.add_argument("--repeats", type=int, default=2)
     g.add_argument("--dev-repeats", type=int, default=2)
+    g.add_argument("--decoder", choices=DECODERS, default="greedy",
+                   help="greedy CTC decoding, or a beam search restricted to the training words")
     g.set_defaults(func=cmd_guard)
     c = sub.add_parser("channels", help="(speaker, channel) tasks")
     c.add_argument("--family", required=True)

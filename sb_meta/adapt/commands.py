@@ -241,10 +241,25 @@ def _addon_settings(args):
     return addons, config
 
 
+def _with_lexicon(model, args):
+    """``model`` decoding with the lexicon of ``--lexicon`` (when given)."""
+    if args.lexicon:
+        model.set_lexicon(args.lexicon, beam_size=args.beam_size)
+    return model
+
+
+def _lexicon_options(p):
+    p.add_argument("--lexicon", default=None,
+                   help="decode with a beam search restricted to these words: a text file of words "
+                        "(e.g. one per line) or a CSV manifest (its wrd column), e.g. the training manifest; "
+                        "CTC models with character labels (needs pip install flashlight-text)")
+    p.add_argument("--beam-size", type=int, default=50, help="beam of the --lexicon search")
+
+
 def _cmd_transcribe(args):
     from sb_meta.adapt import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = _with_lexicon(load_model(args.model, device=args.device), args)
     failed = 0
     for path in args.files:
         try:
@@ -274,7 +289,7 @@ def _cmd_evaluate(args):
     if args.unsupervised:  # each method also without transcripts, on the same draws
         methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
                     for m in methods]
-    model = load_model(args.model, device=args.device)
+    model = _with_lexicon(load_model(args.model, device=args.device), args)
     results = evaluate_kshot(
         model,
         args.data,
@@ -363,6 +378,7 @@ def add_commands(subparsers):
     p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
     p.add_argument("--device", default=None)
     p.add_argument("files", nargs="+", help="audio files")
+    _lexicon_options(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = subparsers.add_parser(
@@ -390,4 +406,5 @@ def add_commands(subparsers):
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, wer_vs_k.png)")
+    _lexicon_options(p)
     p.set_defaults(func=_cmd_evaluate)

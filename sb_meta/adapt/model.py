@@ -85,6 +85,7 @@ class AdaptableASR:
         self._brain = brain
         self._registry = registry
         self.last_adaptation = None
+        self.decoder = None  # a LexiconDecoder (set_lexicon), else SpeechBrain's own decoding
 
     def __repr__(self):
         return (
@@ -179,8 +180,33 @@ class AdaptableASR:
         return encode_transcript(self.tokenizer, text, name, self.view.blank_index)
 
     def transcribe_batch(self, wavs, wav_lens):
-        """SpeechBrain's ``transcribe_batch``: (words, token ids)."""
+        """SpeechBrain's ``transcribe_batch``: (words, token ids); with a lexicon
+        (:meth:`set_lexicon`), (words, None) from the lexicon-constrained search."""
+        if self.decoder is not None:
+            return self.decoder(self.log_probs(wavs, wav_lens), wav_lens), None
         return self.asr.transcribe_batch(wavs, wav_lens)
+
+    def set_lexicon(self, words, **options):
+        """Decode with a beam search restricted to ``words`` from now on (None: SpeechBrain's
+        own decoding again); models adapted from this one decode the same way.
+
+        Arguments
+        ---------
+        words : list of str, str, pathlib.Path or None
+            The words, a text file of words or a CSV manifest (its ``wrd`` column).
+        **options
+            ``beam_size``, ``word_score``, ``sil_score`` of
+            :class:`~sb_meta.adapt.lexicon.LexiconDecoder`.
+
+        Returns
+        -------
+        AdaptableASR
+            This model.
+        """
+        from sb_meta.adapt.lexicon import LexiconDecoder
+
+        self.decoder = None if words is None else LexiconDecoder.for_model(self, words, **options)
+        return self
 
     def transcribe_file(self, path):
         """The transcript of one audio file."""
@@ -290,6 +316,7 @@ class AdaptableASR:
             asr, self.yaml_text, info=info, source=self.source, files=self._files,
             meta_state=self.meta_state, adapters=adapters, brain=brain, registry=self._registry,
         )
+        model.decoder = self.decoder  # stateless: shared
         return model
 
     def _unchanged(self, strategy, support, asr=None, brain=None, **why):
