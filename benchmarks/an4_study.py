@@ -760,6 +760,37 @@ def add_transfer_commands(sub):
 
 
 # --------------------------------------------------------------------- report
+def cmd_decode(args):
+    """Each CTC base decoded greedily and with the lexicon of the training words, on every dev
+    and test utterance (the same exported model and batches for both; nothing chosen on test:
+    the search keeps torchaudio's defaults, beam 50, no word or silence score)."""
+    from sb_meta.evaluation.protocol import error_rates
+    from sb_meta.data.manifest import read_manifest
+
+    an4_root(args.an4_root)
+    record = {"families": {}, "lexicon": str(OUT / "manifests" / "train.csv"), "machine": _machine(),
+              "command": f"python benchmarks/an4_study.py decode --families {args.families}"}
+    for fam in args.families.split(","):
+        model = _models(fam, ["base"])["base"]
+        rec = {}
+        for split in ("dev", "test"):
+            rows = read_manifest(OUT / "manifests" / f"{split}.csv", required=("ID", "wav", "wrd"))
+            wavs = [model.load_audio(r["wav"], what=f"audio file of {r['ID']}") for r in rows]
+            refs = [r["wrd"] for r in rows]
+            for decoder in DECODERS:
+                model.set_lexicon(OUT / "manifests" / "train.csv" if decoder == "lexicon" else None)
+                start = time.process_time()
+                hyps = model.transcribe_waveforms(wavs)
+                wer, cer = error_rates(hyps, refs)
+                rec.setdefault(decoder, {})[split] = {"wer": wer, "cer": cer, "utterances": len(rows),
+                                                     "cpu_seconds": round(time.process_time() - start, 1)}
+                _say(f"{fam} {split} {decoder}: WER {wer:.2f} CER {cer:.2f}")
+        rec["words"] = len(model.set_lexicon(OUT / "manifests" / "train.csv").decoder.words)
+        record["families"][fam] = rec
+    _write(OUT / "decode" / "record.json", record)
+    return record
+
+
 def cmd_report(args):
     from an4_study_report import write_report
 
@@ -778,6 +809,9 @@ def build_parser():
     b.add_argument("--tag", default=None, help="a variant: trained into base/<family>_<tag>, "
                    "evaluated as model base_<tag> (e.g. meta-training from scratch)")
     b.set_defaults(func=cmd_base)
+    d = sub.add_parser("decode", help="each CTC base decoded greedily and with the training words' lexicon")
+    d.add_argument("--families", default="crdnn_ctc")
+    d.set_defaults(func=cmd_decode)
     m = sub.add_parser("meta", help="meta-train from a base at equal budgets")
     m.add_argument("--family", choices=sorted(FAMILIES), required=True)
     m.add_argument("--strategies", default="joint,fomaml,reptile,metasgd")
