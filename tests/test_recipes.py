@@ -97,6 +97,8 @@ def test_the_crdnn_attention_recipe_runs(tiny_corpus, tmp_path, strategy):
         (["--meta_addons=nope"], "unknown add-on 'nope'"),
         (["--plugins=[./no_such_plugin.py]"], "no_such_plugin.py"),
         (["--peft_rnak=3", "--meta_addons=[lora]"], "unknown key 'peft_rnak'"),
+        (["--test_lexicon=no_such_words.txt", "--k_support=2", "--k_query=2", "--meta_batch_tasks=2"],
+         "lexicon no_such_words.txt does not exist"),
     ],
 )
 def test_recipe_errors_are_one_line_and_leave_no_folder(tiny_corpus, tmp_path, args, message, capsys):
@@ -187,3 +189,21 @@ def test_a_word_strategy_in_a_speech_recognizer_recipe_says_which_strategies_fit
     last = proc.stderr.strip().splitlines()[-2]
     assert "classifies words" in last and "recipes/AN4Words" in last and "meta_lstm" in last, last
     assert not (tmp_path / "exp").exists()
+
+
+def test_the_recipe_tests_with_a_lexicon_when_the_yaml_names_one(tiny_corpus, tmp_path):
+    import csv
+
+    words = sorted({w for row in csv.DictReader(open(tiny_corpus / "train.csv")) for w in row["wrd"].split()})
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_text("\n".join(words[: len(words) // 2]) + "\n")  # half the words: the rest never appear
+    out = tmp_path / "exp"
+    brain = train_in_process("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
+                                             "--meta_strategy=joint", f"--test_lexicon={lexicon}", *SMALL])
+    assert brain.lexicon_decoder.words == words[: len(words) // 2]
+    assert "test WER" in (out / "train_log.txt").read_text()
+    # SpeechBrain's alignment file: a reference / operations / hypothesis triple of lines per
+    # utterance, after a legend triple
+    rows = [line for line in (out / "wer_test.txt").read_text().splitlines() if " ; " in line][3:]
+    said = {w.strip() for line in rows[2::3] for w in line.split(";")} - {"<eps>", ""}
+    assert said and said <= set(words[: len(words) // 2])

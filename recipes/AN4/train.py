@@ -101,7 +101,10 @@ class ASR(MetaBrain):
         return loss
 
     def transcribe(self, predictions, stage):
-        """Greedy CTC for CTC models; the YAML's beam searcher for attention models."""
+        """Greedy CTC for CTC models (at test, a beam search over the words of ``test_lexicon``
+        when the YAML names one); the YAML's beam searcher for attention models."""
+        if stage == sb.Stage.TEST and not self.attention and getattr(self.hparams, "test_lexicon", None):
+            return self.lexicon_decoder(predictions.log_probs, predictions.lengths)
         searcher = getattr(self.hparams, "test_search" if stage == sb.Stage.TEST else "valid_search", None)
         if self.attention and searcher is not None:
             tokens, _, _, _ = searcher(predictions.encoder_out, predictions.lengths)
@@ -111,6 +114,18 @@ class ASR(MetaBrain):
     @property
     def tokenizer(self):
         return self.hparams.tokenizer
+
+    @property
+    def lexicon_decoder(self):
+        """sb-meta's lexicon-constrained CTC search over ``test_lexicon`` (a word list or a
+        manifest), made once."""
+        if getattr(self, "_lexicon_decoder", None) is None:
+            from sb_meta.adapt.lexicon import LexiconDecoder
+
+            labels = [self.tokenizer.ind2lab[i] for i in range(len(self.tokenizer.ind2lab))]
+            self._lexicon_decoder = LexiconDecoder(labels, self.hparams.test_lexicon,
+                                                   blank_index=self.hparams.blank_index)
+        return self._lexicon_decoder
 
     def on_stage_start(self, stage, epoch):
         if stage != sb.Stage.TRAIN:
@@ -249,6 +264,8 @@ def main(argv, prepare_data=prepare, brain_class=ASR):
         brain.curve_set = datasets["test"]
         if hparams.get("export_folder"):
             check_destination(hparams["export_folder"], force=True)  # refuse before training
+        if hparams.get("test_lexicon") and not brain.attention:
+            brain.lexicon_decoder  # a missing file or an unspellable word fails now, not after training
     train_kwargs = dict(hparams.get("train_dataloader_opts", {}))
     if hparams.get("plain_batches") and hparams.get("dynamic_batching"):
         # batches of similar durations: far less padding than shuffled fixed-size batches
