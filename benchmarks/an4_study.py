@@ -303,11 +303,26 @@ def _model_stamp(family, name):
     return (_model_folder(family, name) / "sbmeta.json").read_text()
 
 
+#: fields added to :class:`Method` after results were cached, with their defaults
+_LATER_FIELDS = {"unsupervised_config": {}, "guard": False, "cmvn": None}
+
+
 def _method_key(method):
-    """A method as a cache key: fields added to :class:`Method` after results were cached
-    (``guard``, ``cmvn``) are left out at their default, so that those results stay reusable."""
-    added = {"guard": False, "cmvn": None}
-    return {k: v for k, v in method.as_dict().items() if not (k in added and v == added[k])}
+    """A method (or its dict) as a cache key: the fields added to :class:`Method` after
+    results were cached are left out at their defaults, so that those results stay reusable."""
+    d = method.as_dict() if hasattr(method, "as_dict") else dict(method)
+    return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
+def _normal_key(key):
+    """A cache key with each of its methods as :func:`_method_key` writes it (a key stored
+    before a field existed and one stored with it at its default compare equal)."""
+    key = dict(key)
+    if isinstance(key.get("method"), dict):
+        key["method"] = _method_key(key["method"])
+    if isinstance(key.get("methods"), list):
+        key["methods"] = [_method_key(m) if isinstance(m, dict) else m for m in key["methods"]]
+    return key
 
 
 def _cached(path, key):
@@ -315,7 +330,8 @@ def _cached(path, key):
     (a finished model's evaluation is reused when ``evaluate`` runs again with more models)."""
     if path.is_file():
         res = json.loads(path.read_text())
-        if res.get("config", {}).get("cache_key") == key:
+        stored = res.get("config", {}).get("cache_key")
+        if isinstance(stored, dict) and _normal_key(stored) == _normal_key(key):
             _say(f"reusing {path}")
             return res
     return None
@@ -346,8 +362,9 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
 
 def grid_suffix(grid, decoder="greedy"):
     """Each grid of :data:`GRIDS` but the short one, and each decoder but greedy, keeps its
-    own selections and results, under names ending in this."""
-    return ("" if grid == "short" else f"_{grid}") + ("" if decoder == "greedy" else f"_{decoder}")
+    own selections and results, under names ending in this. "@" cannot end a model's name
+    (``joint`` on the long grid must not be ``joint_long``, the 24-minute model)."""
+    return ("" if grid == "short" else f"@{grid}") + ("" if decoder == "greedy" else f"@{decoder}")
 
 
 def _flags(args):
@@ -399,10 +416,17 @@ def cmd_evaluate(args):
                                   for k in KS if k > 0}
                            for name in results if name not in (ref, "base")}
     comparisons = paired.get("joint", {})
+    # each model adapted against the base not adapted at all, on the same queries: does adapting
+    # a (meta-)trained model beat simply using the base?
+    from sb_meta.evaluation import UNADAPTED
+
+    vs_base = {name: {str(k): compare_models(results["base"], res, UNADAPTED, k, method_b="adapted")
+                      for k in KS if k > 0} for name, res in results.items() if "base" in results}
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
-              "meta_vs_joint": comparisons, "paired": paired, "machine": _machine(),
+              "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,
+              "machine": _machine(),
               "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
                          f"--reference {args.reference}" + _flags(args)}

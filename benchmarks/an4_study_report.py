@@ -144,7 +144,9 @@ def study_section():
                "bootstrap intervals over "
                "speakers and draws.",
                "", "| model | training | query WER unadapted | 5-shot adapted | change [95% CI] | "
-               "relative [95% CI] | speakers worse | chosen on dev |", "|---|---|---|---|---|---|---|---|"]
+               "relative [95% CI] | speakers worse | chosen on dev |" + (" adapted minus the base unadapted |"
+                                                                        if ev.get("vs_base_unadapted") else ""),
+               "|---|---|---|---|---|---|---|---|" + ("---|" if ev.get("vs_base_unadapted") else "")]
         for name, summ in ev["summary"].items():
             s5 = summ["adapted"].get(str(K_MAIN))
             if not s5:
@@ -154,7 +156,7 @@ def study_section():
             md.append(f"| {name} | {_training(fam, name)} | {s5['base_wer_mean']:.1f} | {s5['wer_mean']:.1f} | "
                       f"{s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | {100 * rel:.1f}% "
                       f"[{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}] | "
-                      f"{len(s5['worse_tasks'])}/{s5['tasks']} | {chosen} |")
+                      f"{len(s5['worse_tasks'])}/{s5['tasks']} | {chosen} |" + _vs_base(ev, name))
             excl = s5["relative_ci"][0] is not None and s5["relative_ci"][0] > 0
             targets.append([f"{fam}{_setting(ev)} {name}: 5-shot relative WER reduction >= 10%, CI excluding 0",
                             f"{100 * rel:.1f}% [{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}]",
@@ -268,10 +270,18 @@ def _grid_text(ev):
     return f" among the {ev['grid']} grid's candidates ({', '.join(names)})"
 
 
+def _vs_base(ev, name):
+    """The table cell: ``name`` adapted minus the base unadapted on the same 5-shot queries."""
+    if not ev.get("vs_base_unadapted"):
+        return ""
+    c = ev["vs_base_unadapted"].get(name, {}).get(str(K_MAIN))
+    return f" {c['delta']:+.1f} {_ci(c['delta_ci'])} |" if c else " |"
+
+
 def _setting(ev):
     """An evaluation's grid and decoder where not the defaults, for target names."""
     parts = [f"{ev['grid']} grid" for _ in [0] if ev.get("grid", "short") != "short"] + [
-        f"{ev['decoder']} decoding" for _ in [0] if ev.get("decoder", "greedy") != "greedy"]
+        f"{ev['decoder']} decoding, {ev['repeats']} draws" for _ in [0] if ev.get("decoder", "greedy") != "greedy"]
     return f" ({', '.join(parts)})" if parts else ""
 
 

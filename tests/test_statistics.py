@@ -66,3 +66,10 @@ def test_models_are_compared_on_the_same_draws_only():
     assert s["delta"] == pytest.approx(-2.0) and s["delta_ci"] == pytest.approx([-2.0, -2.0])
     with pytest.raises(ValueError, match="other query utterances"):
         compare_models(joint, res({"a": 18.0}, query=("q2",)), "m", 5)
+    # against a model before adaptation, on the same queries
+    from sb_meta.evaluation import UNADAPTED
+
+    for draw, unadapted in zip(joint["draws"], (21.0, 33.0)):
+        draw["unadapted"] = {"wer": unadapted}
+    s = compare_models(joint, meta, UNADAPTED, 5, method_b="m")
+    assert s["base_mean"] == pytest.approx(27.0) and s["delta"] == pytest.approx(-4.0)

@@ -150,14 +150,35 @@ def test_every_study_command_the_docs_show_parses():
         assert callable(args.func), line
 
 
-def test_cached_evaluations_stay_reusable_when_method_gains_the_guard_and_cmvn_fields():
+def test_cached_evaluations_stay_reusable_when_method_gains_fields(tmp_path):
+    import json
+
     import an4_study
 
     from sb_meta.evaluation import Method
 
     plain = Method(name="adapted", strategy="finetune", lr=0.1, steps=25)
-    # as cached before the fields existed
-    old_key = {k: v for k, v in plain.as_dict().items() if k not in ("guard", "cmvn")}
-    assert an4_study._method_key(plain) == old_key
+    later = ("unsupervised_config", "guard", "cmvn")
+    older = {k: v for k, v in plain.as_dict().items() if k not in later}  # cached before the fields existed
+    assert an4_study._method_key(plain) == older
     assert an4_study._method_key(Method(**dict(plain.as_dict(), guard=True)))["guard"] is True
     assert an4_study._method_key(Method(**dict(plain.as_dict(), cmvn=0.25)))["cmvn"] == 0.25
+    # results stored with the older key, or with a field at its default, are reused; others are not
+    for stored, reused in ((older, True), (dict(older, unsupervised_config={}), True),
+                           (dict(older, unsupervised_config={"cmvn_weight": 0.5}), False),
+                           (dict(older, lr=0.2), False)):
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps({"config": {"cache_key": {"method": stored, "repeats": 2}}}))
+        assert (an4_study._cached(path, {"method": an4_study._method_key(plain), "repeats": 2}) is not None) is reused
+        path.write_text(json.dumps({"config": {"cache_key": {"methods": [stored], "repeats": 2}}}))
+        assert (an4_study._cached(path, {"methods": [plain.as_dict()], "repeats": 2}) is not None) is reused
+
+def test_grid_and_decoder_results_never_take_another_models_name():
+    import an4_study
+
+    names = {"base", "joint", "fomaml", "joint_long", "fomaml_long", "base_cmvn"}
+    for grid in an4_study.GRIDS:
+        for decoder in an4_study.DECODERS:
+            suffix = an4_study.grid_suffix(grid, decoder)
+            assert not {n + suffix for n in names} & names - {n for n in names if not suffix}
+    assert an4_study.grid_suffix("short") == "" and an4_study.grid_suffix("long") == "@long"

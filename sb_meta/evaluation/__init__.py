@@ -12,6 +12,7 @@
 
 from sb_meta.evaluation.methods import Method, methods_from
 from sb_meta.evaluation.protocol import (
+    UNADAPTED,
     _rng,
     compare_models,
     draw_support,
@@ -24,7 +25,7 @@ from sb_meta.evaluation.report import check_report_folder, summary_table, write_
 from sb_meta.evaluation.statistics import bootstrap_ci, mean_std, summarize_paired
 
 __all__ = [
-    "evaluate_kshot", "compare_models", "select_on_dev", "draw_support", "error_rates",
+    "UNADAPTED", "evaluate_kshot", "compare_models", "select_on_dev", "draw_support", "error_rates",
     "resolve_wav", "Method", "methods_from", "write_report", "summary_table",
     "check_report_folder", "bootstrap_ci", "mean_std", "summarize_paired", "_rng",
 ]

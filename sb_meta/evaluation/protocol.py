@@ -45,6 +45,7 @@ from sb_meta.evaluation.statistics import mean_std, summarize_paired
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "UNADAPTED",
     "evaluate_kshot",
     "compare_models",
     "select_on_dev",
@@ -440,13 +441,18 @@ def _aggregate(results, pos_ks):
     results["summary"] = summary
 
 
+#: the "method" of :func:`compare_models` that stands for the unadapted model on each draw's
+#: query (no method name can hold ":", which separates the fields of a method on the command line)
+UNADAPTED = ":unadapted"
+
+
 def _per_draw(results, method, k):
-    """``{(task, repeat): adapted WER}`` of ``method`` at ``k`` (k = 0: unadapted)."""
+    """``{(task, repeat): adapted WER}`` of ``method`` at ``k`` (k = 0 or :data:`UNADAPTED`: unadapted)."""
     out = {}
     for d in results["draws"]:
         if d["k"] != int(k):
             continue
-        if int(k) == 0:
+        if int(k) == 0 or method == UNADAPTED:
             out[(d["task"], d["repeat"])] = (d["query"], d["unadapted"]["wer"])
         elif method in d["adapted"]:
             out[(d["task"], d["repeat"])] = (d["query"], d["adapted"][method]["wer"])
@@ -458,6 +464,9 @@ def compare_models(results_a, results_b, method_a, k, method_b=None, seed=0):
 
     Both results must come from the same manifest, seed and tasks (so the
     support and query utterances of each draw are the same; checked).
+    ``method_a`` or ``method_b`` may be :data:`UNADAPTED`: that model before
+    adaptation, on the same queries (e.g. a meta-trained model adapted against
+    the base model not adapted at all).
 
     Returns
     -------
