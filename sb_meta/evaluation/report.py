@@ -175,7 +175,7 @@ def _plot(results, path):
             a.set_xticks(all_ks)
         a.set_xlabel("k (support utterances)")
         a.grid(True, alpha=0.3)
-        if results["summary"]:
+        if a.get_legend_handles_labels()[0]:  # k = 0 alone plots no adapted curve
             a.legend()
     ax.set_ylabel("WER (%)")
     ax.set_title("WER on the query utterances (mean ± std)")
