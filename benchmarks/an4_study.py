@@ -421,7 +421,7 @@ def cmd_evaluate(args):
     from sb_meta.evaluation import UNADAPTED
 
     vs_base = {name: {str(k): compare_models(results["base"], res, UNADAPTED, k, method_b="adapted")
-                      for k in KS if k > 0} for name, res in results.items() if "base" in results}
+                      for k in KS if k > 0} for name, res in results.items()} if "base" in results else {}
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
@@ -513,7 +513,8 @@ def cmd_guard(args):
         d = method.as_dict()
         methods = [Method(**dict(d, name="adapted")), Method(**dict(d, name="adapted+guard", guard=True))]
         folder = OUT / "eval" / args.family / f"guard_{name}{suffix}"
-        key = {"methods": [m.as_dict() for m in methods], "repeats": args.repeats, "model": _model_stamp(args.family, name)}
+        key = {"methods": [_method_key(m) for m in methods], "repeats": args.repeats,
+               "model": _model_stamp(args.family, name)}
         res = _cached(folder / "results.json", key)
         if res is None:
             res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
@@ -795,21 +796,21 @@ def cmd_decode(args):
     record = {"families": {}, "lexicon": str(OUT / "manifests" / "train.csv"), "machine": _machine(),
               "command": f"python benchmarks/an4_study.py decode --families {args.families}"}
     for fam in args.families.split(","):
-        model = _models(fam, ["base"])["base"]
-        rec = {}
+        model = _models(fam, ["base"], "lexicon")["base"]
+        lexicon = model.decoder  # made once; greedy decoding is the model without it
+        rec = {"words": len(lexicon.words)}
         for split in ("dev", "test"):
             rows = read_manifest(OUT / "manifests" / f"{split}.csv", required=("ID", "wav", "wrd"))
             wavs = [model.load_audio(r["wav"], what=f"audio file of {r['ID']}") for r in rows]
             refs = [r["wrd"] for r in rows]
             for decoder in DECODERS:
-                model.set_lexicon(OUT / "manifests" / "train.csv" if decoder == "lexicon" else None)
+                model.decoder = lexicon if decoder == "lexicon" else None
                 start = time.process_time()
                 hyps = model.transcribe_waveforms(wavs)
                 wer, cer = error_rates(hyps, refs)
                 rec.setdefault(decoder, {})[split] = {"wer": wer, "cer": cer, "utterances": len(rows),
                                                      "cpu_seconds": round(time.process_time() - start, 1)}
                 _say(f"{fam} {split} {decoder}: WER {wer:.2f} CER {cer:.2f}")
-        rec["words"] = len(model.set_lexicon(OUT / "manifests" / "train.csv").decoder.words)
         record["families"][fam] = rec
     _write(OUT / "decode" / "record.json", record)
     return record

@@ -280,8 +280,11 @@ def _vs_base(ev, name):
 
 def _setting(ev):
     """An evaluation's grid and decoder where not the defaults, for target names."""
-    parts = [f"{ev['grid']} grid" for _ in [0] if ev.get("grid", "short") != "short"] + [
-        f"{ev['decoder']} decoding, {ev['repeats']} draws" for _ in [0] if ev.get("decoder", "greedy") != "greedy"]
+    parts = []
+    if ev.get("grid", "short") != "short":
+        parts.append(f"{ev['grid']} grid")
+    if ev.get("decoder", "greedy") != "greedy":
+        parts.append(f"{ev['decoder']} decoding, {ev['repeats']} draws")
     return f" ({', '.join(parts)})" if parts else ""
 
 

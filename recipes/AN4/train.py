@@ -122,9 +122,8 @@ class ASR(MetaBrain):
         if getattr(self, "_lexicon_decoder", None) is None:
             from sb_meta.adapt.lexicon import LexiconDecoder
 
-            labels = [self.tokenizer.ind2lab[i] for i in range(len(self.tokenizer.ind2lab))]
-            self._lexicon_decoder = LexiconDecoder(labels, self.hparams.test_lexicon,
-                                                   blank_index=self.hparams.blank_index)
+            self._lexicon_decoder = LexiconDecoder.for_tokenizer(self.tokenizer, self.hparams.test_lexicon,
+                                                                 blank_index=self.hparams.blank_index)
         return self._lexicon_decoder
 
     def on_stage_start(self, stage, epoch):

@@ -19,7 +19,7 @@ Example
 import pathlib
 import sys
 
-from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES
+from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES, check_cmvn
 
 __all__ = ["add_commands", "compress_options"]
 
@@ -57,11 +57,7 @@ def _cmd_adapt(args):
     if args.guard and args.unsupervised:
         raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
                          "guard --unsupervised adaptation")
-    if args.cmvn is not None and args.unsupervised == "cmvn":
-        raise ValueError("--cmvn re-estimates the input statistics before an update; --unsupervised cmvn "
-                         "does only that: give one of them")
-    if args.cmvn is not None and not 0.0 < args.cmvn <= 1.0:
-        raise ValueError(f"--cmvn must be a weight in (0, 1], got {args.cmvn}")
+    check_cmvn(args.cmvn, args.unsupervised)  # before the model is loaded
     check_destination(args.out, force=args.force)  # refuse before any work
     needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
     rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))

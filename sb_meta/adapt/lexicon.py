@@ -132,15 +132,21 @@ class LexiconDecoder:
                                         **self.options)
 
     @classmethod
+    def for_tokenizer(cls, tokenizer, words, blank_index=0, **options):
+        """The decoder for the labels of a SpeechBrain ``CTCTextEncoder`` (by index)."""
+        ind2lab = getattr(tokenizer, "ind2lab", None)
+        if not ind2lab:
+            raise ValueError("lexicon decoding needs a character CTCTextEncoder, not a "
+                             f"{type(tokenizer).__name__}")
+        return cls([ind2lab[i] for i in range(len(ind2lab))], words, blank_index=blank_index, **options)
+
+    @classmethod
     def for_model(cls, model, words, **options):
         """The decoder for an :class:`~sb_meta.adapt.AdaptableASR` with a CTC text encoder."""
-        tokenizer = model.tokenizer
-        ind2lab = getattr(tokenizer, "ind2lab", None)
-        if not ind2lab or model.view.losses != ["ctc"]:
+        if model.view.losses != ["ctc"]:
             raise ValueError("lexicon decoding needs a CTC-only model with a character CTCTextEncoder "
-                             f"(this one has losses {model.view.losses} and a {type(tokenizer).__name__})")
-        labels = [ind2lab[i] for i in range(len(ind2lab))]
-        return cls(labels, words, blank_index=model.view.blank_index, **options)
+                             f"(this one has losses {model.view.losses} and a {type(model.tokenizer).__name__})")
+        return cls.for_tokenizer(model.tokenizer, words, blank_index=model.view.blank_index, **options)
 
     def __call__(self, log_probs, lengths):
         """Word strings for ``log_probs`` ``[batch, time, labels]`` with relative ``lengths``."""
@@ -149,7 +155,7 @@ class LexiconDecoder:
         valid = torch.round(lengths.detach().float().cpu() * frames).long().clamp(1, frames)
         closed = torch.full((n_labels,), _CLOSED)
         closed[self.space_index] = 0.0
-        emissions = torch.cat([log_probs, closed.expand(batch, 1, n_labels)], dim=1).clone()
+        emissions = torch.cat([log_probs, closed.expand(batch, 1, n_labels)], dim=1)
         for i, n in enumerate(valid.tolist()):
             emissions[i, n] = closed  # right after the utterance's last valid frame
         out = []

@@ -460,12 +460,7 @@ class AdaptableASR:
                 raise ValueError(f"unsupervised adaptation needs a CTC head; this model has {view.losses}")
         elif transcripts is None:
             raise ValueError(f"give the support transcripts, or unsupervised= one of {unsup.MODES}")
-        if cmvn is not None:
-            if unsupervised == "cmvn":
-                raise ValueError("cmvn= re-estimates the input statistics before an update; "
-                                 "unsupervised='cmvn' already does only that: give one of them")
-            if isinstance(cmvn, bool) or not 0.0 < float(cmvn) <= 1.0:
-                raise ValueError(f"cmvn must be a weight in (0, 1], got {cmvn!r}")
+        unsup.check_cmvn(cmvn, unsupervised)
         config = dict(unsup.DEFAULTS, **(unsupervised_config or {}))
         unknown = sorted(set(config) - set(unsup.DEFAULTS))
         if unknown:
@@ -524,12 +519,12 @@ class AdaptableASR:
             torch.backends.cudnn.flags(enabled=False)
             if str(self.device).startswith("cuda") else contextlib.nullcontext()
         )
-        renormalized = None
+        # the support's input statistics: alone (unsupervised="cmvn"), or before the update (cmvn=w)
+        weight = config["cmvn_weight"] if unsupervised == "cmvn" else cmvn
         with cudnn_off:
-            if cmvn is not None:  # the support's input statistics first, then the update below
-                renormalized = unsup.renormalize(brain, batches, float(cmvn))
+            renormalized = None if weight is None else unsup.renormalize(brain, batches, float(weight))
             if unsupervised == "cmvn":  # new input statistics, no gradient step
-                unsup_log, fast = dict(mode="cmvn", **unsup.renormalize(brain, batches, config["cmvn_weight"])), {}
+                unsup_log, fast = dict(mode="cmvn", **renormalized), {}
             elif unsupervised == "entropy":
                 names_to_adapt = names_to_adapt or brain.strategy.adapt_names(Phase.ADAPT)
                 unsup_log = dict(mode="entropy", **unsup.entropy_steps(
@@ -561,7 +556,7 @@ class AdaptableASR:
         }
         if unsup_log is not None:
             record["unsupervised"] = unsup_log
-        if renormalized is not None:
+        if cmvn is not None:
             record["cmvn"] = dict(weight=float(cmvn), **renormalized)
         if addons:
             record["addons"] = list(addons)

@@ -43,7 +43,7 @@ True
 import torch
 
 __all__ = ["MODES", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps", "renormalize",
-           "DEFAULTS"]
+           "check_cmvn", "DEFAULTS"]
 
 MODES = ("entropy", "pseudo", "cmvn")
 #: settings of unsupervised adaptation (``unsupervised_config`` keys)
@@ -158,6 +158,27 @@ def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
         for n, w in best.items():
             params[n].copy_(w)
     return log
+
+
+def check_cmvn(cmvn, unsupervised=None):
+    """Refuse a ``cmvn`` weight (statistics before a supervised update) that is not in (0, 1],
+    or one given with ``unsupervised="cmvn"``, which re-estimates the statistics alone.
+
+    Example
+    -------
+    >>> check_cmvn(0.5)
+    >>> check_cmvn(0)
+    Traceback (most recent call last):
+        ...
+    ValueError: cmvn must be a weight in (0, 1], got 0
+    """
+    if cmvn is None:
+        return
+    if unsupervised == "cmvn":
+        raise ValueError("cmvn re-estimates the input statistics before an update; unsupervised cmvn "
+                         "does only that: give one of them")
+    if isinstance(cmvn, bool) or not 0.0 < float(cmvn) <= 1.0:
+        raise ValueError(f"cmvn must be a weight in (0, 1], got {cmvn!r}")
 
 
 def renormalize(brain, batches, weight=1.0):
