@@ -388,18 +388,21 @@ def cmd_evaluate(args):
     models = _models(args.family, args.models.split(","), args.decoder)
     results, chosen = {}, {}
     suffix = grid_suffix(args.grid, args.decoder)
-    out = OUT / "eval" / (args.family + suffix)
+    seed = getattr(args, "seed", 0)
+    # other draws of the same test speakers keep their own results (the dev choice is reused:
+    # it never saw the test draws)
+    out = OUT / "eval" / (args.family + suffix + (f"@seed{seed}" if seed else ""))
     for name, model in models.items():
         method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
         folder = out / name
         key = {"method": _method_key(method), "ks": list(KS), "repeats": args.repeats,
-               "model": _model_stamp(args.family, name)}
+               "model": _model_stamp(args.family, name), **({"seed": seed} if seed else {})}
         res = _cached(folder / "results.json", key)
         if res is None:
             res = evaluate_kshot(model, manifests / "test.csv", ks=KS, repeats=args.repeats,
                                  methods=[Method(**dict(method.as_dict(), name="adapted"))],
-                                 progress=False)
+                                 progress=False, seed=seed)
             res["config"]["selection"] = {"method": method.as_dict(), "dev_manifest": str(manifests / "dev.csv")}
             res["config"]["cache_key"] = key
             write_report(res, folder)
@@ -422,14 +425,15 @@ def cmd_evaluate(args):
 
     vs_base = {name: {str(k): compare_models(results["base"], res, UNADAPTED, k, method_b="adapted")
                       for k in KS if k > 0} for name, res in results.items()} if "base" in results else {}
-    record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats, "chosen": chosen,
+    record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats,
+              "seed": seed, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,
               "machine": _machine(),
               "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
-                         f"--reference {args.reference}" + _flags(args)}
+                         f"--reference {args.reference}" + _flags(args) + (f" --seed {seed}" if seed else "")}
     _write(out / "record.json", record)
     return record
 
@@ -669,6 +673,8 @@ def add_eval_commands(sub):
                    help="comma-separated models every other one is compared with, paired")
     e.add_argument("--grid", choices=sorted(GRIDS), default="short",
                    help="the candidates chosen from on dev: short (3 steps, all or head) or long (25-50 steps)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of the test support draws (another seed: other draws, their own results)")
     e.add_argument("--decoder", choices=DECODERS, default="greedy",
                    help="greedy CTC decoding, or a beam search restricted to the training words")
     e.set_defaults(func=cmd_evaluate)

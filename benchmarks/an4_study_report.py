@@ -138,7 +138,7 @@ def study_section():
     for rel, ev in evals.items():
         fam = ev["family"]
         md += [f"**{fam}**: 5-shot adaptation on the 10 AN4 test speakers (k support utterances, the "
-               f"other {13}-k as query, {ev['repeats']} draws per speaker and k, the same draws for "
+               f"other {13}-k as query, {ev['repeats']} draws per speaker and k{_seed_text(ev)}, the same draws for "
                "every model); the adaptation (steps, step size, adapted parameters) chosen per model "
                "on the 6 dev speakers" + _grid_text(ev) + _decoder_text(ev) + ". Paired changes with 95% "
                "bootstrap intervals over "
@@ -285,7 +285,14 @@ def _setting(ev):
         parts.append(f"{ev['grid']} grid")
     if ev.get("decoder", "greedy") != "greedy":
         parts.append(f"{ev['decoder']} decoding, {ev['repeats']} draws")
+    if ev.get("seed"):
+        parts.append(f"draw seed {ev['seed']}")
     return f" ({', '.join(parts)})" if parts else ""
+
+
+def _seed_text(ev):
+    """Which draws an evaluation used, when not the seed-0 ones that the other tables share."""
+    return f" (draw seed {ev['seed']}: other draws than the tables without a seed)" if ev.get("seed") else ""
 
 
 def _decoder_text(ev):
