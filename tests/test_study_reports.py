@@ -52,6 +52,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, grid="long", chosen={"base": {"method": long_method, "selection": {
               "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
                summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
+    write(out / "eval" / "crdnn_ctc@seed1" / "record.json", dict(ev, seed=1))  # other test draws
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
           {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
@@ -91,6 +92,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
     assert "| telephone 40.0 -> 30.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
+    # draws of another seed are named as such, in the table's text and in their targets
+    assert study["markdown"].count("(draw seed 1: other draws") == 1
+    assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     transfer = an4_study_report.transfer_section()
     for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
                  "| int8 |", "| full | -2.0 [-3.0, -1.0] | -2.5 [-3.5, -1.5] |"):
