@@ -14,6 +14,8 @@ Example
 True
 """
 
+import sys
+
 import torch
 
 from sb_meta.brain import MetaBrain
@@ -83,10 +85,19 @@ def make_toy_brain(hparams, seed=0, lr=0.1, opt="sgd", checkpointer=None, **modu
     return brain
 
 
-def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, module_kwargs=None):
+def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, module_kwargs=None,
+                   exit_when_done=False):
     """Meta-train the toy brain in one process of a gloo group and save the
     parameters (rank 0, ``out_path``) and every rank's buffers and error, if
-    any (``<out_path>.rank<r>``). Used to check that N processes match 1 process."""
+    any (``<out_path>.rank<r>``). Used to check that N processes match 1 process.
+
+    ``exit_when_done`` (only in a process spawned for it) ends the process with
+    ``os._exit(0)`` once everything is saved and the group is destroyed: torch's
+    gloo threads can abort the interpreter's teardown ("terminate called without
+    an active exception", SIGABRT) after the work is done, which made the spawning
+    test fail about once in ten runs although every rank had saved its results."""
+    import os
+
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -109,3 +120,7 @@ def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, mod
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    if exit_when_done:  # reached only without an exception, which the spawner must see
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -90,7 +90,7 @@ def test_two_processes_match_one_process(tmp_path, strategy):
         out = tmp_path / f"w{world}.pt"
         mp.start_processes(
             ddp_toy_worker,
-            args=(world, str(tmp_path / f"init{world}"), str(out), hp),
+            args=(world, str(tmp_path / f"init{world}"), str(out), hp, 1, None, True),
             nprocs=world,
             join=True,
             start_method="spawn",
@@ -104,7 +104,7 @@ def _spawn(tmp_path, hp, world=2, module_kwargs=None):
     out = tmp_path / "w.pt"
     mp.start_processes(
         ddp_toy_worker,
-        args=(world, str(tmp_path / "init"), str(out), hp, 1, module_kwargs),
+        args=(world, str(tmp_path / "init"), str(out), hp, 1, module_kwargs, True),
         nprocs=world,
         join=True,
         start_method="spawn",
