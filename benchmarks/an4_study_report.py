@@ -195,7 +195,7 @@ def study_section():
         md += [f"The leave-one-out guard (`Method(guard=True)`, `sb_meta.adapt.safeguard`): the dev-chosen adaptation "
                f"({gr['grid']} grid) of each model, and the same adaptation kept only when, adapting on 4 of the 5 "
                "support utterances and decoding the fifth in turn, it removed more word errors than it added; "
-               f"5-shot, the test draws of `evaluate` ({gr['repeats']} per speaker):", "",
+               f"5-shot, the test draws of `evaluate` ({gr['repeats']} per speaker){_decoder_text(gr)}:", "",
                "| model | chosen on dev | unadapted | adapted | change [95% CI] | worse | guarded | change [95% CI] | "
                "relative [95% CI] | worse | adaptations kept |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, g in gr["models"].items():
@@ -208,7 +208,7 @@ def study_section():
                       f"{b['wer_mean']:.1f} | {b['delta_wer_mean']:+.1f} {_ci(b['delta_ci'])} | {100 * b['relative']:.1f}% "
                       f"[{100 * b['relative_ci'][0]:.1f}, {100 * b['relative_ci'][1]:.1f}] | "
                       f"{len(b['worse_tasks'])}/{b['tasks']} | {g['kept']}/{g['checked']} |")
-            targets.append([f"{gr['family']} {name} + guard: 5-shot relative WER reduction >= 10%, CI excluding 0",
+            targets.append([f"{gr['family']}{_setting(gr)} {name} + guard: 5-shot relative WER reduction >= 10%, CI excluding 0",
                             f"{100 * b['relative']:.1f}% [{100 * b['relative_ci'][0]:.1f}, {100 * b['relative_ci'][1]:.1f}]",
                             b["relative"] >= TARGET_REL and b["relative_ci"][0] is not None and b["relative_ci"][0] > 0])
         md += ["", f"Command: `{gr['command']}`", ""]
