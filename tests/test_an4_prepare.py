@@ -195,3 +195,21 @@ def test_cli_prints_a_summary(tmp_path, capsys):
     assert "train" in out and "dev" in out and "test" in out and "dev speakers:" in out
     assert an4.main(["--data_folder", str(tmp_path / "none"), "--save_folder", str(tmp_path / "o2")]) == 1
     assert "an4_sphere.tar.gz" in capsys.readouterr().err
+
+
+def test_another_training_seed_keeps_the_split_and_its_manifests(tmp_path):
+    """`--seed=2` used to pick other dev speakers and rewrite a shared prepare folder."""
+    recipe = load_script(REPO / "recipes/AN4/train.py", "an4_train_under_test")
+    root = make_an4(tmp_path / "an4", train_speakers=[f"s{i:02d}x" for i in range(12)], utts=1)
+    hp = {"prepare_folder": str(tmp_path / "m"), "data_folder": str(root), "dev_speakers": 3,
+          "data_seed": 1234}
+    recipe.prepare(dict(hp, seed=1234))
+    dev, mtime = (tmp_path / "m" / "dev.csv").read_text(), (tmp_path / "m" / "dev.csv").stat().st_mtime_ns
+    recipe.prepare(dict(hp, seed=2))
+    assert (tmp_path / "m" / "dev.csv").read_text() == dev
+    assert (tmp_path / "m" / "dev.csv").stat().st_mtime_ns == mtime  # reused, not rewritten
+    recipe.prepare(dict(hp, seed=2, data_seed=2, prepare_folder=str(tmp_path / "n")))
+    assert (tmp_path / "n" / "dev.csv").read_text() != dev  # the data seed does choose them
+    for name in ("crdnn_ctc_meta", "crdnn_attention_meta", "transformer_meta"):
+        text = (REPO / "recipes/AN4/hparams" / f"{name}.yaml").read_text()
+        assert "\ndata_seed: 1234" in text, name

@@ -211,12 +211,20 @@ def dataio_prepare(hparams, csvs):
 
 
 def prepare(hparams):
-    """Write (or reuse) the AN4 manifests and return them by split."""
+    """Write (or reuse) the AN4 manifests and return them by split.
+
+    The dev speakers and the channel corruptions follow ``data_seed``, not the
+    training ``seed``: a second training seed sharing the prepare folder used to
+    rewrite its manifests with other dev speakers (training speakers of the first
+    run, under every result computed on that folder). YAMLs without the key keep
+    the old behaviour.
+    """
     folder = pathlib.Path(hparams["prepare_folder"])
+    data_seed = hparams.get("data_seed", hparams["seed"])
     sb.utils.distributed.run_on_main(
         prepare_an4,
         kwargs=dict(data_folder=hparams["data_folder"], save_folder=str(folder),
-                    dev_speakers=hparams["dev_speakers"], seed=hparams["seed"]),
+                    dev_speakers=hparams["dev_speakers"], seed=data_seed),
     )
     csvs = {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv"}
     if hparams.get("channels"):  # every (speaker, channel) pair a task: task_column spk_channel
@@ -224,9 +232,9 @@ def prepare(hparams):
 
         sb.utils.distributed.run_on_main(
             prepare_channels, args=[csvs, folder / "channels", hparams["channels"]],
-            kwargs={"seed": hparams["seed"], "progress": False},
+            kwargs={"seed": data_seed, "progress": False},
         )
-        csvs = prepare_channels(csvs, folder / "channels", hparams["channels"], seed=hparams["seed"],
+        csvs = prepare_channels(csvs, folder / "channels", hparams["channels"], seed=data_seed,
                                 progress=False)
     return csvs
 
