@@ -17,6 +17,8 @@ merges the records into ``benchmarks/RESULTS.json`` and re-renders
     python benchmarks/an4_study.py meta --family crdnn_ctc --strategies joint,fomaml,reptile,metasgd --minutes 15
     # the k-shot protocol on the test speakers, choices made on the dev speakers
     python benchmarks/an4_study.py evaluate --family crdnn_ctc
+    # the same on other draws of the test speakers (the dev choices reused): a replication
+    python benchmarks/an4_study.py evaluate --family crdnn_ctc --seed 1
     python benchmarks/an4_study.py report
 
 The AN4 corpus is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``). Nothing is
