@@ -14,6 +14,7 @@ Example
 True
 """
 
+import os
 import sys
 
 import torch
@@ -96,8 +97,6 @@ def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, mod
     gloo threads can abort the interpreter's teardown ("terminate called without
     an active exception", SIGABRT) after the work is done, which made the spawning
     test fail about once in ten runs although every rank had saved its results."""
-    import os
-
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
