@@ -95,8 +95,8 @@ def ddp_toy_worker(rank, world_size, init_file, out_path, hparams, epochs=1, mod
     ``exit_when_done`` (only in a process spawned for it) ends the process with
     ``os._exit(0)`` once everything is saved and the group is destroyed: torch's
     gloo threads can abort the interpreter's teardown ("terminate called without
-    an active exception", SIGABRT) after the work is done, which made the spawning
-    test fail about once in ten runs although every rank had saved its results."""
+    an active exception", SIGABRT) after the work is done; it failed a spawning test
+    once in a CI run although every rank had saved its results."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
