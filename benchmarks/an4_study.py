@@ -390,7 +390,7 @@ def cmd_evaluate(args):
     models = _models(args.family, args.models.split(","), args.decoder)
     results, chosen = {}, {}
     suffix = grid_suffix(args.grid, args.decoder)
-    seed = getattr(args, "seed", 0)
+    seed = args.seed
     # other draws of the same test speakers keep their own results (the dev choice is reused:
     # it never saw the test draws)
     out = OUT / "eval" / (args.family + suffix + (f"@seed{seed}" if seed else ""))
