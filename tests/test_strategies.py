@@ -267,6 +267,48 @@ def test_jit_modules_get_a_clear_error():
         ToyBrain(mods, None, hparams=hp("maml"), run_opts={"device": "cpu"})
 
 
+@pytest.mark.parametrize("strategy,weight", [("fomaml", 0.7), ("reptile", 0.1)])
+def test_outer_joint_weight_adds_the_joint_gradient_of_the_unadapted_model(strategy, weight):
+    # the meta-gradient of an episode plus weight x the gradient of the mean loss of
+    # the unadapted weights over every task's support and query utterances
+    brain = make_toy_brain(hp(strategy, meta_batch_tasks=2, outer_joint_weight=weight))
+    loader = brain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=8))
+    episode = next(iter(loader))
+    theta = theta_of(brain)
+    brain.strategy.episode_backward(episode)
+    got = grads_of(brain)
+
+    expected = {n: torch.zeros_like(t) for n, t in theta.items()}
+    for task in episode.tasks:
+        if strategy == "fomaml":
+            fast = sgd_steps(theta, [task.support], 2, create_graph=False)
+            meta = dict(zip(fast, torch.autograd.grad(ref_loss(fast, task.query), list(fast.values()))))
+        else:
+            fast = sgd_steps(theta, [task.support, task.query], 2, create_graph=False)
+            meta = {n: (theta[n] - fast[n]).detach() for n in theta}
+        for n in theta:
+            expected[n] += meta[n] / len(episode.tasks)
+    pooled = loader.collate([i for t in episode.tasks for i in t.support_ids + t.query_ids])
+    joint = torch.autograd.grad(ref_loss(theta, pooled), list(theta.values()))
+    for n, g in zip(theta, joint):
+        torch.testing.assert_close(got[n], expected[n] + weight * g, msg=n)
+    # and without the key the joint term is absent (the test can fail)
+    plain = make_toy_brain(hp(strategy, meta_batch_tasks=2))
+    plain.strategy.episode_backward(next(iter(plain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=8)))))
+    assert any(not torch.allclose(grads_of(plain)[n], got[n]) for n in got)
+
+
+@pytest.mark.parametrize("value", [-1.0, "a lot"])
+def test_outer_joint_weight_must_be_a_non_negative_number(value):
+    with pytest.raises(ValueError, match=r"outer_joint_weight must be a number >= 0, got"):
+        make_toy_brain(hp("fomaml", outer_joint_weight=value))
+
+
+def test_outer_joint_weight_is_refused_by_strategies_that_do_not_use_it():
+    with pytest.raises(ValueError, match="strategy 'joint' does not use it"):
+        make_toy_brain(hp("joint", outer_joint_weight=1.0))
+
+
 def test_unknown_strategy_lists_the_available_ones():
     with pytest.raises(UnknownPluginError, match="unknown strategy 'mamll'; available: .*maml"):
         make_toy_brain(hp("mamll"))
