@@ -166,3 +166,25 @@ def test_cosine_prototypes_have_a_learned_scale():
     state = head.fit(torch.tensor([[1.0, 0, 0], [0, 2.0, 0]]), torch.tensor([0, 1]), 2)
     logits = head.scores(torch.tensor([[3.0, 0, 0]]), state)
     assert torch.allclose(logits, torch.log_softmax(torch.tensor([[5.0, 0.0]]), -1), atol=1e-5)
+
+
+def test_evaluation_episodes_follow_eval_seed_not_the_training_seed(corpus, monkeypatch):
+    # two training seeds must be scored on the same episodes (paired comparisons)
+    import sb_meta.words.evaluation as evaluation
+
+    seen = []
+    real = evaluation.episode_accuracies
+
+    def spy(*args, seed=0, **kwargs):
+        seen.append(seed)
+        return real(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(evaluation, "episode_accuracies", spy)
+    for training_seed in (1, 2):
+        brain, loader = make_brain(corpus, "protonet", seed=training_seed, eval_seed=77)
+        episode, _, _ = first_episode(loader)
+        ids = [i for t in episode.tasks for i in sorted(t.rows)]
+        words = [t.name for t in episode.tasks for _ in t.rows]
+        brain.collected = [(eval_embeddings(brain, loader.collate(ids)), ids, words)]
+        brain.few_shot(sb.Stage.TEST)
+    assert seen and set(seen) == {77}

@@ -71,7 +71,12 @@ class WordEmbedder(MetaBrain):
         self.collected = []
 
     def few_shot(self, stage):
-        """N-way k-shot accuracies (per shot) of the collected embeddings."""
+        """N-way k-shot accuracies (per shot) of the collected embeddings.
+
+        The episodes are drawn with ``eval_seed`` (the training ``seed`` when
+        the YAML has none), so runs with other training seeds are scored on
+        the same episodes: paired comparisons.
+        """
         from sb_meta.words.evaluation import confidence_interval, episode_accuracies
 
         emb = torch.cat([e for e, _, _ in self.collected])
@@ -84,7 +89,7 @@ class WordEmbedder(MetaBrain):
         out = {}
         for k in hp.eval_shots:
             accs = episode_accuracies(emb, words, self.strategy.head, hp.eval_way, int(k), queries,
-                                      episodes, seed=hp.seed)
+                                      episodes, seed=getattr(hp, "eval_seed", hp.seed))
             out[int(k)] = confidence_interval(accs)
         return out
 
