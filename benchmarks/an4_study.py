@@ -19,6 +19,9 @@ merges the records into ``benchmarks/RESULTS.json`` and re-renders
     python benchmarks/an4_study.py evaluate --family crdnn_ctc
     # the same on other draws of the test speakers (the dev choices reused): a replication
     python benchmarks/an4_study.py evaluate --family crdnn_ctc --seed 1
+    # a second study with 20 more unseen speakers: its base trains without them and every
+    # evaluation runs on them and the 10 test speakers (results/an4_study_heldout20/)
+    python benchmarks/an4_study.py --heldout 20 base --family crdnn_ctc --minutes 60
     python benchmarks/an4_study.py report
 
 The AN4 corpus is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``). Nothing is
@@ -39,6 +42,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 OUT = REPO / "results" / "an4_study"
+#: ``--heldout N``: a second study with N more training speakers left out of the base's
+#: training (``heldout.csv``) and evaluated beside the 10 test speakers; set by ``main``
+HELDOUT = 0
 RECIPE = REPO / "recipes" / "AN4" / "train.py"
 
 #: model families: YAML and the overrides that make the strong base (plain shuffled
@@ -74,6 +80,26 @@ META_COMMON = {"train_budget_clock": "cpu", "number_of_epochs": 100000, "lr": 0.
                "curve_every_minutes": None, "meta_batch_tasks": 4, "k_support": 4, "k_query": 4,
                "episodes_per_epoch": 50}
 META_STRATEGY = {"reptile": {"inner_steps": 2}}
+
+
+def _cmd():
+    """The start of a step's command line (with ``--heldout N`` in a held-out study)."""
+    return "python benchmarks/an4_study.py " + (f"--heldout {HELDOUT} " if HELDOUT else "")
+
+
+def eval_manifest(manifests):
+    """The evaluation speakers' manifest: ``test.csv``, or in a held-out study
+    ``test_heldout.csv``, the test and held-out speakers together (written once)."""
+    test = pathlib.Path(manifests) / "test.csv"
+    if not HELDOUT:
+        return test
+    from sb_meta.data.manifest import read_manifest, write_manifest
+
+    both = test.with_name("test_heldout.csv")
+    if not both.is_file():
+        rows = read_manifest(test) + read_manifest(test.with_name("heldout.csv"))
+        write_manifest(both, rows)
+    return both
 
 
 def _say(msg):
@@ -115,6 +141,8 @@ def train(family, folder, overrides, root, init_from=None, manifests=None):
     folder = pathlib.Path(folder)
     yaml = REPO / "recipes" / "AN4" / "hparams" / FAMILIES[family]["yaml"]
     ov = dict(overrides)
+    if HELDOUT:
+        ov["heldout_speakers"] = HELDOUT
     if init_from:
         ov["init_from"] = str(init_from)
     argv = [str(yaml), f"--data_folder={root}", f"--output_folder={folder}", "--noprogressbar"]
@@ -236,7 +264,7 @@ def cmd_cost(args):
     record = {"family": args.family, "k": args.k, "rounds": args.rounds, "median_s": med,
               "samples": times, "ratio_maml_over_fomaml": med["maml"] / med["fomaml"],
               "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py cost --family {args.family} --k {args.k} "
+              "command": f"{_cmd()}cost --family {args.family} --k {args.k} "
                          f"--rounds {args.rounds}"}
     _write(OUT / "cost" / f"{args.family}_k{args.k}.json", record)
     _say(f"{args.family}: MAML {med['maml']:.2f} s, FOMAML {med['fomaml']:.2f} s per task step "
@@ -402,7 +430,7 @@ def cmd_evaluate(args):
                "model": _model_stamp(args.family, name), **({"seed": seed} if seed else {})}
         res = _cached(folder / "results.json", key)
         if res is None:
-            res = evaluate_kshot(model, manifests / "test.csv", ks=KS, repeats=args.repeats,
+            res = evaluate_kshot(model, eval_manifest(manifests), ks=KS, repeats=args.repeats,
                                  methods=[Method(**dict(method.as_dict(), name="adapted"))],
                                  progress=False, seed=seed)
             res["config"]["selection"] = {"method": method.as_dict(), "dev_manifest": str(manifests / "dev.csv")}
@@ -433,7 +461,7 @@ def cmd_evaluate(args):
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,
               "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py evaluate --family {args.family} "
+              "command": f"{_cmd()}evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
                          f"--reference {args.reference}" + _flags(args) + (f" --seed {seed}" if seed else "")}
     _write(out / "record.json", record)
@@ -494,13 +522,13 @@ def cmd_methods(args):
         cmvn, _ = choose(model, f"{name}_cmvn", manifests / "dev.csv", args.dev_repeats, grid=UNSUP_GRID["cmvn"],
                          stepsizes=False)
         methods.append(Method(**dict(cmvn.as_dict(), name="unsup-cmvn")))
-    res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
+    res = evaluate_kshot(model, eval_manifest(manifests), ks=(0, K_MAIN), repeats=args.repeats,
                          methods=methods, progress=False)
     write_report(res, OUT / "eval" / args.family / f"methods_{name}{suffix}")
     record = {"family": args.family, "model": name, "grid": args.grid, "decoder": args.decoder,
               "base_method": base.as_dict(),
               "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py methods --family {args.family} --models {name} "
+              "command": f"{_cmd()}methods --family {args.family} --models {name} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")
                          + _flags(args)}
     _write(OUT / "eval" / args.family / f"methods_{name}{suffix}.json", record)
@@ -523,7 +551,7 @@ def cmd_guard(args):
                "model": _model_stamp(args.family, name)}
         res = _cached(folder / "results.json", key)
         if res is None:
-            res = evaluate_kshot(model, manifests / "test.csv", ks=(0, K_MAIN), repeats=args.repeats,
+            res = evaluate_kshot(model, eval_manifest(manifests), ks=(0, K_MAIN), repeats=args.repeats,
                                  methods=methods, progress=False)
             res["config"]["cache_key"] = key
             write_report(res, folder)
@@ -538,7 +566,7 @@ def cmd_guard(args):
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "repeats": args.repeats,
               "models": out,
               "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py guard --family {args.family} --models {args.models} "
+              "command": f"{_cmd()}guard --family {args.family} --models {args.models} "
                          f"--grid {args.grid} --dev-repeats {args.dev_repeats} --repeats {args.repeats}"
                          + (f" --decoder {args.decoder}" if args.decoder != "greedy" else "")}
     _write(OUT / "eval" / args.family / f"guard{suffix}.json", record)
@@ -584,7 +612,7 @@ def cmd_channels(args):
                                 "cmvn": cmvn.as_dict(), "per_channel_cmvn": per_channel_summary(res, channels, "cmvn"),
                                 "summary": res["summary"]}
     out["machine"] = _machine()
-    out["command"] = (f"python benchmarks/an4_study.py channels --family {args.family} "
+    out["command"] = (f"{_cmd()}channels --family {args.family} "
                       f"--strategies {args.strategies} --minutes {args.minutes:g} --channels {args.channels} "
                       f"--repeats {args.repeats}")
     _write(OUT / "eval" / args.family / "channels.json", out)
@@ -654,7 +682,7 @@ def cmd_unsup(args):
               "repeats": args.repeats, "chosen": chosen, "summary": res["summary"], "per_task": res["per_task"],
               "failed": res["failed"],
               "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py unsup --family {args.family} "
+              "command": f"{_cmd()}unsup --family {args.family} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}"}
     _write(OUT / "eval" / args.family / "unsup_channels.json", record)
     for name, summ in res["summary"].items():
@@ -729,7 +757,7 @@ def cmd_dann(args):
         folder = OUT / "meta" / args.family / name
         records[name] = train(args.family, folder, ov, root, init_from=base, manifests=OUT / "manifests")
     out = {"records": records, "machine": _machine(),
-           "command": f"python benchmarks/an4_study.py dann --family {args.family} --minutes {args.minutes}"}
+           "command": f"{_cmd()}dann --family {args.family} --minutes {args.minutes}"}
     _write(OUT / "transfer" / "dann.json", out)
     return out
 
@@ -751,7 +779,7 @@ def cmd_distill(args):
     base = json.loads((OUT / "base" / args.family / "record.json").read_text())
     out = {"teacher": {"parameters": base["parameters"], "test": base["test"]}, "records": records,
            "machine": _machine(),
-           "command": f"python benchmarks/an4_study.py distill --family {args.family} "
+           "command": f"{_cmd()}distill --family {args.family} "
                       f"--minutes {args.minutes} --student-rnn {args.student_rnn}"}
     _write(OUT / "transfer" / "distill.json", out)
     return out
@@ -802,7 +830,7 @@ def cmd_decode(args):
 
     an4_root(args.an4_root)
     record = {"families": {}, "lexicon": str(OUT / "manifests" / "train.csv"), "machine": _machine(),
-              "command": f"python benchmarks/an4_study.py decode --families {args.families}"}
+              "command": f"{_cmd()}decode --families {args.families}"}
     for fam in args.families.split(","):
         model = _models(fam, ["base"], "lexicon")["base"]
         lexicon = model.decoder  # made once; greedy decoding is the model without it
@@ -834,6 +862,9 @@ def build_parser():
     """The command line of every step (``main`` runs the one it names)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--an4-root", default=None)
+    p.add_argument("--heldout", type=int, default=0, metavar="N",
+                   help="a second study (results/an4_study_heldoutN): N more training speakers left "
+                        "out of training and evaluated beside the test speakers")
     sub = p.add_subparsers(dest="step", required=True)
     b = sub.add_parser("base", help="train a strong speaker-independent base")
     b.add_argument("--family", choices=sorted(FAMILIES), required=True)
@@ -866,7 +897,12 @@ def build_parser():
 
 
 def main(argv=None):
+    global OUT, HELDOUT
     args = build_parser().parse_args(argv)
+    if args.heldout:
+        if args.step not in ("base", "meta", "decode", "evaluate", "methods", "guard"):
+            raise SystemExit(f"an4_study: --heldout is for base, meta, decode, evaluate, methods and guard, not {args.step}")
+        HELDOUT, OUT = args.heldout, REPO / "results" / f"an4_study_heldout{args.heldout}"
     return args.func(args)
 
 

@@ -213,3 +213,26 @@ def test_another_training_seed_keeps_the_split_and_its_manifests(tmp_path):
     for name in ("crdnn_ctc_meta", "crdnn_attention_meta", "transformer_meta"):
         text = (REPO / "recipes/AN4/hparams" / f"{name}.yaml").read_text()
         assert "\ndata_seed: 1234" in text, name
+
+
+def test_heldout_speakers_are_a_second_pool_of_unseen_speakers(tmp_path):
+    root = make_an4(tmp_path / "an4", train_speakers=[f"s{i:02d}x" for i in range(12)], utts=1)
+    plain = an4.prepare_an4(root, tmp_path / "plain", dev_speakers=3, seed=1)
+    out = tmp_path / "held"
+    held = an4.prepare_an4(root, out, dev_speakers=3, seed=1, heldout_speakers=4)
+    rows = {s: read_manifest(out / f"{s}.csv") for s in ("train", "dev", "heldout")}
+    spk = {s: {r["spk_id"] for r in r_} for s, r_ in rows.items()}
+    # the dev split is the one without held-out speakers; the pools are disjoint and cover train
+    assert held["dev_speakers"] == plain["dev_speakers"] and len(spk["heldout"]) == 4
+    assert not spk["heldout"] & (spk["train"] | spk["dev"])
+    assert spk["train"] | spk["heldout"] == {r["spk_id"] for r in read_manifest(tmp_path / "plain" / "train.csv")}
+    assert held["utterances"]["heldout"] == 4 and held["utterances"]["train"] == 5
+    # reused with the same options; without held-out speakers the manifests are rewritten
+    assert an4.prepare_an4(root, out, dev_speakers=3, seed=1, heldout_speakers=4)["reused"]
+    again = an4.prepare_an4(root, out, dev_speakers=3, seed=1)
+    assert not again["reused"] and again["utterances"]["train"] == 9 and "heldout" not in again["utterances"]
+    assert not (out / "heldout.csv").exists()  # its speakers are training speakers now
+    # a preparation made before the option existed stays up to date
+    assert an4.prepare_an4(root, tmp_path / "plain", dev_speakers=3, seed=1)["reused"]
+    with pytest.raises(ValueError, match="heldout_speakers=9 must be between 0 and 8"):
+        an4.prepare_an4(root, tmp_path / "bad", dev_speakers=3, heldout_speakers=9)

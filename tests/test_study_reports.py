@@ -186,3 +186,28 @@ def test_grid_and_decoder_results_never_take_another_models_name():
             suffix = an4_study.grid_suffix(grid, decoder)
             assert not {n + suffix for n in names} & names - {n for n in names if not suffix}
     assert an4_study.grid_suffix("short") == "" and an4_study.grid_suffix("long") == "@long"
+
+
+def test_a_heldout_study_has_its_own_folder_flag_and_evaluation_pool(tmp_path, monkeypatch):
+    import an4_study
+
+    from sb_meta.data.manifest import read_manifest, write_manifest
+
+    row = {"duration": "1.0", "wav": "x.sph", "wrd": "YES"}
+    write_manifest(tmp_path / "test.csv", [dict(row, ID=f"t{i}", spk_id="ftst") for i in range(2)])
+    write_manifest(tmp_path / "heldout.csv", [dict(row, ID=f"h{i}", spk_id="mhld") for i in range(3)])
+    assert an4_study.eval_manifest(tmp_path) == tmp_path / "test.csv"  # the plain study: test speakers
+    monkeypatch.setattr(an4_study, "HELDOUT", 4)
+    both = an4_study.eval_manifest(tmp_path)
+    assert {r["spk_id"] for r in read_manifest(both)} == {"ftst", "mhld"} and len(read_manifest(both)) == 5
+    assert an4_study._cmd() == "python benchmarks/an4_study.py --heldout 4 "
+    # steps whose records the report reads from the plain study refuse the flag
+    monkeypatch.setattr(an4_study, "HELDOUT", 0)
+    monkeypatch.setattr(an4_study, "OUT", an4_study.OUT)
+    try:
+        an4_study.main(["--heldout", "20", "report"])
+    except SystemExit as exc:
+        assert "--heldout is for base, meta" in str(exc)
+    else:
+        raise AssertionError("report --heldout should refuse")
+    assert an4_study.OUT.name == "an4_study" and an4_study.HELDOUT == 0

@@ -79,6 +79,7 @@ def prepare_an4(
     save_folder,
     dev_speakers=6,
     seed=1234,
+    heldout_speakers=0,
     skip_bad=False,
     url=None,
     skip_prep_if_exists=True,
@@ -94,7 +95,12 @@ def prepare_an4(
     dev_speakers : int
         How many whole training speakers are held out as ``dev``.
     seed : int
-        Seed of the deterministic choice of the dev speakers.
+        Seed of the deterministic choice of the dev (and held-out) speakers.
+    heldout_speakers : int
+        How many further whole training speakers are left out of ``train``
+        and written to ``heldout.csv``: a second pool of unseen speakers for
+        adaptation studies (AN4 has only 10 test speakers). Chosen after the
+        dev speakers with the same seed, so the dev split does not change.
     skip_bad : bool
         If True, leave bad utterances out with one warning instead of raising.
     url : str, optional
@@ -123,7 +129,7 @@ def prepare_an4(
         If the corpus has problems and ``skip_bad`` is False; it lists them
         all and nothing is written.
     ValueError
-        If ``dev_speakers`` leaves no training speaker.
+        If ``dev_speakers`` + ``heldout_speakers`` leaves no training speaker.
 
     Example
     -------
@@ -158,7 +164,11 @@ def prepare_an4(
         "seed": int(seed),
         "skip_bad": bool(skip_bad),
     }
-    manifests = {s: save_folder / f"{s}.csv" for s in MANIFESTS}
+    splits = MANIFESTS
+    if heldout_speakers:  # recorded only when used: earlier preparations stay up to date
+        options["heldout_speakers"] = int(heldout_speakers)
+        splits = MANIFESTS + ("heldout",)
+    manifests = {s: save_folder / f"{s}.csv" for s in splits}
     # Taken before the corpus is read: a change made while preparing is seen next time.
     corpus = corpus_fingerprint(root, corpus_files(root))
     if skip_prep_if_exists:
@@ -185,16 +195,31 @@ def prepare_an4(
             f"dev_speakers={dev_speakers} must be between 0 and {len(train_speakers) - 1}: "
             f"the training set has {len(train_speakers)} speakers"
         )
-    dev_set = set(random.Random(seed).sample(train_speakers, dev_speakers))
+    if not 0 <= heldout_speakers < len(train_speakers) - dev_speakers:
+        raise ValueError(
+            f"heldout_speakers={heldout_speakers} must be between 0 and "
+            f"{len(train_speakers) - dev_speakers - 1}: the training set has {len(train_speakers)} "
+            f"speakers and {dev_speakers} are dev speakers"
+        )
+    rng = random.Random(seed)
+    dev_set = set(rng.sample(train_speakers, dev_speakers))
+    heldout_set = set()
+    if heldout_speakers:
+        heldout_set = set(rng.sample([s for s in train_speakers if s not in dev_set], heldout_speakers))
     split_rows = {
-        "train": [r for r in rows["train"] if r["spk_id"] not in dev_set],
+        "train": [r for r in rows["train"] if r["spk_id"] not in dev_set | heldout_set],
         "dev": [r for r in rows["train"] if r["spk_id"] in dev_set],
         "test": rows["test"],
     }
+    if heldout_speakers:
+        split_rows["heldout"] = [r for r in rows["train"] if r["spk_id"] in heldout_set]
 
     # 2. Write: forget the old options first, so an interrupted rewrite is never re-used.
     forget_prep_options(save_folder)
-    for split in MANIFESTS:
+    stale_heldout = save_folder / "heldout.csv"
+    if not heldout_speakers and stale_heldout.is_file():
+        stale_heldout.unlink()  # its speakers are training speakers now
+    for split in splits:
         write_manifest(manifests[split], split_rows[split])
     record_prep_options(save_folder, options, skipped, corpus=corpus)
     result = {
@@ -401,6 +426,8 @@ def main(argv=None):
     parser.add_argument("--save_folder", required=True, help="where train/dev/test.csv go")
     parser.add_argument("--dev_speakers", type=int, default=6, help="training speakers held out as dev")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the dev speaker choice")
+    parser.add_argument("--heldout_speakers", type=int, default=0,
+                        help="further training speakers left out as heldout.csv (a second pool of unseen speakers)")
     parser.add_argument("--skip_bad", action="store_true", help="leave bad utterances out, with a warning")
     parser.add_argument("--url", default=None, help=f"download the corpus from here if absent (e.g. {AN4_URL})")
     parser.add_argument("--force", action="store_true", help="prepare again even if up to date")
@@ -412,6 +439,7 @@ def main(argv=None):
             args.save_folder,
             dev_speakers=args.dev_speakers,
             seed=args.seed,
+            heldout_speakers=args.heldout_speakers,
             skip_bad=args.skip_bad,
             url=args.url,
             skip_prep_if_exists=not args.force,
@@ -419,7 +447,7 @@ def main(argv=None):
     except (DataPreparationError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(format_summary_table(args.save_folder, splits=MANIFESTS))
+    print(format_summary_table(args.save_folder, splits=tuple(result["manifests"])))
     print(f"dev speakers: {' '.join(result['dev_speakers'])}")
     if result["reused"]:
         print("(manifests were up to date; use --force to prepare again)")

@@ -224,7 +224,8 @@ def prepare(hparams):
     sb.utils.distributed.run_on_main(
         prepare_an4,
         kwargs=dict(data_folder=hparams["data_folder"], save_folder=str(folder),
-                    dev_speakers=hparams["dev_speakers"], seed=data_seed),
+                    dev_speakers=hparams["dev_speakers"], seed=data_seed,
+                    heldout_speakers=hparams.get("heldout_speakers", 0)),
     )
     csvs = {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv"}
     if hparams.get("channels"):  # every (speaker, channel) pair a task: task_column spk_channel
