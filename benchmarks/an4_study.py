@@ -456,7 +456,7 @@ def cmd_evaluate(args):
     vs_base = {name: {str(k): compare_models(results["base"], res, UNADAPTED, k, method_b="adapted")
                       for k in KS if k > 0} for name, res in results.items()} if "base" in results else {}
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats,
-              "seed": seed, "chosen": chosen,
+              "seed": seed, "heldout": HELDOUT, "chosen": chosen,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,

@@ -24,11 +24,26 @@ ESPNET = ("ESPnet on the same 130 test utterances: CTC only 22.9% WER, hybrid CT
 TARGET_WER, MOONSHOT_WER, TARGET_REL = 12.0, 7.6, 0.10
 
 
-def _records(pattern):
+def _records(pattern, root=None):
+    root = OUT if root is None else root
     out = {}
-    for path in sorted(OUT.glob(pattern)):
-        out[str(path.relative_to(OUT))] = json.loads(path.read_text())
+    for path in sorted(root.glob(pattern)):
+        out[str(path.relative_to(root))] = json.loads(path.read_text())
     return out
+
+
+def _heldout_roots():
+    """The folders of held-out studies (``an4_study.py --heldout N``), by N."""
+    return sorted(OUT.parent.glob("an4_study_heldout*"), key=lambda p: int(p.name[17:] or 0))
+
+
+def _pool_text(ev):
+    """The evaluation speakers of a record: the 10 test speakers, plus a held-out study's."""
+    n = ev.get("heldout", 0)
+    if not n:
+        return "the 10 AN4 test speakers"
+    return (f"{10 + n} unseen speakers: the 10 AN4 test speakers and {n} training speakers left out of "
+            "this study's base (`--heldout`)")
 
 
 def _plot_curves(bases, path):
@@ -131,14 +146,15 @@ def base_section():
 
 
 def study_section():
-    evals = _records("eval/*/record.json")
+    evals = [(OUT, ev) for ev in _records("eval/*/record.json").values()]
+    evals += [(root, ev) for root in _heldout_roots() for ev in _records("eval/*/record.json", root).values()]
     if not evals:
         return None
     md, targets = [], []
-    for rel, ev in evals.items():
+    for root, ev in evals:
         fam = ev["family"]
-        md += [f"**{fam}**: 5-shot adaptation on the 10 AN4 test speakers (k support utterances, the "
-               f"other {13}-k as query, {ev['repeats']} draws per speaker and k{_seed_text(ev)}, the same draws for "
+        md += [f"**{fam}**: 5-shot adaptation on {_pool_text(ev)} (k support utterances, the "
+               f"other {'about ' if ev.get('heldout') else ''}{13}-k as query, {ev['repeats']} draws per speaker and k{_seed_text(ev)}, the same draws for "
                "every model); the adaptation (steps, step size, adapted parameters) chosen per model "
                "on the 6 dev speakers" + _grid_text(ev) + _decoder_text(ev) + ". Paired changes with 95% "
                "bootstrap intervals over "
@@ -153,7 +169,7 @@ def study_section():
                 continue
             chosen = _chosen_text(ev["chosen"][name]["method"])
             rel = s5["relative"]
-            md.append(f"| {name} | {_training(fam, name)} | {s5['base_wer_mean']:.1f} | {s5['wer_mean']:.1f} | "
+            md.append(f"| {name} | {_training(fam, name, root)} | {s5['base_wer_mean']:.1f} | {s5['wer_mean']:.1f} | "
                       f"{s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | {100 * rel:.1f}% "
                       f"[{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}] | "
                       f"{len(s5['worse_tasks'])}/{s5['tasks']} | {chosen} |" + _vs_base(ev, name))
@@ -258,7 +274,7 @@ def study_section():
                               f"{s['worse_draws']}/{s['n']} | {channels} |")
         md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
-            "machine": next(iter(evals.values())).get("machine"),
+            "machine": evals[0][1].get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
 
 
@@ -287,6 +303,8 @@ def _setting(ev):
         parts.append(f"{ev['decoder']} decoding, {ev['repeats']} draws")
     if ev.get("seed"):
         parts.append(f"draw seed {ev['seed']}")
+    if ev.get("heldout"):
+        parts.append(f"{10 + ev['heldout']} speakers with {ev['heldout']} held out")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -319,11 +337,12 @@ def _cmvn_weight(method):
     return (method.get("unsupervised_config") or {}).get("cmvn_weight", DEFAULTS["cmvn_weight"])
 
 
-def _training(fam, name):
-    """Minutes and outer steps of a meta-trained model (its record), for the tables."""
-    path = OUT / "meta" / fam / name / "record.json"
+def _training(fam, name, root=None):
+    """Minutes and outer steps of a meta-trained model (its record in ``root``), for the tables."""
+    root = OUT if root is None else root
+    path = root / "meta" / fam / name / "record.json"
     if name == "base" or name.startswith("base_"):
-        path = OUT / "base" / (fam + name[4:]) / "record.json"
+        path = root / "base" / (fam + name[4:]) / "record.json"
     if not path.is_file():
         return ""
     return _training_record(json.loads(path.read_text()))

@@ -53,6 +53,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
               "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
                summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
     write(out / "eval" / "crdnn_ctc@seed1" / "record.json", dict(ev, seed=1))  # other test draws
+    held = tmp_path / "an4_study_heldout20"  # a held-out study: its own base, its own pool
+    write(held / "base" / "crdnn_ctc" / "record.json", dict(trained(11.0, steps=900), train_cpu_minutes=60.0))
+    write(held / "eval" / "crdnn_ctc@lexicon" / "record.json",
+          dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={}))
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
           {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
@@ -95,6 +99,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     # draws of another seed are named as such, in the table's text and in their targets
     assert study["markdown"].count("(draw seed 1: other draws") == 1
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
+    # a held-out study's table names its 30 speakers and its own base's training; so do its targets
+    assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 1
+    assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
+    assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
     transfer = an4_study_report.transfer_section()
     for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
                  "| int8 |", "| full | -2.0 [-3.0, -1.0] | -2.5 [-3.5, -1.5] |"):
