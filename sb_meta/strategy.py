@@ -370,8 +370,9 @@ class GradientStrategy(Strategy):
     With ``outer_joint_weight: w > 0`` the meta-gradient of each episode gets
     ``w`` x the gradient of the joint objective (the unadapted model's loss on
     every task's support and query utterances, :meth:`pooled_backward`)
-    added: meta-training then keeps the model good *before* adaptation too,
-    instead of trading unadapted accuracy for adaptability. Reptile's
+    added, pulling meta-training toward a model that is good *before*
+    adaptation too rather than trading unadapted accuracy for adaptability
+    (on AN4 it kept part of that accuracy: the README's study). Reptile's
     pseudo-gradient is about ``inner_lr x inner_steps`` gradients, so the same
     balance needs a weight that much smaller there.
     """
