@@ -108,6 +108,14 @@ def meta_keys_table():
     return "\n".join(rows)
 
 
+def _number(value):
+    """``value`` as a float, NaN when it is not a number (so every range check fails)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _did_you_mean(key, candidates):
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.8)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -148,21 +156,14 @@ class MetaConfig(dict):
                 raise ValueError(f"{key} must be a non-negative integer, got {cfg[key]!r}")
         if cfg["meta_batch_tasks"] < 1:
             raise ValueError("meta_batch_tasks must be >= 1")
-        try:
-            lr = float(cfg["inner_lr"])
-        except (TypeError, ValueError):
-            lr = float("nan")
-        if not lr > 0:
+        if not _number(cfg["inner_lr"]) > 0:
             raise ValueError(f"inner_lr must be a number > 0, got {cfg['inner_lr']!r}")
         for key in ("meta_addons", "plugins"):
             value = cfg[key] or []
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             cfg[key] = list(value)
-        try:
-            anchor = float(cfg["outer_joint_weight"] or 0.0)
-        except (TypeError, ValueError):
-            anchor = float("nan")
+        anchor = _number(cfg["outer_joint_weight"] or 0.0)
         if not anchor >= 0:
             raise ValueError(f"outer_joint_weight must be a number >= 0, got {cfg['outer_joint_weight']!r}")
         cfg["outer_joint_weight"] = anchor
@@ -382,7 +383,7 @@ class GradientStrategy(Strategy):
     def episode_backward(self, episode, scale=1.0):
         loss = super().episode_backward(episode, scale)
         weight = self.config.get("outer_joint_weight") or 0.0
-        if weight and episode.tasks:
+        if weight:
             self.pooled_backward(episode, scale * weight)
         return loss
 
