@@ -89,16 +89,17 @@ def _cmd():
 
 def eval_manifest(manifests):
     """The evaluation speakers' manifest: ``test.csv``, or in a held-out study
-    ``test_heldout.csv``, the test and held-out speakers together (written once)."""
+    ``test_heldout.csv``, the test and held-out speakers together (rewritten whenever
+    either is newer, e.g. after the corpus was prepared again)."""
     test = pathlib.Path(manifests) / "test.csv"
     if not HELDOUT:
         return test
     from sb_meta.data.manifest import read_manifest, write_manifest
 
-    both = test.with_name("test_heldout.csv")
-    if not both.is_file():
-        rows = read_manifest(test) + read_manifest(test.with_name("heldout.csv"))
-        write_manifest(both, rows)
+    both, heldout = test.with_name("test_heldout.csv"), test.with_name("heldout.csv")
+    newest = max(test.stat().st_mtime_ns, heldout.stat().st_mtime_ns)
+    if not both.is_file() or both.stat().st_mtime_ns < newest:
+        write_manifest(both, read_manifest(test) + read_manifest(heldout))
     return both
 
 

@@ -33,8 +33,10 @@ def _records(pattern, root=None):
 
 
 def _heldout_roots():
-    """The folders of held-out studies (``an4_study.py --heldout N``), by N."""
-    return sorted(OUT.parent.glob("an4_study_heldout*"), key=lambda p: int(p.name[17:] or 0))
+    """The folders of held-out studies (``an4_study.py --heldout N``: ``an4_study_heldoutN``), by N."""
+    prefix = OUT.name + "_heldout"
+    roots = [p for p in OUT.parent.glob(prefix + "*") if p.name.removeprefix(prefix).isdigit()]
+    return sorted(roots, key=lambda p: int(p.name.removeprefix(prefix)))
 
 
 def _pool_text(ev):

@@ -208,6 +208,12 @@ def test_a_heldout_study_has_its_own_folder_flag_and_evaluation_pool(tmp_path, m
     monkeypatch.setattr(an4_study, "HELDOUT", 4)
     both = an4_study.eval_manifest(tmp_path)
     assert {r["spk_id"] for r in read_manifest(both)} == {"ftst", "mhld"} and len(read_manifest(both)) == 5
+    # a held-out manifest prepared again (newer than the pool) is picked up
+    import os
+
+    write_manifest(tmp_path / "heldout.csv", [dict(row, ID="h9", spk_id="mnew")])
+    os.utime(both, ns=(0, 0))
+    assert {r["spk_id"] for r in read_manifest(an4_study.eval_manifest(tmp_path))} == {"ftst", "mnew"}
     assert an4_study._cmd() == "python benchmarks/an4_study.py --heldout 4 "
     # steps whose records the report reads from the plain study refuse the flag
     monkeypatch.setattr(an4_study, "HELDOUT", 0)
