@@ -452,12 +452,14 @@ def cmd_evaluate(args):
     comparisons = paired.get("joint", {})
     # each model adapted against the base not adapted at all, on the same queries: does adapting
     # a (meta-)trained model beat simply using the base?
-    from sb_meta.evaluation import UNADAPTED
+    from sb_meta.evaluation import UNADAPTED, oracle_gate
 
     vs_base = {name: {str(k): compare_models(results["base"], res, UNADAPTED, k, method_b="adapted")
                       for k in KS if k > 0} for name, res in results.items()} if "base" in results else {}
+    # the most any keep-or-drop rule (a guard, a gate) could make of each model's adaptation
+    gates = {name: oracle_gate(res, "adapted", K_MAIN) for name, res in results.items()}
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats,
-              "seed": seed, "heldout": HELDOUT, "chosen": chosen,
+              "seed": seed, "heldout": HELDOUT, "chosen": chosen, "oracle_gate": gates,
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,

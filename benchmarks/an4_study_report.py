@@ -179,6 +179,13 @@ def study_section():
             targets.append([f"{fam}{_setting(ev)} {name}: 5-shot relative WER reduction >= 10%, CI excluding 0",
                             f"{100 * rel:.1f}% [{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}]",
                             rel >= TARGET_REL and excl])
+        if ev.get("oracle_gate"):
+            md += ["", "The ceiling of any rule that keeps or drops the adaptation draw by draw (a guard, a gate): "
+                   "an oracle that sees the query transcripts and keeps each model's 5-shot adaptation only on "
+                   "the draws where it lowered the query WER (a bound that also profits from noise, not a "
+                   "method): " + "; ".join(
+                       f"{name} {g['unadapted']:.1f} -> {g['oracle']:.1f} ({100 * g['oracle_relative']:.1f}%, "
+                       f"{g['helped']}/{g['n']} draws helped)" for name, g in ev["oracle_gate"].items()) + "."]
         if ev.get("meta_vs_joint"):
             md += ["", "Meta-trained initialisation + its adaptation minus joint initialisation + its "
                    "adaptation, on the same draws (negative: the meta-learner is better):", "",

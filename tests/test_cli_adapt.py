@@ -133,7 +133,7 @@ def test_evaluate(exported, capsys, tmp_path):
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split()[:2] == ["method", "k"]
     assert "skipped: task 's2' has 2 utterance(s); k=2 needs at least 3" in printed
-    for name in ("results.json", "report.md", "wer_vs_k.png"):
+    for name in ("results.json", "report.md", "wer_vs_k.png", "per_task.png"):
         assert (out / name).is_file()
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["strategies"] == ["finetune", "anil"]

@@ -90,6 +90,18 @@ def test_evaluate_kshot(model_and_data, tmp_path):
     paths = write_report(results, tmp_path / "report")
     assert json.loads(paths["json"].read_text())["summary"] == json.loads(json.dumps(summary))
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["tasks_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the per-task plot's points: largest k here is 2 (no k = 5), each task's own means
+    from sb_meta.evaluation import task_changes
+
+    k, changes = task_changes(results)
+    assert k == 2 and set(changes) == {"finetune", "anil"}
+    assert [t for t, _, _ in changes["finetune"]] == ["t0", "t1"]  # t2 was skipped at k = 2
+    for task, base, delta in changes["anil"]:
+        mine = [d for d in draws if d["task"] == task and d["k"] == 2]
+        assert base == pytest.approx(sum(d["unadapted"]["wer"] for d in mine) / len(mine))
+        assert delta == pytest.approx(sum(d["adapted"]["anil"]["delta_wer"] for d in mine) / len(mine))
+    assert [t for t, _, _ in task_changes(results, k=1)[1]["anil"]] == ["t0", "t1", "t2"]
     md = paths["markdown"].read_text()
     assert "## Summary" in md and "| finetune | 2 |" in md and "| t2 | 2 | anil | 1 |" in md
     assert "k=2 needs at least 3" in md
@@ -196,3 +208,25 @@ def test_draw_support_is_seeded():
     assert any(o != a for o in others)
     with pytest.raises(ValueError):
         draw_support(ids, 11, 0, "t", 0)
+
+
+def test_oracle_gate_keeps_the_adaptation_exactly_where_it_helped():
+    """The ceiling of any keep-or-drop rule, on constructed draws: per draw the lower
+    of the two WERs, never the adapted one where it is worse; other k and other methods
+    are left out, and a method with no draw is an error that names it."""
+    from sb_meta.evaluation import oracle_gate
+
+    def draw(task, k, base, **adapted):
+        return {"task": task, "k": k, "unadapted": {"wer": base},
+                "adapted": {m: {"wer": w} for m, w in adapted.items()}}
+
+    results = {"draws": [draw("a", 5, 10.0, ft=5.0, other=0.0), draw("a", 5, 20.0, ft=30.0),
+                         draw("b", 5, 10.0, ft=10.0), draw("b", 2, 50.0, ft=0.0)]}
+    r = oracle_gate(results, "ft", 5)
+    assert r["n"] == 3 and r["helped"] == 1
+    assert r["unadapted"] == pytest.approx(40.0 / 3)
+    assert r["adapted"] == pytest.approx(45.0 / 3)
+    assert r["oracle"] == pytest.approx(35.0 / 3)
+    assert r["relative"] == pytest.approx(-0.125) and r["oracle_relative"] == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="'lora'"):
+        oracle_gate(results, "lora", 5)

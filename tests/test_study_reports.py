@@ -56,7 +56,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     held = tmp_path / "an4_study_heldout20"  # a held-out study: its own base, its own pool
     write(held / "base" / "crdnn_ctc" / "record.json", dict(trained(11.0, steps=900), train_cpu_minutes=60.0))
     write(held / "eval" / "crdnn_ctc@lexicon" / "record.json",
-          dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={}))
+          dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={},
+               oracle_gate={"base": {"unadapted": 12.0, "adapted": 12.5, "oracle": 11.4, "relative": -0.04,
+                                     "oracle_relative": 0.05, "helped": 9, "n": 120}}))
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
           {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
@@ -103,6 +105,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 1
     assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
     assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
+    # the ceiling of any keep-or-drop rule, where the record has it (older records do not)
+    assert study["markdown"].count("keeps each model's 5-shot adaptation only on") == 1
+    assert "base 12.0 -> 11.4 (5.0%, 9/120 draws helped)." in study["markdown"]
     transfer = an4_study_report.transfer_section()
     for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
                  "| int8 |", "| full | -2.0 [-3.0, -1.0] | -2.5 [-3.5, -1.5] |"):

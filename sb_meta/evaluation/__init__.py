@@ -2,12 +2,14 @@
 
 * :mod:`sb_meta.evaluation.protocol`: :func:`evaluate_kshot` (per task, k
   support utterances and the rest as query, repeated draws, every method on the
-  same draws), :func:`compare_models` (two models on the same draws),
+  same draws), :func:`compare_models` (two models on the same draws), :func:`oracle_gate`
+  (the ceiling of any keep-or-drop rule on top of an adaptation),
   :func:`select_on_dev` (steps, step size, adapted parameters chosen on dev tasks);
 * :mod:`sb_meta.evaluation.methods`: the adaptation methods compared;
 * :mod:`sb_meta.evaluation.statistics`: paired differences with two-level
   bootstrap intervals over tasks and draws;
-* :mod:`sb_meta.evaluation.report`: ``report.md``, ``results.json``, ``wer_vs_k.png``.
+* :mod:`sb_meta.evaluation.report`: ``report.md``, ``results.json``, ``wer_vs_k.png``,
+  ``per_task.png`` (:func:`task_changes`: who adaptation helped).
 """
 
 from sb_meta.evaluation.methods import Method, methods_from
@@ -18,14 +20,15 @@ from sb_meta.evaluation.protocol import (
     draw_support,
     error_rates,
     evaluate_kshot,
+    oracle_gate,
     resolve_wav,
     select_on_dev,
 )
-from sb_meta.evaluation.report import check_report_folder, summary_table, write_report
+from sb_meta.evaluation.report import check_report_folder, summary_table, task_changes, write_report
 from sb_meta.evaluation.statistics import bootstrap_ci, mean_std, summarize_paired
 
 __all__ = [
-    "UNADAPTED", "evaluate_kshot", "compare_models", "select_on_dev", "draw_support", "error_rates",
-    "resolve_wav", "Method", "methods_from", "write_report", "summary_table",
+    "UNADAPTED", "evaluate_kshot", "compare_models", "oracle_gate", "select_on_dev", "draw_support", "error_rates",
+    "resolve_wav", "Method", "methods_from", "write_report", "summary_table", "task_changes",
     "check_report_folder", "bootstrap_ci", "mean_std", "summarize_paired", "_rng",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "UNADAPTED",
     "evaluate_kshot",
     "compare_models",
+    "oracle_gate",
     "select_on_dev",
     "draw_support",
     "error_rates",
@@ -491,6 +492,48 @@ def compare_models(results_a, results_b, method_a, k, method_b=None, seed=0):
         base.setdefault(task, []).append(a[(task, rep)][1])
         other.setdefault(task, []).append(b[(task, rep)][1])
     return summarize_paired(base, other, seed=seed)
+
+
+def oracle_gate(results, method, k):
+    """The ceiling of every rule that keeps or drops an adaptation draw by draw.
+
+    A safeguard (the leave-one-out guard, a confidence gate, a support-WER
+    threshold) decides for each draw whether to use the adapted or the unadapted
+    model. No such rule can do better than an oracle that sees the query
+    transcripts and keeps the adaptation exactly on the draws where it lowered
+    the query WER. If even this oracle's relative reduction is small, no gate
+    placed on top of the adaptation can make it pay: it would take a better
+    adaptation. (The oracle also profits from noise, so its figure is a bound,
+    never an estimate of what a real rule achieves.)
+
+    Returns
+    -------
+    dict
+        ``unadapted``, ``adapted``, ``oracle`` (mean query WERs over the draws of
+        ``method`` at ``k``), ``relative`` and ``oracle_relative`` (reductions
+        relative to ``unadapted``; positive is better), ``helped`` (draws where
+        the adaptation lowered the WER) and ``n`` (draws).
+
+    Example
+    -------
+    >>> d = lambda t, base, wer: {"task": t, "k": 5, "unadapted": {"wer": base}, "adapted": {"m": {"wer": wer}}}
+    >>> r = oracle_gate({"draws": [d("a", 10.0, 6.0), d("b", 10.0, 16.0)]}, "m", 5)
+    >>> r["adapted"], r["oracle"], r["oracle_relative"], r["helped"]
+    (11.0, 8.0, 0.2, 1)
+    """
+    done = [d for d in results["draws"] if d["k"] == int(k) and method in d.get("adapted", {})]
+    if not done:
+        raise ValueError(f"no draw of method {method!r} at k={k}")
+    base = sum(d["unadapted"]["wer"] for d in done) / len(done)
+    adapted = sum(d["adapted"][method]["wer"] for d in done) / len(done)
+    oracle = sum(min(d["unadapted"]["wer"], d["adapted"][method]["wer"]) for d in done) / len(done)
+
+    def rel(x):
+        return (base - x) / base if base else 0.0
+
+    return {"unadapted": base, "adapted": adapted, "oracle": oracle, "relative": rel(adapted),
+            "oracle_relative": rel(oracle), "n": len(done),
+            "helped": sum(d["adapted"][method]["wer"] < d["unadapted"]["wer"] for d in done)}
 
 
 def select_on_dev(model, dev_csv, grid, k=5, repeats=2, seed=0, task_column="spk_id", **kwargs):

@@ -7,7 +7,7 @@ import pathlib
 
 from sb_meta.utils import atomic_open
 
-__all__ = ["summary_table", "write_report", "check_report_folder"]
+__all__ = ["summary_table", "task_changes", "write_report", "check_report_folder"]
 
 
 def _fmt(mean, std, digits=1):
@@ -129,7 +129,7 @@ def _report_markdown(results):
         ]
     else:
         lines.append("None.")
-    lines += ["", "![WER vs k](wer_vs_k.png)", ""]
+    lines += ["", "![WER vs k](wer_vs_k.png)", "", "![per task](per_task.png)", ""]
     return "\n".join(lines)
 
 
@@ -188,6 +188,78 @@ def _plot(results, path):
     _write_atomic(path, buf.getvalue(), binary=True)
 
 
+def task_changes(results, k=None):
+    """Per method, each task's unadapted WER and its paired change at one k.
+
+    Parameters
+    ----------
+    results : dict
+        What :func:`sb_meta.evaluation.evaluate_kshot` returns.
+    k : int, optional
+        The number of support utterances; by default 5 when it was evaluated, else the
+        largest k > 0.
+
+    Returns
+    -------
+    (int or None, dict)
+        ``k`` and ``{method: [(task, unadapted WER, adapted minus unadapted WER), ...]}``,
+        both WERs the means over the task's draws at ``k`` (tasks sorted by name;
+        ``(None, {})`` when no k > 0 was evaluated).
+
+    Example
+    -------
+    >>> entry = lambda base, delta: {"base_wer_mean": base, "delta_wer_mean": delta}
+    >>> results = {"per_task": {"s2": {"ft": {"0": entry(9.0, 0.0), "5": entry(9.0, 2.0)}},
+    ...                         "s1": {"ft": {"5": entry(20.0, -4.0)}}}}
+    >>> task_changes(results)
+    (5, {'ft': [('s1', 20.0, -4.0), ('s2', 9.0, 2.0)]})
+    """
+    ks = sorted({int(kk) for by_m in results["per_task"].values() for by_k in by_m.values()
+                 for kk in by_k if int(kk) > 0})
+    if not ks:
+        return None, {}
+    if k is None:
+        k = 5 if 5 in ks else ks[-1]
+    out = {}
+    for task, by_method in sorted(results["per_task"].items()):
+        for name, by_k in by_method.items():
+            e = by_k.get(str(k))
+            if e is not None:
+                out.setdefault(name, []).append((task, e["base_wer_mean"], e["delta_wer_mean"]))
+    return k, out
+
+
+def _plot_tasks(results, path):
+    """One point per task and method: its unadapted WER (x) and the paired change
+    adaptation made (y) at :func:`task_changes`'s k. Points above the zero line are
+    tasks adaptation made worse; tasks are named when there are few enough to read."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k, changes = task_changes(results)
+    fig = Figure(figsize=(6.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, rows in changes.items():
+        worse = sum(1 for _, _, d in rows if d > 0)
+        ax.scatter([b for _, b, _ in rows], [d for _, _, d in rows], alpha=0.7,
+                   label=f"{name} ({worse}/{len(rows)} worse)")
+        if len(changes) == 1 and len(rows) <= 40:
+            for task, b, d in rows:
+                ax.annotate(task, (b, d), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("unadapted WER of the task (%)")
+    ax.set_ylabel("adapted − unadapted WER (points)")
+    ax.set_title(f"Per task, k = {k}: below the line adaptation helped" if k else "No adapted draws")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _write_atomic(path, buf.getvalue(), binary=True)
+
+
 def check_report_folder(out_dir):
     """Raise before any work when ``out_dir`` cannot hold a report.
 
@@ -212,12 +284,13 @@ def check_report_folder(out_dir):
 
 
 def write_report(results, out_dir):
-    """Write ``results.json``, ``report.md`` and ``wer_vs_k.png`` into ``out_dir``.
+    """Write ``results.json``, ``report.md``, ``wer_vs_k.png`` and ``per_task.png``
+    (each task's change against its unadapted WER) into ``out_dir``.
 
     Returns
     -------
     dict
-        ``{"json": path, "markdown": path, "plot": path}``.
+        ``{"json": path, "markdown": path, "plot": path, "tasks_plot": path}``.
     """
     check_report_folder(out_dir)
     out_dir = pathlib.Path(out_dir)
@@ -226,8 +299,10 @@ def write_report(results, out_dir):
         "json": out_dir / "results.json",
         "markdown": out_dir / "report.md",
         "plot": out_dir / "wer_vs_k.png",
+        "tasks_plot": out_dir / "per_task.png",
     }
     _write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
     _write_atomic(paths["markdown"], _report_markdown(results))
     _plot(results, paths["plot"])
+    _plot_tasks(results, paths["tasks_plot"])
     return paths
