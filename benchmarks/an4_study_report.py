@@ -147,13 +147,31 @@ def base_section():
             "machine": next(iter(bases.values())).get("machine")}
 
 
+def _plot_speakers(folder, names, path):
+    """Each speaker's 5-shot change against its unadapted WER, every model of an evaluation
+    record's ``folder`` in one figure (the models' own ``results.json``); False when none has one."""
+    from sb_meta.evaluation.report import plot_task_changes
+
+    per_task = {}
+    for name in names:
+        res = folder / name / "results.json"
+        if res.is_file():
+            for task, by_method in json.loads(res.read_text())["per_task"].items():
+                if "adapted" in by_method:
+                    per_task.setdefault(task, {})[name] = by_method["adapted"]
+    if not per_task:
+        return False
+    plot_task_changes({"per_task": per_task}, path)
+    return True
+
+
 def study_section():
-    evals = [(OUT, ev) for ev in _records("eval/*/record.json").values()]
-    evals += [(root, ev) for root in _heldout_roots() for ev in _records("eval/*/record.json", root).values()]
+    evals = [(OUT, path, ev) for path, ev in _records("eval/*/record.json").items()]
+    evals += [(root, path, ev) for root in _heldout_roots() for path, ev in _records("eval/*/record.json", root).items()]
     if not evals:
         return None
     md, targets = [], []
-    for root, ev in evals:
+    for root, record_path, ev in evals:
         fam = ev["family"]
         md += [f"**{fam}**: 5-shot adaptation on {_pool_text(ev)} (k support utterances, the "
                f"other {'about ' if ev.get('heldout') else ''}{13}-k as query, {ev['repeats']} draws per speaker and k{_seed_text(ev)}, the same draws for "
@@ -179,6 +197,11 @@ def study_section():
             targets.append([f"{fam}{_setting(ev)} {name}: 5-shot relative WER reduction >= 10%, CI excluding 0",
                             f"{100 * rel:.1f}% [{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}]",
                             rel >= TARGET_REL and excl])
+        if ev.get("heldout") and not ev.get("seed"):  # the larger pool's speakers, one by one
+            figure = f"an4_heldout{ev['heldout']}_speakers.png"
+            if _plot_speakers((root / record_path).parent, list(ev["summary"]), REPO / "benchmarks" / figure):
+                md += ["", f"Each of the {10 + ev['heldout']} speakers' 5-shot change against its unadapted "
+                       f"WER (mean of its draws; below zero adaptation helped): ![per speaker]({figure})"]
         if ev.get("oracle_gate"):
             md += ["", "The ceiling of any rule that keeps or drops the adaptation draw by draw (a guard, a gate): "
                    "an oracle that sees the query transcripts and keeps each model's 5-shot adaptation only on "
@@ -283,7 +306,7 @@ def study_section():
                               f"{s['worse_draws']}/{s['n']} | {channels} |")
         md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
-            "machine": evals[0][1].get("machine"),
+            "machine": evals[0][2].get("machine"),
             "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
 
 

@@ -59,6 +59,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={},
                oracle_gate={"base": {"unadapted": 12.0, "adapted": 12.5, "oracle": 11.4, "relative": -0.04,
                                      "oracle_relative": 0.05, "helped": 9, "n": 120}}))
+    entry = {"base_wer_mean": 12.0, "delta_wer_mean": -1.0}
+    write(held / "eval" / "crdnn_ctc@lexicon" / "base" / "results.json",
+          {"per_task": {"spk1": {"adapted": {"5": entry}}, "spk2": {"adapted": {"5": dict(entry, delta_wer_mean=2.0)}}}})
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
           {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
@@ -105,6 +108,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 1
     assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
     assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
+    # the held-out study's speakers one by one, in a figure next to RESULTS.md
+    assert "![per speaker](an4_heldout20_speakers.png)" in study["markdown"]
+    assert (tmp_path / "benchmarks" / "an4_heldout20_speakers.png").read_bytes()[:4] == b"\x89PNG"
     # the ceiling of any keep-or-drop rule, where the record has it (older records do not)
     assert study["markdown"].count("keeps each model's 5-shot adaptation only on") == 1
     assert "base 12.0 -> 11.4 (5.0%, 9/120 draws helped)." in study["markdown"]

@@ -7,7 +7,7 @@ import pathlib
 
 from sb_meta.utils import atomic_open
 
-__all__ = ["summary_table", "task_changes", "write_report", "check_report_folder"]
+__all__ = ["summary_table", "task_changes", "plot_task_changes", "write_report", "check_report_folder"]
 
 
 def _fmt(mean, std, digits=1):
@@ -229,10 +229,13 @@ def task_changes(results, k=None):
     return k, out
 
 
-def _plot_tasks(results, path):
+def plot_task_changes(results, path):
     """One point per task and method: its unadapted WER (x) and the paired change
-    adaptation made (y) at :func:`task_changes`'s k. Points above the zero line are
-    tasks adaptation made worse; tasks are named when there are few enough to read."""
+    adaptation made (y) at :func:`task_changes`'s k, written as a PNG to ``path``.
+    Points above the zero line are tasks adaptation made worse; tasks are named when
+    one method is drawn and there are few enough tasks to read. ``results`` needs only
+    ``per_task`` (several models' results can be drawn together by putting each
+    model's entries under its own name there)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -304,5 +307,5 @@ def write_report(results, out_dir):
     _write_atomic(paths["json"], json.dumps(results, indent=2) + "\n")
     _write_atomic(paths["markdown"], _report_markdown(results))
     _plot(results, paths["plot"])
-    _plot_tasks(results, paths["tasks_plot"])
+    plot_task_changes(results, paths["tasks_plot"])
     return paths
