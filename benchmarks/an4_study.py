@@ -199,7 +199,10 @@ def cmd_meta(args):
     root = an4_root(args.an4_root)
     base = OUT / "base" / args.family / "pretrained" if not args.base else pathlib.Path(args.base)
     records = {}
-    for strategy in args.strategies.split(","):
+    decoder, seed = getattr(args, "decoder", "greedy"), getattr(args, "seed", 0)
+    # a decoder or draw seed other than the defaults keeps its own choices, results and record
+    suffix = grid_suffix("short", decoder) + (f"@seed{seed}" if seed else "")
+    for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
         ov = meta_overrides(args.family, strategy, args.minutes, args.set)
         name = strategy + (f"_{args.tag}" if args.tag else "")
         records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root,
@@ -585,7 +588,10 @@ def cmd_channels(args):
     channels = args.channels.split(",")
     base = OUT / "base" / args.family / "pretrained"
     records = {}
-    for strategy in args.strategies.split(","):
+    decoder, seed = getattr(args, "decoder", "greedy"), getattr(args, "seed", 0)
+    # a decoder or draw seed other than the defaults keeps its own choices, results and record
+    suffix = grid_suffix("short", decoder) + (f"@seed{seed}" if seed else "")
+    for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
         ov = meta_overrides(args.family, strategy, args.minutes, args.set)
         ov.update(channels=channels, task_column="spk_channel")
         records[strategy] = train(args.family, OUT / "channels" / args.family / strategy, ov, root,
@@ -598,27 +604,33 @@ def cmd_channels(args):
     models = {"base": load_model(base)}
     models.update({s: load_model(r["export"]) for s, r in records.items()})
     for name, model in models.items():
-        method, rec = choose(model, f"channels_{name}", dev_csv, 1, task_column="spk_channel")
-        cmvn, _ = choose(model, f"channels_{name}_cmvn", dev_csv, 1, grid=UNSUP_GRID["cmvn"],
+        if decoder == "lexicon":  # the training speakers' words, as in evaluate
+            model.set_lexicon(OUT / "manifests" / "train.csv")
+        dev_suffix = grid_suffix("short", decoder)  # the dev choice never saw the test draws
+        method, rec = choose(model, f"channels_{name}{dev_suffix}", dev_csv, 1, task_column="spk_channel")
+        cmvn, _ = choose(model, f"channels_{name}_cmvn{dev_suffix}", dev_csv, 1, grid=UNSUP_GRID["cmvn"],
                          task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
         methods = [Method(**dict(method.as_dict(), name="adapted")), Method(**dict(cmvn.as_dict(), name="cmvn"))]
-        folder = OUT / "eval" / args.family / f"channels_{name}"
+        folder = OUT / "eval" / args.family / f"channels_{name}{suffix}"
         key = {"methods": [_method_key(m) for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
-               "channels": channels, "model": json.dumps(model.info, sort_keys=True)}
+               "channels": channels, "model": json.dumps(model.info, sort_keys=True),
+               **({"seed": seed} if seed else {}), **({"decoder": decoder} if decoder != "greedy" else {})}
         res = _cached(folder / "results.json", key)
         if res is None:
             res = evaluate_kshot(model, test_csv, task_column="spk_channel", ks=(0, K_MAIN), repeats=args.repeats,
-                                 methods=methods, progress=False)
+                                 methods=methods, progress=False, seed=seed)
             res["config"]["cache_key"] = key
             write_report(res, folder)
         out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel_summary(res, channels),
                                 "cmvn": cmvn.as_dict(), "per_channel_cmvn": per_channel_summary(res, channels, "cmvn"),
                                 "summary": res["summary"]}
-    out["machine"] = _machine()
+    out["machine"], out["decoder"], out["seed"], out["repeats"] = _machine(), decoder, seed, args.repeats
+    strategies = args.strategies or "''"  # the base alone
     out["command"] = (f"{_cmd()}channels --family {args.family} "
-                      f"--strategies {args.strategies} --minutes {args.minutes:g} --channels {args.channels} "
-                      f"--repeats {args.repeats}")
-    _write(OUT / "eval" / args.family / "channels.json", out)
+                      f"--strategies {strategies} --minutes {args.minutes:g} --channels {args.channels} "
+                      f"--repeats {args.repeats}" + (f" --decoder {decoder}" if decoder != "greedy" else "")
+                      + (f" --seed {seed}" if seed else ""))
+    _write(OUT / "eval" / args.family / f"channels{suffix}.json", out)
     return out
 
 
@@ -738,6 +750,10 @@ def add_eval_commands(sub):
     c.add_argument("--channels", default="clean,telephone,noise10,reverb")
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--set", action="append")
+    c.add_argument("--decoder", choices=DECODERS, default="greedy",
+                   help="greedy CTC decoding, or a beam search restricted to the training words")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the test support draws (another seed: other draws, their own results)")
     c.set_defaults(func=cmd_channels)
     u = sub.add_parser("unsup", help="adaptation without transcripts from 5 and 20 utterances of a "
                                      "new channel (after channels)")

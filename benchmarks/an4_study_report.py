@@ -260,13 +260,15 @@ def study_section():
                             f"{100 * b['relative']:.1f}% [{100 * b['relative_ci'][0]:.1f}, {100 * b['relative_ci'][1]:.1f}]",
                             b["relative"] >= TARGET_REL and b["relative_ci"][0] is not None and b["relative_ci"][0] > 0])
         md += ["", f"Command: `{gr['command']}`", ""]
-    for rel, ch in _records("eval/*/channels.json").items():
+    for rel, ch in _records("eval/*/channels*.json").items():
+        draws = f", {ch['repeats']} draws per task" if ch.get("repeats") else ""
         md += ["(speaker, channel) tasks on the AN4 test speakers (every test utterance passed through each "
-               "channel): query WER unadapted and after 5-shot adaptation (chosen per model on the dev speakers' "
-               "(speaker, channel) tasks), the paired change with its 95% interval over the channel's 10 speakers "
-               "and draws, and the share of the channel's WER loss (over the same model's clean WER) that "
-               "adaptation wins back. `base` saw clean speech only; the others had 8 CPU-min more of their "
-               "strategy from the base on episodes of (speaker, channel) tasks of the training speakers:", "",
+               f"channel{draws}{_seed_text(ch)}): query WER unadapted and after 5-shot adaptation (chosen per model "
+               "on the dev speakers' (speaker, channel) tasks), the paired change with its 95% interval over the "
+               "channel's 10 speakers and draws, and the share of the channel's WER loss (over the same model's "
+               "clean WER) that adaptation wins back" + _decoder_text(ch) + ". `base` saw clean speech only; "
+               "the others had 8 CPU-min more of their strategy from the base on episodes of (speaker, channel) "
+               "tasks of the training speakers:", "",
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
         rows = [(name, r["per_channel"]) for name, r in ch["results"].items()]

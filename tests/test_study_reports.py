@@ -73,6 +73,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           {"channels": ["clean", "telephone"], "command": "python benchmarks/an4_study.py channels",
            "results": {"base": {"per_channel": {"clean": {"unadapted": 10.0, "adapted": 9.0, "won_back": None},
                                                 "telephone": {"unadapted": 30.0, "adapted": 20.0, "won_back": 0.5}}}}})
+    write(out / "eval" / "crdnn_ctc" / "channels@lexicon@seed1.json",  # the base alone, other draws and decoding
+          {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --strategies ''",
+           "decoder": "lexicon", "seed": 1, "repeats": 2,
+           "results": {"base": {"per_channel": {"telephone": {"unadapted": 25.0, "adapted": 20.0, "won_back": 0.25}}}}})
     write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
           {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
            "chosen": {"pseudo": {"method": {"lr": 0.1, "steps": 3}}},
@@ -102,7 +106,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| telephone 40.0 -> 30.0 |" in study["markdown"]
     assert any("fomaml beats joint" in t[0] and t[2] for t in study["targets"])
     # draws of another seed are named as such, in the table's text and in their targets
-    assert study["markdown"].count("(draw seed 1: other draws") == 1
+    assert study["markdown"].count("(draw seed 1: other draws") == 2  # an evaluation's and the channels'
+    assert "channel, 2 draws per task (draw seed 1: other draws" in study["markdown"]
+    assert "| base | telephone | 25.0 | 20.0 |  |  | 25% |" in study["markdown"]
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     # a held-out study's table names its 30 speakers and its own base's training; so do its targets
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 1
