@@ -4,7 +4,7 @@
 2. meta-train the SynthVoices CRDNN-CTC recipe over its training speakers;
 3. adapt the exported model to each held-out test speaker from ``k`` support
    utterances and print a per-speaker WER table before/after adaptation,
-   plus ``report.md`` and ``wer_vs_k.png``.
+   plus ``report.md``, ``wer_vs_k.png`` and ``per_task.png``.
 """
 
 import pathlib

@@ -14,6 +14,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "WER before" in out and "WER after" in out and "Demo finished" in out
     assert "paired change" in out and "95% CI" in out
     assert (tmp_path / "report" / "wer_vs_k.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "per_task.png").stat().st_size > 1000
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert set(results["per_task"]) == {"spk006"}  # 7 speakers: 5 train, 1 valid, 1 test
 

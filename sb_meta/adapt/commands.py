@@ -307,7 +307,7 @@ def _cmd_evaluate(args):
         print(f"skipped: {s['reason']}")
     for f in results["failed"]:
         print(f"failed: {f['task']} k={f['k']} repeat {f['repeat']} ({f['strategy']}): {f['reason']}")
-    print(f"Report: {paths['markdown']}  Results: {paths['json']}  Plot: {paths['plot']}")
+    print(f"Report: {paths['markdown']}  Results: {paths['json']}  Plots: {paths['plot']}, {paths['tasks_plot']}")
     return 0
 
 
