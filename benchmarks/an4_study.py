@@ -525,8 +525,9 @@ def cmd_methods(args):
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
                            adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
-        cmvn, _ = choose(model, f"{name}_cmvn", manifests / "dev.csv", args.dev_repeats, grid=UNSUP_GRID["cmvn"],
-                         stepsizes=False)
+        # the decoder names the choice: a model's lexicon and greedy choices differ
+        cmvn, _ = choose(model, f"{name}_cmvn{grid_suffix('short', args.decoder)}", manifests / "dev.csv",
+                         args.dev_repeats, grid=UNSUP_GRID["cmvn"], stepsizes=False)
         methods.append(Method(**dict(cmvn.as_dict(), name="unsup-cmvn")))
     res = evaluate_kshot(model, eval_manifest(manifests), ks=(0, K_MAIN), repeats=args.repeats,
                          methods=methods, progress=False)
