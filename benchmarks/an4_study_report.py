@@ -222,11 +222,19 @@ def study_section():
                                 f"{c['delta']:+.1f} WER {_ci(c['delta_ci'])}",
                                 c["delta_ci"][1] is not None and c["delta_ci"][1] < 0])
         md += ["", f"Command: `{ev['command']}`", ""]
-    for rel, mr in _records("eval/*/methods_*.json").items():
+    method_records = [(0, mr) for mr in _records("eval/*/methods_*.json").values()]
+    method_records += [(int(root.name.removeprefix(OUT.name + "_heldout")), mr) for root in _heldout_roots()
+                       for mr in _records("eval/*/methods_*.json", root).values()]
+    for heldout, mr in method_records:
         grid = "" if mr.get("grid", "short") == "short" else (
             f", every method at the step size and steps of the full update chosen on the {mr['grid']} grid "
             "(LHUC and LoRA at their own step size chosen on dev)")
-        md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws{grid}:", "",
+        unadapted = next((summ[str(K_MAIN)]["base_wer_mean"] for summ in mr["summary"].values()
+                          if str(K_MAIN) in summ), None)
+        md += [f"Test-time adaptation methods on the {mr['model']} model ({mr['family']}), 5-shot, same draws, "
+               f"on {_pool_text({'heldout': heldout})}"
+               + (f" (unadapted query WER {unadapted:.1f})" if unadapted is not None else "")
+               + f"{grid}{_decoder_text(mr)}:", "",
                "| method | step size, steps | adapted WER | change [95% CI] | relative | speakers worse |",
                "|---|---|---|---|---|---|"]
         for name, summ in mr["summary"].items():
@@ -260,7 +268,8 @@ def study_section():
                             f"{100 * b['relative']:.1f}% [{100 * b['relative_ci'][0]:.1f}, {100 * b['relative_ci'][1]:.1f}]",
                             b["relative"] >= TARGET_REL and b["relative_ci"][0] is not None and b["relative_ci"][0] > 0])
         md += ["", f"Command: `{gr['command']}`", ""]
-    for rel, ch in _records("eval/*/channels*.json").items():
+    channel_records = {**_records("eval/*/channels.json"), **_records("eval/*/channels@*.json")}  # not selections
+    for rel, ch in sorted(channel_records.items()):
         draws = f", {ch['repeats']} draws per task" if ch.get("repeats") else ""
         md += ["(speaker, channel) tasks on the AN4 test speakers (every test utterance passed through each "
                f"channel{draws}{_seed_text(ch)}): query WER unadapted and after 5-shot adaptation (chosen per model "

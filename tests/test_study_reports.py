@@ -62,6 +62,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     entry = {"base_wer_mean": 12.0, "delta_wer_mean": -1.0}
     write(held / "eval" / "crdnn_ctc@lexicon" / "base" / "results.json",
           {"per_task": {"spk1": {"adapted": {"5": entry}}, "spk2": {"adapted": {"5": dict(entry, delta_wer_mean=2.0)}}}})
+    write(held / "eval" / "crdnn_ctc" / "methods_base@lexicon.json",
+          {"family": "crdnn_ctc", "model": "base", "decoder": "lexicon", "command": "python benchmarks/an4_study.py --heldout 20 methods",
+           "summary": {"full+distill": {"5": summary(12.0, 11.0)}}})
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
           {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
@@ -77,6 +80,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --strategies ''",
            "decoder": "lexicon", "seed": 1, "repeats": 2,
            "results": {"base": {"per_channel": {"telephone": {"unadapted": 25.0, "adapted": 20.0, "won_back": 0.25}}}}})
+    write(out / "eval" / "selection" / "channels_base@lexicon.json", {"chosen": "all_lr0.02_s3"})  # no table
     write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
           {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
            "chosen": {"pseudo": {"method": {"lr": 0.1, "steps": 3}}},
@@ -111,9 +115,13 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| base | telephone | 25.0 | 20.0 |  |  | 25% |" in study["markdown"]
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     # a held-out study's table names its 30 speakers and its own base's training; so do its targets
-    assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 1
+    assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 2  # + methods
     assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
     assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
+    # the held-out study's methods table names its pool and its decoding
+    assert ("same draws, on 30 unseen speakers: the 10 AN4 test speakers and 20 training speakers left out of "
+            "this study's base (`--heldout`) (unadapted query WER 12.0); every model decoded") in study["markdown"]
+    assert "| full+distill |  | 11.0 | -1.0" in study["markdown"]
     # the held-out study's speakers one by one, in a figure next to RESULTS.md
     assert "![per speaker](an4_heldout20_speakers.png)" in study["markdown"]
     assert (tmp_path / "benchmarks" / "an4_heldout20_speakers.png").read_bytes()[:4] == b"\x89PNG"
