@@ -199,10 +199,7 @@ def cmd_meta(args):
     root = an4_root(args.an4_root)
     base = OUT / "base" / args.family / "pretrained" if not args.base else pathlib.Path(args.base)
     records = {}
-    decoder, seed = getattr(args, "decoder", "greedy"), getattr(args, "seed", 0)
-    # a decoder or draw seed other than the defaults keeps its own choices, results and record
-    suffix = grid_suffix("short", decoder) + (f"@seed{seed}" if seed else "")
-    for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
+    for strategy in args.strategies.split(","):
         ov = meta_overrides(args.family, strategy, args.minutes, args.set)
         name = strategy + (f"_{args.tag}" if args.tag else "")
         records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root,
@@ -589,7 +586,7 @@ def cmd_channels(args):
     channels = args.channels.split(",")
     base = OUT / "base" / args.family / "pretrained"
     records = {}
-    decoder, seed = getattr(args, "decoder", "greedy"), getattr(args, "seed", 0)
+    decoder, seed = args.decoder, args.seed
     # a decoder or draw seed other than the defaults keeps its own choices, results and record
     suffix = grid_suffix("short", decoder) + (f"@seed{seed}" if seed else "")
     for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
