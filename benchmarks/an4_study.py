@@ -382,7 +382,7 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
         if (rec.get("grid") == grid and rec.get("model") == stamp and rec.get("dev_manifest") == str(dev_csv)
                 and rec.get("task_column", "spk_id") == task_column and rec.get("k") == (k or K_MAIN)):
             chosen = rec["candidates"][rec["chosen"]]
-            return Method(**{key: v for key, v in chosen.items() if key != "dev_wer"}), rec
+            return Method(**{key: v for key, v in chosen.items() if key not in ("dev_wer", "failed")}), rec
     method, rec = select_on_dev(model, dev_csv, grid, k=k or K_MAIN, repeats=repeats, progress=False,
                                 task_column=task_column)
     rec["grid"], rec["model"], rec["task_column"] = grid, stamp, task_column

@@ -230,3 +230,27 @@ def test_oracle_gate_keeps_the_adaptation_exactly_where_it_helped():
     assert r["relative"] == pytest.approx(-0.125) and r["oracle_relative"] == pytest.approx(0.125)
     with pytest.raises(ValueError, match="'lora'"):
         oracle_gate(results, "lora", 5)
+
+
+def test_select_on_dev_never_chooses_a_candidate_that_failed_on_a_dev_draw(monkeypatch):
+    """A step size that diverged on one dev draw is scored on the draws that survived, so
+    it can look best; it is not chosen, and its failures are recorded. When every candidate
+    failed somewhere the error says why."""
+    from sb_meta.evaluation import protocol
+
+    def fake(summary, failed):
+        def evaluate_kshot(*args, **kwargs):
+            return {"summary": {n: {"5": {"wer_mean": w, "base_wer_mean": 12.0}} for n, w in summary.items()},
+                    "failed": [{"strategy": n, "reason": "AdaptationError: adaptation diverged", "task": "t",
+                                "k": 5, "repeat": 0} for n in failed]}
+        return evaluate_kshot
+
+    grid = [{"name": "steady", "lr": 0.05, "steps": 3}, {"name": "wild", "lr": 5.0, "steps": 25}]
+    monkeypatch.setattr(protocol, "evaluate_kshot", fake({"steady": 11.0, "wild": 6.0}, ["wild"]))
+    method, rec = protocol.select_on_dev(None, "dev.csv", grid, k=5)
+    assert method.name == rec["chosen"] == "steady"
+    assert rec["candidates"]["wild"]["failed"] == 1 and rec["candidates"]["steady"]["failed"] == 0
+    assert rec["candidates"]["wild"]["dev_wer"] == 6.0  # recorded as measured, just not eligible
+    monkeypatch.setattr(protocol, "evaluate_kshot", fake({"steady": 11.0, "wild": 6.0}, ["wild", "steady"]))
+    with pytest.raises(ValueError, match="no candidate adapted on every dev draw of dev.csv .*diverged"):
+        protocol.select_on_dev(None, "dev.csv", grid, k=5)

@@ -554,20 +554,28 @@ def select_on_dev(model, dev_csv, grid, k=5, repeats=2, seed=0, task_column="spk
     Returns
     -------
     (Method, dict)
-        The candidate with the lowest mean adapted WER, and the record of the
-        selection (every candidate's mean WER, the dev manifest and settings).
+        The candidate with the lowest mean adapted WER among those that adapted on
+        every dev draw, and the record of the selection (every candidate's mean WER
+        and failed draws, the dev manifest and settings).
+
+    A candidate whose adaptation failed on a dev draw (e.g. diverged at its step
+    size) cannot be chosen: its mean WER covers only the draws that survived, so
+    it would look better than a setting that works everywhere, and would fail the
+    same way on new tasks.
     """
     grid = methods_from(grid)
     results = evaluate_kshot(model, dev_csv, task_column=task_column, ks=(k,), repeats=repeats,
                              methods=grid, seed=seed, **kwargs)
     scores = {m.name: results["summary"][m.name].get(str(k), {}).get("wer_mean") for m in grid}
-    valid = {n: v for n, v in scores.items() if v is not None}
+    failed = {m.name: sum(f["strategy"] == m.name for f in results["failed"]) for m in grid}
+    valid = {n: v for n, v in scores.items() if v is not None and not failed[n]}
     if not valid:
-        raise ValueError(f"no candidate adapted on the dev tasks of {dev_csv}")
+        reasons = "; ".join(f"{f['strategy']}: {f['reason']}" for f in results["failed"][:3])
+        raise ValueError(f"no candidate adapted on every dev draw of {dev_csv}" + (f" ({reasons})" if reasons else ""))
     best = min(valid, key=valid.get)
     unadapted = results["summary"][best].get(str(k), {}).get("base_wer_mean")  # same draws for all
     record = {"dev_manifest": str(dev_csv), "k": k, "repeats": repeats, "seed": seed,
-              "candidates": {m.name: dict(m.as_dict(), dev_wer=scores[m.name]) for m in grid},
+              "candidates": {m.name: dict(m.as_dict(), dev_wer=scores[m.name], failed=failed[m.name]) for m in grid},
               "chosen": best, "unadapted_dev_wer": unadapted}
     return next(m for m in grid if m.name == best), record
 
