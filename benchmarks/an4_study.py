@@ -460,6 +460,7 @@ def cmd_evaluate(args):
     gates = {name: oracle_gate(res, "adapted", K_MAIN) for name, res in results.items()}
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "ks": KS, "repeats": args.repeats,
               "seed": seed, "heldout": HELDOUT, "chosen": chosen, "oracle_gate": gates,
+              "failed": {n: r["failed"] for n, r in results.items() if r["failed"]},
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,

@@ -197,6 +197,9 @@ def study_section():
             targets.append([f"{fam}{_setting(ev)} {name}: 5-shot relative WER reduction >= 10%, CI excluding 0",
                             f"{100 * rel:.1f}% [{100 * s5['relative_ci'][0]:.1f}, {100 * s5['relative_ci'][1]:.1f}]",
                             rel >= TARGET_REL and excl])
+        if ev.get("failed"):  # adaptations that failed (e.g. diverged) are not in the means above
+            md += ["", "Adaptations that failed on test draws and are left out of the figures above: " + "; ".join(
+                f"{name} {len(fs)} ({fs[0]['reason']})" for name, fs in ev["failed"].items()) + "."]
         if ev.get("heldout") and not ev.get("seed"):  # the larger pool's speakers, one by one
             figure = f"an4_heldout{ev['heldout']}_speakers.png"
             if _plot_speakers((root / record_path).parent, list(ev["summary"]), REPO / "benchmarks" / figure):

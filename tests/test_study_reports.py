@@ -52,7 +52,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, grid="long", chosen={"base": {"method": long_method, "selection": {
               "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
                summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
-    write(out / "eval" / "crdnn_ctc@seed1" / "record.json", dict(ev, seed=1))  # other test draws
+    write(out / "eval" / "crdnn_ctc@seed1" / "record.json",  # other test draws, one adaptation failed
+          dict(ev, seed=1, failed={"fomaml": [{"task": "spk1", "k": 5, "repeat": 0, "strategy": "adapted",
+                                               "reason": "AdaptationError: adaptation diverged"}]}))
     held = tmp_path / "an4_study_heldout20"  # a held-out study: its own base, its own pool
     write(held / "base" / "crdnn_ctc" / "record.json", dict(trained(11.0, steps=900), train_cpu_minutes=60.0))
     write(held / "eval" / "crdnn_ctc@lexicon" / "record.json",
@@ -118,6 +120,8 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 2  # + methods
     assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
     assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
+    assert study["markdown"].count("Adaptations that failed on test draws") == 1
+    assert "left out of the figures above: fomaml 1 (AdaptationError: adaptation diverged)." in study["markdown"]
     # the held-out study's methods table names its pool and its decoding
     assert ("same draws, on 30 unseen speakers: the 10 AN4 test speakers and 20 training speakers left out of "
             "this study's base (`--heldout`) (unadapted query WER 12.0); every model decoded") in study["markdown"]
