@@ -200,7 +200,8 @@ def study_section():
         if ev.get("failed"):  # adaptations that failed (e.g. diverged) are not in the means above
             md += ["", "Adaptations that failed on test draws and are left out of the figures above: " + "; ".join(
                 f"{name} {len(fs)} ({fs[0]['reason']})" for name, fs in ev["failed"].items()) + "."]
-        if ev.get("heldout") and not ev.get("seed"):  # the larger pool's speakers, one by one
+        # the larger pool's speakers one by one, for its main evaluation (seed-0 draws, 3-step grid)
+        if ev.get("heldout") and not ev.get("seed") and ev.get("grid", "short") == "short":
             figure = f"an4_heldout{ev['heldout']}_speakers.png"
             if _plot_speakers((root / record_path).parent, list(ev["summary"]), REPO / "benchmarks" / figure):
                 md += ["", f"Each of the {10 + ev['heldout']} speakers' 5-shot change against its unadapted "

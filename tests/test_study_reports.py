@@ -61,6 +61,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={},
                oracle_gate={"base": {"unadapted": 12.0, "adapted": 12.5, "oracle": 11.4, "relative": -0.04,
                                      "oracle_relative": 0.05, "helped": 9, "n": 120}}))
+    write(held / "eval" / "crdnn_ctc@long@lexicon" / "record.json",
+          dict(ev, heldout=20, decoder="lexicon", grid="long", summary={"base": ev["summary"]["base"]},
+               meta_vs_joint={}, chosen={"base": {"method": long_method, "selection": {"candidates": {}}}}))
     entry = {"base_wer_mean": 12.0, "delta_wer_mean": -1.0}
     write(held / "eval" / "crdnn_ctc@lexicon" / "base" / "results.json",
           {"per_task": {"spk1": {"adapted": {"5": entry}}, "spk2": {"adapted": {"5": dict(entry, delta_wer_mean=2.0)}}}})
@@ -117,9 +120,9 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| base | telephone | 25.0 | 20.0 |  |  | 25% |" in study["markdown"]
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     # a held-out study's table names its 30 speakers and its own base's training; so do its targets
-    assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 2  # + methods
+    assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 3  # + long, methods
     assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
-    assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 1
+    assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 2  # 3-step and long grid
     assert study["markdown"].count("Adaptations that failed on test draws") == 1
     assert "left out of the figures above: fomaml 1 (AdaptationError: adaptation diverged)." in study["markdown"]
     # the held-out study's methods table names its pool and its decoding
@@ -127,7 +130,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
             "this study's base (`--heldout`) (unadapted query WER 12.0); every model decoded") in study["markdown"]
     assert "| full+distill |  | 11.0 | -1.0" in study["markdown"]
     # the held-out study's speakers one by one, in a figure next to RESULTS.md
-    assert "![per speaker](an4_heldout20_speakers.png)" in study["markdown"]
+    assert study["markdown"].count("![per speaker](an4_heldout20_speakers.png)") == 1  # not the long grid's
     assert (tmp_path / "benchmarks" / "an4_heldout20_speakers.png").read_bytes()[:4] == b"\x89PNG"
     # the ceiling of any keep-or-drop rule, where the record has it (older records do not)
     assert study["markdown"].count("keeps each model's 5-shot adaptation only on") == 1
