@@ -398,10 +398,17 @@ def grid_suffix(grid, decoder="greedy"):
     return ("" if grid == "short" else f"@{grid}") + ("" if decoder == "greedy" else f"@{decoder}")
 
 
+def _seed_suffix(seed):
+    """Test draws of another seed keep their own results, under names ending in this."""
+    return f"@seed{seed}" if seed else ""
+
+
 def _flags(args):
-    """The ``--grid`` / ``--decoder`` flags of a command line, where not the defaults."""
-    return (f" --grid {args.grid}" if args.grid != "short" else "") + (
-        f" --decoder {args.decoder}" if getattr(args, "decoder", "greedy") != "greedy" else "")
+    """The ``--grid`` / ``--decoder`` / ``--seed`` flags of a command line, where the step
+    has them and they are not the defaults."""
+    return (f" --grid {args.grid}" if getattr(args, "grid", "short") != "short" else "") + (
+        f" --decoder {args.decoder}" if getattr(args, "decoder", "greedy") != "greedy" else "") + (
+        f" --seed {args.seed}" if getattr(args, "seed", 0) else "")
 
 
 def choose_on_grid(model, name, grid, dev_repeats, decoder="greedy"):
@@ -422,7 +429,7 @@ def cmd_evaluate(args):
     seed = args.seed
     # other draws of the same test speakers keep their own results (the dev choice is reused:
     # it never saw the test draws)
-    out = OUT / "eval" / (args.family + suffix + (f"@seed{seed}" if seed else ""))
+    out = OUT / "eval" / (args.family + suffix + _seed_suffix(seed))
     for name, model in models.items():
         method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
@@ -467,7 +474,7 @@ def cmd_evaluate(args):
               "machine": _machine(),
               "command": f"{_cmd()}evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
-                         f"--reference {args.reference}" + _flags(args) + (f" --seed {seed}" if seed else "")}
+                         f"--reference {args.reference}" + _flags(args)}
     _write(out / "record.json", record)
     return record
 
@@ -588,8 +595,10 @@ def cmd_channels(args):
     base = OUT / "base" / args.family / "pretrained"
     records = {}
     decoder, seed = args.decoder, args.seed
-    # a decoder or draw seed other than the defaults keeps its own choices, results and record
-    suffix = grid_suffix("short", decoder) + (f"@seed{seed}" if seed else "")
+    # a decoder other than greedy keeps its own dev choices (which never see the test draws);
+    # with a draw seed other than 0 as well, its own results and record
+    dev_suffix = grid_suffix("short", decoder)
+    suffix = dev_suffix + _seed_suffix(seed)
     for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
         ov = meta_overrides(args.family, strategy, args.minutes, args.set)
         ov.update(channels=channels, task_column="spk_channel")
@@ -605,7 +614,6 @@ def cmd_channels(args):
     for name, model in models.items():
         if decoder == "lexicon":  # the training speakers' words, as in evaluate
             model.set_lexicon(OUT / "manifests" / "train.csv")
-        dev_suffix = grid_suffix("short", decoder)  # the dev choice never saw the test draws
         method, rec = choose(model, f"channels_{name}{dev_suffix}", dev_csv, 1, task_column="spk_channel")
         cmvn, _ = choose(model, f"channels_{name}_cmvn{dev_suffix}", dev_csv, 1, grid=UNSUP_GRID["cmvn"],
                          task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
@@ -627,8 +635,7 @@ def cmd_channels(args):
     strategies = args.strategies or "''"  # the base alone
     out["command"] = (f"{_cmd()}channels --family {args.family} "
                       f"--strategies {strategies} --minutes {args.minutes:g} --channels {args.channels} "
-                      f"--repeats {args.repeats}" + (f" --decoder {decoder}" if decoder != "greedy" else "")
-                      + (f" --seed {seed}" if seed else ""))
+                      f"--repeats {args.repeats}" + _flags(args))
     _write(OUT / "eval" / args.family / f"channels{suffix}.json", out)
     return out
 

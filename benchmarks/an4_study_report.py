@@ -33,10 +33,10 @@ def _records(pattern, root=None):
 
 
 def _heldout_roots():
-    """The folders of held-out studies (``an4_study.py --heldout N``: ``an4_study_heldoutN``), by N."""
+    """``(N, folder)`` of each held-out study (``an4_study.py --heldout N``: ``an4_study_heldoutN``), by N."""
     prefix = OUT.name + "_heldout"
-    roots = [p for p in OUT.parent.glob(prefix + "*") if p.name.removeprefix(prefix).isdigit()]
-    return sorted(roots, key=lambda p: int(p.name.removeprefix(prefix)))
+    return sorted((int(p.name.removeprefix(prefix)), p) for p in OUT.parent.glob(prefix + "*")
+                  if p.name.removeprefix(prefix).isdigit())
 
 
 def _pool_text(ev):
@@ -167,7 +167,7 @@ def _plot_speakers(folder, names, path):
 
 def study_section():
     evals = [(OUT, path, ev) for path, ev in _records("eval/*/record.json").items()]
-    evals += [(root, path, ev) for root in _heldout_roots() for path, ev in _records("eval/*/record.json", root).items()]
+    evals += [(root, path, ev) for _, root in _heldout_roots() for path, ev in _records("eval/*/record.json", root).items()]
     if not evals:
         return None
     md, targets = [], []
@@ -227,7 +227,7 @@ def study_section():
                                 c["delta_ci"][1] is not None and c["delta_ci"][1] < 0])
         md += ["", f"Command: `{ev['command']}`", ""]
     method_records = [(0, mr) for mr in _records("eval/*/methods_*.json").values()]
-    method_records += [(int(root.name.removeprefix(OUT.name + "_heldout")), mr) for root in _heldout_roots()
+    method_records += [(heldout, mr) for heldout, root in _heldout_roots()
                        for mr in _records("eval/*/methods_*.json", root).values()]
     for heldout, mr in method_records:
         grid = "" if mr.get("grid", "short") == "short" else (
