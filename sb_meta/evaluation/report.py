@@ -73,6 +73,14 @@ def _write_atomic(path, data, binary=False):
         f.write(data)
 
 
+def _save_png(fig, path):
+    """``fig`` laid out and written to ``path`` as a PNG, atomically."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _write_atomic(path, buf.getvalue(), binary=True)
+
+
 def _report_markdown(results):
     cfg = results["config"]
     lines = [
@@ -182,10 +190,7 @@ def _plot(results, path):
     ax_d.axhline(0.0, color="grey", linewidth=0.8)
     ax_d.set_ylabel("adapted − unadapted WER (points)")
     ax_d.set_title("Paired change on the same utterances (95% CI)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    _write_atomic(path, buf.getvalue(), binary=True)
+    _save_png(fig, path)
 
 
 def task_changes(results, k=None):
@@ -257,10 +262,7 @@ def plot_task_changes(results, path):
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    _write_atomic(path, buf.getvalue(), binary=True)
+    _save_png(fig, path)
 
 
 def check_report_folder(out_dir):
