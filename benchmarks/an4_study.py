@@ -298,7 +298,19 @@ DEV_GRID_CMVN = [
           "adapt_params": None}, **({"cmvn": w} if w else {}))
     for w in (None, 0.25, 0.5) for lr in (0.005, 0.02, 0.05)
 ]
-GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN}
+#: step sizes tried on dev for the adapter methods: a fresh LHUC scale or LoRA factor needs
+#: larger steps than the weights the base was trained with
+ADAPTER_LRS = (0.05, 0.5, 2.0)
+
+#: speaker-adaptive adaptation (``evaluate --grid lhuc``): only LHUC scales on the DNN and output
+#: layers adapt (3 steps, step sizes of the methods comparison), for a model meta-trained to be
+#: adapted that way (``meta --strategies fomaml --tag lhuc --set meta_addons=[lhuc]``) and the
+#: models it is compared with
+DEV_GRID_LHUC = [
+    {"name": f"lhuc_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3, "addons": ["lhuc"]}
+    for lr in ADAPTER_LRS
+]
+GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN, "lhuc": DEV_GRID_LHUC}
 KS = (0, 1, 2, 5, 10)
 K_MAIN = 5
 
@@ -478,10 +490,6 @@ def cmd_evaluate(args):
     _write(out / "record.json", record)
     return record
 
-
-#: step sizes tried on dev for the adapter methods: a fresh LHUC scale or LoRA factor needs
-#: larger steps than the weights the base was trained with
-ADAPTER_LRS = (0.05, 0.5, 2.0)
 
 
 def method_grid(model, base_method, name="base", dev_csv=None, dev_repeats=1):

@@ -372,8 +372,11 @@ def _chosen_text(method):
     """A dev-chosen adaptation in words, for the tables."""
     if method.get("unsupervised") == "cmvn":
         return f"input statistics of the support (weight {_cmvn_weight(method):g}), no transcripts"
-    text = f"{method['strategy']}, lr {method.get('lr') or 'learned'}, {method['steps']} steps, " + \
-        ("all" if not method.get("adapt_params") else ",".join(method["adapt_params"]))
+    scope = ",".join(method["adapt_params"]) if method.get("adapt_params") else "all"
+    adapters = [a for a in method.get("addons") or [] if a in ("lhuc", "lora", "houlsby")]
+    if adapters:  # the parameter-efficient add-ons: only their parameters adapt
+        scope = "+".join(adapters) + " only"
+    text = f"{method['strategy']}, lr {method.get('lr') or 'learned'}, {method['steps']} steps, {scope}"
     return (f"cmvn {method['cmvn']:g}, then " + text) if method.get("cmvn") else text
 
 

@@ -52,6 +52,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, grid="long", chosen={"base": {"method": long_method, "selection": {
               "candidates": {"all_lr0.1_s25": {}, "all_lr0.1_s50": {}}}}},
                summary={"base": {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}}}, meta_vs_joint={}))
+    lhuc_method = dict(method, lr=2.0, addons=["lhuc"])  # LHUC-only adaptation (the lhuc grid)
+    write(out / "eval" / "crdnn_ctc@lhuc" / "record.json",
+          dict(ev, grid="lhuc", chosen={"base": {"method": lhuc_method, "selection": {"candidates": {}}}},
+               summary={"base": {"adapted": {"5": summary(12.0, 11.0, [])}}}, meta_vs_joint={}))
     write(out / "eval" / "crdnn_ctc@seed1" / "record.json",  # other test draws, one adaptation failed
           dict(ev, seed=1, failed={"fomaml": [{"task": "spk1", "k": 5, "repeat": 0, "strategy": "adapted",
                                                "reason": "AdaptationError: adaptation diverged"}]}))
@@ -109,6 +113,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
     assert "among the long grid's candidates (all_lr0.1_s25, all_lr0.1_s50)" in study["markdown"]
     assert "finetune, lr 0.1, 25 steps, all |" in study["markdown"]
+    assert "finetune, lr 2.0, 3 steps, lhuc only |" in study["markdown"]
     assert "| base | lr 0.1, 25 steps | 12.0 | 13.0 |" in study["markdown"] and "| 7/20 |" in study["markdown"]
     assert any("base + guard" in t[0] for t in study["targets"])
     assert "| unsup-pseudo (lr 0.1, <= 3 steps) | 20 | 12.0 | 11.0 |" in study["markdown"]
