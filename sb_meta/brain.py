@@ -25,7 +25,7 @@ from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
 from sb_meta.plugins import PluginManager, PluginRegistry
-from sb_meta.strategy import MetaConfig, check_options
+from sb_meta.strategy import GradientStrategy, MetaConfig, check_options
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,11 @@ class MetaBrain(sb.Brain):
             self.checkpointer.add_recoverable("train_clock", self.train_clock)
         self.meta_stage = sb.Stage.TRAIN
         self._term_sums = {}
+        if cfg["valid_adapt"] and not isinstance(self.strategy, GradientStrategy):
+            raise ValueError(
+                f"valid_adapt: strategy {strategy_cls.name!r} has no gradient inner loop to adapt "
+                "validation tasks with (the gradient strategies and joint/finetune have one)"
+            )
 
     # ------------------------------------------------------------ parameters
     def base_params(self):
@@ -326,7 +331,31 @@ class MetaBrain(sb.Brain):
             )
         return EpisodeLoader(dataset, EpisodeSampler(dataset, **kwargs))
 
+    def validation_episodes(self, dataset):
+        """The validation tasks of ``valid_adapt``: every task of ``dataset`` once, one per
+        episode, ``k_support`` (or ``support_seconds``) support utterances and the rest as
+        query, the same draw at every validation (checkpoints are compared on the same
+        utterances) and on every rank.
+
+        Example
+        -------
+        >>> from sb_meta.testing import make_toy_brain, toy_dataset
+        >>> brain = make_toy_brain({"meta_strategy": "fomaml", "k_support": 2, "valid_adapt": True})
+        >>> episodes = list(brain.validation_episodes(toy_dataset(n_tasks=3, utts_per_task=5)))
+        >>> sorted((e.tasks[0].name, len(e.tasks[0].support_ids), len(e.tasks[0].query_ids)) for e in episodes)
+        [('t0', 2, 3), ('t1', 2, 3), ('t2', 2, 3)]
+        """
+        cfg = self.meta_config
+        sampler = EpisodeSampler(
+            dataset, task_column=cfg["task_column"], k_support=cfg["k_support"], k_query=None,
+            meta_batch_tasks=1, support_seconds=cfg["support_seconds"],
+            seed=getattr(self.hparams, "seed", 0), rank=0, world_size=1,
+        )
+        return EpisodeLoader(dataset, sampler)  # its epoch stays 0: the same draws every time
+
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        if stage == sb.Stage.VALID and self.meta_config["valid_adapt"] and not isinstance(dataset, EpisodeLoader):
+            return self.validation_episodes(dataset)
         if isinstance(dataset, EpisodeLoader):
             if stage != sb.Stage.TRAIN:
                 raise ValueError("episode loaders are for training; evaluate with a dataset")
@@ -433,7 +462,27 @@ class MetaBrain(sb.Brain):
 
     def evaluate_batch(self, batch, stage):
         self.train_clock._t0 = None  # validation time is not training time
+        if isinstance(batch, Episode):
+            return self.evaluate_adapted(batch, stage)
         return super().evaluate_batch(batch, stage)
+
+    def evaluate_adapted(self, episode, stage):
+        """Validation after adaptation (``valid_adapt``): each task's model adapts on its
+        support with the strategy's inner loop (as ``sb-meta adapt`` would, phase ``ADAPT``,
+        modules in eval mode) and the recipe's ``compute_objectives`` scores its query
+        utterances with the adapted weights, so the recipe's own metrics (WER...) and the
+        checkpoint SpeechBrain keeps are those of adapted models. The modules' weights and
+        statistics are left as they were. Returns the mean query loss over the tasks."""
+        from sb_meta.functional import functional_objective
+
+        losses = []
+        for task in episode.tasks:
+            with torch.enable_grad():
+                fast = self.strategy.adapt(task.support, task=task, phase=Phase.ADAPT)
+            with torch.no_grad():
+                loss, _ = functional_objective(self, dict(fast), task.query, stage)
+            losses.append(loss.detach())
+        return torch.stack(losses).mean().cpu()
 
     @staticmethod
     def _world():

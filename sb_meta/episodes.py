@@ -125,8 +125,9 @@ class EpisodeSampler:
         The column whose values are tasks (``spk_id``, ``lang``, ``accent``...).
     k_support : int
         Support utterances per task (ignored when ``support_seconds`` is set).
-    k_query : int
-        Query utterances per task.
+    k_query : int or None
+        Query utterances per task; ``None``: every utterance of the task that
+        is not in its support (at least one), as when validating on whole tasks.
     meta_batch_tasks : int
         Tasks per episode (over all ranks).
     episodes_per_epoch : int, optional
@@ -157,7 +158,7 @@ class EpisodeSampler:
         duration_column="duration",
     ):
         rows = _rows_of(data)
-        if k_query < 0 or (support_seconds is None and k_support < 1):
+        if (k_query is not None and k_query < 0) or (support_seconds is None and k_support < 1):
             raise ValueError(f"need k_support >= 1 and k_query >= 0, got {k_support}, {k_query}")
         if meta_batch_tasks < 1:
             raise ValueError(f"meta_batch_tasks must be >= 1, got {meta_batch_tasks}")
@@ -180,7 +181,7 @@ class EpisodeSampler:
             groups.setdefault(str(row[task_column]), []).append(str(row["ID"]))
             if support_seconds is not None:
                 self.durations[str(row["ID"])] = float(row[duration_column])
-        need = (1 if support_seconds is not None else k_support) + k_query
+        need = (1 if support_seconds is not None else k_support) + (1 if k_query is None else k_query)
         too_small = {t: len(ids) for t, ids in groups.items() if len(ids) < need}
         if too_small:
             listed = ", ".join(f"{t} ({n})" for t, n in sorted(too_small.items()))
@@ -259,13 +260,13 @@ class EpisodeSampler:
             support = ids[: self.k_support]
         else:
             support, total = [], 0.0
-            for i in ids[: len(ids) - self.k_query]:
+            for i in ids[: len(ids) - (1 if self.k_query is None else self.k_query)]:
                 support.append(i)
                 total += self.durations[i]
                 if total >= self.support_seconds:
                     break
         rest = ids[len(support):]
-        return support, rest[: self.k_query]
+        return support, rest[: self.k_query]  # None: the whole rest
 
     def episode(self, epoch, index):
         """Episode ``index`` of ``epoch``: all its tasks, before sharding."""

@@ -65,6 +65,19 @@ def test_synthvoices_recipe_runs_every_strategy(tiny_corpus, tmp_path, strategy)
     assert info["strategy"] == strategy
 
 
+def test_a_recipe_keeps_the_best_checkpoint_after_adaptation(tiny_corpus, tmp_path):
+    """``--valid_adapt=True``: the dev speakers adapt (here only LHUC scales, speaker-adaptive
+    meta-training) before the recipe's WER is computed on their other utterances."""
+    out = tmp_path / "exp"
+    brain = train_in_process("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
+                                             "--meta_strategy=fomaml", "--meta_addons=[lhuc]",
+                                             "--valid_adapt=True", *SMALL])
+    assert brain.meta_config["valid_adapt"]
+    log = (out / "train_log.txt").read_text()
+    assert "valid WER" in log and "test WER" in log
+    assert (out / "pretrained" / "sbmeta.json").is_file()
+
+
 @pytest.mark.parametrize(
     "strategy", ["maml", "fomaml", "reptile", "metasgd", "anil", "meta_lstm", "joint", "finetune"]
 )
