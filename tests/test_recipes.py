@@ -91,11 +91,12 @@ def test_the_transformer_recipe_runs_every_strategy(tiny_corpus, tmp_path, strat
     assert info["strategy"] == strategy
 
 
-@pytest.mark.parametrize("strategy", ["maml", "fomaml"])
-def test_the_crdnn_attention_recipe_runs(tiny_corpus, tmp_path, strategy):
+@pytest.mark.parametrize("strategy, extra", [("maml", []), ("fomaml", ["--valid_adapt=True"])])
+def test_the_crdnn_attention_recipe_runs(tiny_corpus, tmp_path, strategy, extra):
+    """(``valid_adapt``: the beam search of validation decodes with adapted weights.)"""
     out = tmp_path / "exp"
     train_in_process("SynthVoices", [f"--data_folder={tiny_corpus}", f"--output_folder={out}",
-                                     f"--meta_strategy={strategy}", *DEBUG],
+                                     f"--meta_strategy={strategy}", *DEBUG, *extra],
                      yaml="crdnn_attention_meta.yaml")
     assert json.loads((out / "pretrained" / "sbmeta.json").read_text())["strategy"] == strategy
 
