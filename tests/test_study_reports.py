@@ -166,6 +166,9 @@ def test_training_column_states_the_budget_when_the_kept_checkpoint_came_earlier
     assert an4_study_report._training_record(early) == "8-min run, best dev at 6 min, 150 steps"
     at_the_end = dict(early, train_cpu_minutes=7.8)
     assert an4_study_report._training_record(at_the_end) == "8 min, 150 steps"
+    sat = dict(early, command="python recipes/AN4/train.py ... --meta_addons=[lhuc] --valid_adapt=True")
+    assert an4_study_report._training_record(sat) == (
+        "8-min run, best dev at 6 min, 150 steps, inner loop on LHUC scales, kept on the adapted dev WER")
     assert an4_study_report._training_record(trained(12.0)) == "10 min, 100 steps"  # no budget recorded
 
 
