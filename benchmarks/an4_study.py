@@ -310,7 +310,16 @@ DEV_GRID_LHUC = [
     {"name": f"lhuc_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3, "addons": ["lhuc"]}
     for lr in ADAPTER_LRS
 ]
-GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN, "lhuc": DEV_GRID_LHUC}
+#: feature-space adaptation (``evaluate --grid norm``): only the affine parameters of the CNN's
+#: layer normalisations adapt, per frequency band and channel (about 10k numbers, the first
+#: block's act on the filterbank itself, like a diagonal fMLLR); 3 steps, the adapters' step sizes
+NORM_PARAMS = ["enc.CNN.*norm*"]
+DEV_GRID_NORM = [
+    {"name": f"norm_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3, "adapt_params": NORM_PARAMS}
+    for lr in ADAPTER_LRS
+]
+GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN, "lhuc": DEV_GRID_LHUC,
+         "norm": DEV_GRID_NORM}
 KS = (0, 1, 2, 5, 10)
 K_MAIN = 5
 
