@@ -468,9 +468,11 @@ def _training_record(r):
     minutes = r.get("train_cpu_minutes", r["train_minutes"])
     kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
     command = r.get("command", "")
-    how = "".join(f", {text}" for flag, text in (("--meta_addons=[lhuc]", "inner loop on LHUC scales"),
-                                                ("--valid_adapt=True", "kept on the adapted dev WER"))
-                  if flag in command)
+    adapted = re.search(r"--adapt_params=\[([^\]]*)\]", command)
+    how = "".join(f", {text}" for flag, text in (
+        ("--meta_addons=[lhuc]", "inner loop on LHUC scales"),
+        ("--adapt_params=", f"inner loop on {adapted.group(1) if adapted else ''}"),
+        ("--valid_adapt=True", "kept on the adapted dev WER")) if flag in command)
     budget = r.get("train_budget_minutes")
     if budget and budget - minutes > 0.5:
         return f"{budget:g}-min run, best dev at {kept}{how}"

@@ -169,6 +169,9 @@ def test_training_column_states_the_budget_when_the_kept_checkpoint_came_earlier
     sat = dict(early, command="python recipes/AN4/train.py ... --meta_addons=[lhuc] --valid_adapt=True")
     assert an4_study_report._training_record(sat) == (
         "8-min run, best dev at 6 min, 150 steps, inner loop on LHUC scales, kept on the adapted dev WER")
+    norm = dict(at_the_end, command="python recipes/AN4/train.py ... '--adapt_params=[enc.CNN.*norm*]' --valid_adapt=True")
+    assert an4_study_report._training_record(norm) == (
+        "8 min, 150 steps, inner loop on enc.CNN.*norm*, kept on the adapted dev WER")
     assert an4_study_report._training_record(trained(12.0)) == "10 min, 100 steps"  # no budget recorded
 
 
