@@ -500,7 +500,6 @@ def cmd_evaluate(args):
     return record
 
 
-
 def method_grid(model, base_method, name="base", dev_csv=None, dev_repeats=1):
     """The test-time adaptation methods compared on the same draws (issue 14, item 2):
     full and head-only updates at the dev-chosen step size; LHUC and LoRA each at its own

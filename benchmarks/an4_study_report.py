@@ -374,7 +374,7 @@ def _chosen_text(method):
         return f"input statistics of the support (weight {_cmvn_weight(method):g}), no transcripts"
     scope = ",".join(method["adapt_params"]) if method.get("adapt_params") else "all"
     adapters = [a for a in method.get("addons") or [] if a in ("lhuc", "lora", "houlsby")]
-    if adapters:  # the parameter-efficient add-ons: only their parameters adapt
+    if adapters:  # plugins/peft.py's add-ons (named here: the report loads no plugin): only they adapt
         scope = "+".join(adapters) + " only"
     text = f"{method['strategy']}, lr {method.get('lr') or 'learned'}, {method['steps']} steps, {scope}"
     return (f"cmvn {method['cmvn']:g}, then " + text) if method.get("cmvn") else text
@@ -464,7 +464,9 @@ def transfer_section():
 
 def _training_record(r):
     """The model's training: minutes and outer steps at the checkpoint kept (best on dev),
-    and the budget of the run when the kept checkpoint came before its end."""
+    the budget of the run when the kept checkpoint came before its end, and (read from its
+    command) an inner loop restricted to LHUC scales or ``adapt_params``, and a checkpoint
+    kept on the adapted dev WER (``valid_adapt``)."""
     minutes = r.get("train_cpu_minutes", r["train_minutes"])
     kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
     command = r.get("command", "")

@@ -464,6 +464,11 @@ class MetaBrain(sb.Brain):
         self.train_clock._t0 = None  # validation time is not training time
         if isinstance(batch, Episode):
             return self.evaluate_adapted(batch, stage)
+        if stage == sb.Stage.VALID and self.meta_config["valid_adapt"]:
+            raise ValueError(
+                "valid_adapt: the validation set arrived as plain batches (a DataLoader?); pass "
+                "fit() the dataset itself, so that its tasks can be drawn and adapted to"
+            )
         return super().evaluate_batch(batch, stage)
 
     def evaluate_adapted(self, episode, stage):

@@ -85,3 +85,11 @@ def test_valid_adapt_needs_a_gradient_inner_loop_and_a_boolean():
         make_toy_brain({"meta_strategy": "protonet", "emb_dim": 8, "valid_adapt": True})
     with pytest.raises(ValueError, match="valid_adapt must be True or False, got 'yes'"):
         make_toy_brain(dict(HP, valid_adapt="yes"))
+
+
+def test_a_validation_dataloader_cannot_silently_skip_the_adaptation():
+    brain = make_toy_brain(HP)
+    ds = toy_dataset(n_tasks=3, utts_per_task=6)
+    loader = sb.dataio.dataloader.make_dataloader(ds, batch_size=4)  # SpeechBrain leaves a DataLoader as it is
+    with pytest.raises(ValueError, match="valid_adapt: the validation set arrived as plain batches"):
+        brain.fit(range(1, 2), brain.make_episode_loader(toy_dataset()), valid_set=loader, progressbar=False)
