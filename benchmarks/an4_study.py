@@ -610,10 +610,10 @@ def cmd_channels(args):
     channels = args.channels.split(",")
     base = OUT / "base" / args.family / "pretrained"
     records = {}
-    decoder, seed = args.decoder, args.seed
-    # a decoder other than greedy keeps its own dev choices (which never see the test draws);
-    # with a draw seed other than 0 as well, its own results and record
-    dev_suffix = grid_suffix("short", decoder)
+    decoder, seed, grid = args.decoder, args.seed, args.grid
+    # a grid other than the short one and a decoder other than greedy keep their own dev choices
+    # (which never see the test draws); with a draw seed other than 0 as well, its own results and record
+    dev_suffix = grid_suffix(grid, decoder)
     suffix = dev_suffix + _seed_suffix(seed)
     for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
         ov = meta_overrides(args.family, strategy, args.minutes, args.set)
@@ -630,8 +630,10 @@ def cmd_channels(args):
     for name, model in models.items():
         if decoder == "lexicon":  # the training speakers' words, as in evaluate
             model.set_lexicon(OUT / "manifests" / "train.csv")
-        method, rec = choose(model, f"channels_{name}{dev_suffix}", dev_csv, 1, task_column="spk_channel")
-        cmvn, _ = choose(model, f"channels_{name}_cmvn{dev_suffix}", dev_csv, 1, grid=UNSUP_GRID["cmvn"],
+        method, rec = choose(model, f"channels_{name}{dev_suffix}", dev_csv, 1, grid=GRIDS[grid],
+                             task_column="spk_channel")
+        cmvn, _ = choose(model, f"channels_{name}_cmvn{grid_suffix('short', decoder)}", dev_csv, 1,
+                         grid=UNSUP_GRID["cmvn"],
                          task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
         methods = [Method(**dict(method.as_dict(), name="adapted")), Method(**dict(cmvn.as_dict(), name="cmvn"))]
         folder = OUT / "eval" / args.family / f"channels_{name}{suffix}"
@@ -648,6 +650,7 @@ def cmd_channels(args):
                                 "cmvn": cmvn.as_dict(), "per_channel_cmvn": per_channel_summary(res, channels, "cmvn"),
                                 "summary": res["summary"]}
     out["machine"], out["decoder"], out["seed"], out["repeats"] = _machine(), decoder, seed, args.repeats
+    out["grid"] = grid
     strategies = args.strategies or "''"  # the base alone
     out["command"] = (f"{_cmd()}channels --family {args.family} "
                       f"--strategies {strategies} --minutes {args.minutes:g} --channels {args.channels} "
@@ -776,6 +779,9 @@ def add_eval_commands(sub):
                    help="greedy CTC decoding, or a beam search restricted to the training words")
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the test support draws (another seed: other draws, their own results)")
+    c.add_argument("--grid", choices=sorted(GRIDS), default="short",
+                   help="the candidates of the supervised adaptation, chosen on the dev speakers' channel "
+                        "tasks (norm: the CNN's layer norms only, a feature-space update)")
     c.set_defaults(func=cmd_channels)
     u = sub.add_parser("unsup", help="adaptation without transcripts from 5 and 20 utterances of a "
                                      "new channel (after channels)")

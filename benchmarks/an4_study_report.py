@@ -284,7 +284,9 @@ def study_section():
                "tasks of the training speakers:", "",
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
-        rows = [(name, r["per_channel"]) for name, r in ch["results"].items()]
+        grid = ch.get("grid", "short") != "short"  # name the adaptation chosen from another grid
+        rows = [(f"{name} ({_chosen_text(r['method'])})" if grid else name, r["per_channel"])
+                for name, r in ch["results"].items()]
         rows += [(f"{name} + cmvn, no transcripts (weight {_cmvn_weight(r['cmvn'])})",
                   r["per_channel_cmvn"]) for name, r in ch["results"].items() if r.get("per_channel_cmvn")]
         for name, per_channel in rows:

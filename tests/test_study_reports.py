@@ -89,6 +89,10 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --strategies ''",
            "decoder": "lexicon", "seed": 1, "repeats": 2,
            "results": {"base": {"per_channel": {"telephone": {"unadapted": 25.0, "adapted": 20.0, "won_back": 0.25}}}}})
+    write(out / "eval" / "crdnn_ctc" / "channels@norm.json",  # the layer norms only: the row names the update
+          {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --grid norm", "grid": "norm",
+           "results": {"base": {"method": dict(method, lr=0.5, adapt_params=["enc.CNN.*norm*"]),
+                                "per_channel": {"telephone": {"unadapted": 25.0, "adapted": 15.0, "won_back": 0.5}}}}})
     write(out / "eval" / "selection" / "channels_base@lexicon.json", {"chosen": "all_lr0.02_s3"})  # no table
     write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
           {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
@@ -123,6 +127,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert study["markdown"].count("(draw seed 1: other draws") == 2  # an evaluation's and the channels'
     assert "channel, 2 draws per task (draw seed 1: other draws" in study["markdown"]
     assert "| base | telephone | 25.0 | 20.0 |  |  | 25% |" in study["markdown"]
+    assert "| base (finetune, lr 0.5, 3 steps, enc.CNN.*norm*) | telephone | 25.0 | 15.0 |  |  | 50% |" in study["markdown"]
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     # a held-out study's table names its 30 speakers and its own base's training; so do its targets
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 3  # + long, methods
