@@ -306,10 +306,15 @@ ADAPTER_LRS = (0.05, 0.5, 2.0)
 #: layers adapt (3 steps, step sizes of the methods comparison), for a model meta-trained to be
 #: adapted that way (``meta --strategies fomaml --tag lhuc --set meta_addons=[lhuc]``) and the
 #: models it is compared with
-DEV_GRID_LHUC = [
-    {"name": f"lhuc_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3, "addons": ["lhuc"]}
-    for lr in ADAPTER_LRS
-]
+def adapter_grid(addon, steps=3, config=None):
+    """Candidates that adapt only ``addon``'s adapters (``config``: its settings), one per
+    step size of :data:`ADAPTER_LRS`."""
+    return [dict({"name": f"{addon}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps,
+                  "addons": [addon]}, **({} if config is None else {"addon_config": config}))
+            for lr in ADAPTER_LRS]
+
+
+DEV_GRID_LHUC = adapter_grid("lhuc")
 #: feature-space adaptation (``evaluate --grid norm``): only the affine parameters of the CNN's
 #: layer normalisations adapt, per frequency band and channel (about 10k numbers, the first
 #: block's act on the filterbank itself, like a diagonal fMLLR); 3 steps, the adapters' step sizes
@@ -516,8 +521,7 @@ def method_grid(model, base_method, name="base", dev_csv=None, dev_repeats=1):
     for addon, config in adapters.items():
         chosen_lr = max(lr, 0.05)
         if dev_csv is not None:
-            grid = [{"name": f"{addon}_lr{a:g}_s{steps}", "strategy": "finetune", "lr": a, "steps": steps,
-                     "addons": [addon], "addon_config": config} for a in ADAPTER_LRS]
+            grid = adapter_grid(addon, steps, config)
             chosen_lr = choose(model, f"{name}_{addon}", dev_csv, dev_repeats, grid=grid, stepsizes=False)[0].lr
         core.append(Method(name=addon, strategy="finetune", lr=chosen_lr, steps=steps, addons=[addon],
                            addon_config=config))

@@ -284,8 +284,8 @@ def study_section():
                "tasks of the training speakers:", "",
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
-        grid = ch.get("grid", "short") != "short"  # name the adaptation chosen from another grid
-        rows = [(f"{name} ({_chosen_text(r['method'])})" if grid else name, r["per_channel"])
+        other_grid = ch.get("grid", "short") != "short"  # name the adaptation chosen from another grid
+        rows = [(f"{name} ({_chosen_text(r['method'])})" if other_grid else name, r["per_channel"])
                 for name, r in ch["results"].items()]
         rows += [(f"{name} + cmvn, no transcripts (weight {_cmvn_weight(r['cmvn'])})",
                   r["per_channel_cmvn"]) for name, r in ch["results"].items() if r.get("per_channel_cmvn")]
@@ -471,12 +471,14 @@ def _training_record(r):
     kept on the adapted dev WER (``valid_adapt``)."""
     minutes = r.get("train_cpu_minutes", r["train_minutes"])
     kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
-    command = r.get("command", "")
+    command, how = r.get("command", ""), ""
+    if "--meta_addons=[lhuc]" in command:
+        how += ", inner loop on LHUC scales"
     adapted = re.search(r"--adapt_params=\[([^\]]*)\]", command)
-    how = "".join(f", {text}" for flag, text in (
-        ("--meta_addons=[lhuc]", "inner loop on LHUC scales"),
-        ("--adapt_params=", f"inner loop on {adapted.group(1) if adapted else ''}"),
-        ("--valid_adapt=True", "kept on the adapted dev WER")) if flag in command)
+    if adapted:
+        how += f", inner loop on {adapted.group(1)}"
+    if "--valid_adapt=True" in command:
+        how += ", kept on the adapted dev WER"
     budget = r.get("train_budget_minutes")
     if budget and budget - minutes > 0.5:
         return f"{budget:g}-min run, best dev at {kept}{how}"

@@ -322,7 +322,7 @@ class MetaBrain(sb.Brain):
             seed=getattr(self.hparams, "seed", 0),
         )
         kwargs.update(overrides)
-        world = self._world()
+        world = kwargs.get("world_size") or self._world()  # an override shards (or not) itself
         if kwargs["meta_batch_tasks"] % world:
             raise ValueError(
                 f"meta_batch_tasks={kwargs['meta_batch_tasks']} cannot be shared evenly by "
@@ -345,13 +345,9 @@ class MetaBrain(sb.Brain):
         >>> sorted((e.tasks[0].name, len(e.tasks[0].support_ids), len(e.tasks[0].query_ids)) for e in episodes)
         [('t0', 2, 3), ('t1', 2, 3), ('t2', 2, 3)]
         """
-        cfg = self.meta_config
-        sampler = EpisodeSampler(
-            dataset, task_column=cfg["task_column"], k_support=cfg["k_support"], k_query=None,
-            meta_batch_tasks=1, support_seconds=cfg["support_seconds"],
-            seed=getattr(self.hparams, "seed", 0), rank=0, world_size=1,
-        )
-        return EpisodeLoader(dataset, sampler)  # its epoch stays 0: the same draws every time
+        # one task per episode, every task once; its epoch stays 0: the same draws every time
+        return self.make_episode_loader(dataset, k_query=None, meta_batch_tasks=1, episodes_per_epoch=None,
+                                        rank=0, world_size=1)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         if stage == sb.Stage.VALID and self.meta_config["valid_adapt"] and not isinstance(dataset, EpisodeLoader):
