@@ -302,27 +302,30 @@ DEV_GRID_CMVN = [
 #: larger steps than the weights the base was trained with
 ADAPTER_LRS = (0.05, 0.5, 2.0)
 
+
+def step_size_grid(prefix, steps=3, **restriction):
+    """Candidates ``<prefix>_lr<lr>_s<steps>``, one per step size of :data:`ADAPTER_LRS`: a
+    ``steps``-step fine-tuning restricted by ``restriction`` (``addons=[...]``, which adapts
+    only their adapters, or ``adapt_params=[...]``)."""
+    return [dict({"name": f"{prefix}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps},
+                 **restriction) for lr in ADAPTER_LRS]
+
+
+def adapter_grid(addon, steps=3, config=None):
+    """Candidates that adapt only ``addon``'s adapters (``config``: its settings)."""
+    return step_size_grid(addon, steps, addons=[addon], **({} if config is None else {"addon_config": config}))
+
+
 #: speaker-adaptive adaptation (``evaluate --grid lhuc``): only LHUC scales on the DNN and output
 #: layers adapt (3 steps, step sizes of the methods comparison), for a model meta-trained to be
 #: adapted that way (``meta --strategies fomaml --tag lhuc --set meta_addons=[lhuc]``) and the
 #: models it is compared with
-def adapter_grid(addon, steps=3, config=None):
-    """Candidates that adapt only ``addon``'s adapters (``config``: its settings), one per
-    step size of :data:`ADAPTER_LRS`."""
-    return [dict({"name": f"{addon}_lr{lr:g}_s{steps}", "strategy": "finetune", "lr": lr, "steps": steps,
-                  "addons": [addon]}, **({} if config is None else {"addon_config": config}))
-            for lr in ADAPTER_LRS]
-
-
 DEV_GRID_LHUC = adapter_grid("lhuc")
 #: feature-space adaptation (``evaluate --grid norm``): only the affine parameters of the CNN's
 #: layer normalisations adapt, per frequency band and channel (about 10k numbers, the first
 #: block's act on the filterbank itself, like a diagonal fMLLR); 3 steps, the adapters' step sizes
 NORM_PARAMS = ["enc.CNN.*norm*"]
-DEV_GRID_NORM = [
-    {"name": f"norm_lr{lr:g}_s3", "strategy": "finetune", "lr": lr, "steps": 3, "adapt_params": NORM_PARAMS}
-    for lr in ADAPTER_LRS
-]
+DEV_GRID_NORM = step_size_grid("norm", adapt_params=NORM_PARAMS)
 GRIDS = {"short": DEV_GRID, "long": DEV_GRID_LONG, "cmvn": DEV_GRID_CMVN, "lhuc": DEV_GRID_LHUC,
          "norm": DEV_GRID_NORM}
 KS = (0, 1, 2, 5, 10)

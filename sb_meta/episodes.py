@@ -170,6 +170,8 @@ class EpisodeSampler:
         self.task_column = task_column
         self.k_support = k_support
         self.k_query = k_query
+        # a whole-rest query (k_query=None) still needs one utterance outside the support
+        self.min_query = 1 if k_query is None else k_query
         self.support_seconds = support_seconds
         self.meta_batch_tasks = meta_batch_tasks
         self.seed = seed
@@ -181,7 +183,7 @@ class EpisodeSampler:
             groups.setdefault(str(row[task_column]), []).append(str(row["ID"]))
             if support_seconds is not None:
                 self.durations[str(row["ID"])] = float(row[duration_column])
-        need = (1 if support_seconds is not None else k_support) + (1 if k_query is None else k_query)
+        need = (1 if support_seconds is not None else k_support) + self.min_query
         too_small = {t: len(ids) for t, ids in groups.items() if len(ids) < need}
         if too_small:
             listed = ", ".join(f"{t} ({n})" for t, n in sorted(too_small.items()))
@@ -260,7 +262,7 @@ class EpisodeSampler:
             support = ids[: self.k_support]
         else:
             support, total = [], 0.0
-            for i in ids[: len(ids) - (1 if self.k_query is None else self.k_query)]:
+            for i in ids[: len(ids) - self.min_query]:
                 support.append(i)
                 total += self.durations[i]
                 if total >= self.support_seconds:
