@@ -361,9 +361,11 @@ class MetaBrain(sb.Brain):
                 if key not in self.checkpointer.recoverables:
                     self.checkpointer.add_recoverable(key, dataset.recoverable)
             return dataset
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         if stage == sb.Stage.TRAIN and hasattr(dataset, "data") and hasattr(dataset, "data_ids"):
             self._train_rows = dataset.data  # manifest rows of plain batches' utterances
-        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+            self._plain_batches_per_epoch = len(loader) if hasattr(loader, "__len__") else None
+        return loader
 
     # ------------------------------------------------------------ training
     def on_fit_start(self):
@@ -379,14 +381,16 @@ class MetaBrain(sb.Brain):
     @property
     def planned_steps(self):
         """Outer steps training will take if it runs all its epochs (None when
-        unknown: no episode loader yet, or no epoch limit); add-ons with
-        schedules (e.g. ``dann``'s reversal weight) read it."""
+        unknown: no training loader yet, or no epoch limit); add-ons with
+        schedules (e.g. ``dann``'s reversal weight) and the recipes' learning-rate
+        schedules read it."""
         counter = getattr(self.hparams, "epoch_counter", None) if self.hparams is not None else None
         sampler = getattr(self, "train_sampler", None)
+        per_epoch = len(sampler) if sampler is not None else getattr(self, "_plain_batches_per_epoch", None)
         limit = getattr(counter, "limit", None)
-        if limit is None or sampler is None:
+        if limit is None or not per_epoch:
             return None
-        return int(limit) * len(sampler)
+        return int(limit) * per_epoch
 
     @property
     def train_minutes(self):

@@ -202,7 +202,10 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
 
     ``speechbrain.dataio.encoder.CTCTextEncoder`` (characters): built from the
     training transcripts with the CTC blank at index 0 and ``<unused_i>``
-    labels up to ``output_neurons`` (so every network output decodes);
+    labels up to ``output_neurons`` (so every network output decodes); with
+    ``init_from`` naming a character model, that model's label order is kept
+    and characters it lacks take its ``<unused_i>`` slots (cross-corpus
+    initialisation: every pretrained output row stays tied to its character);
     ``sentencepiece.SentencePieceProcessor``: trained with SpeechBrain's
     SentencePiece wrapper (``tokenizer_type`` unigram/bpe/char,
     ``output_neurons`` pieces) with id 0 reserved (``unk_id: 0``, SpeechBrain's
@@ -228,17 +231,8 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
             from sb_meta.data.manifest import read_manifest
 
             chars = sorted({c for r in read_manifest(train_csv, required=("ID", "wrd")) for c in r["wrd"]})
-            enc = CTCTextEncoder()
-            enc.insert_blank("<blank>", index=0)
-            for c in chars:
-                enc.add_label(c)
-            if len(enc) > n_out:
-                raise RecipeError(
-                    f"the training transcripts have {len(chars)} characters (+ blank) but "
-                    f"output_neurons is {n_out}; raise output_neurons"
-                )
-            for i in range(len(enc), n_out):
-                enc.add_label(f"<unused_{i}>")
+            base = _init_labels(hparams)
+            enc = _extend_labels(base, chars, n_out) if base else _new_labels(chars, n_out)
             save_folder.mkdir(parents=True, exist_ok=True)
             enc.save(path)
 
@@ -360,13 +354,78 @@ def check_transcripts(tokenizer, csvs):
         raise RecipeError(f"{len(problems)} bad transcript(s):\n  {shown}{more}")
 
 
+def _new_labels(chars, n_out):
+    """A character encoder: blank at 0, ``chars``, ``<unused_i>`` up to ``n_out``."""
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    enc = CTCTextEncoder()
+    enc.insert_blank("<blank>", index=0)
+    for c in chars:
+        enc.add_label(c)
+    if len(enc) > n_out:
+        raise RecipeError(
+            f"the training transcripts have {len(chars)} characters (+ blank) but "
+            f"output_neurons is {n_out}; raise output_neurons"
+        )
+    for i in range(len(enc), n_out):
+        enc.add_label(f"<unused_{i}>")
+    return enc
+
+
+def _init_labels(hparams):
+    """The label list of ``init_from``'s character tokenizer, or None."""
+    folder = hparams.get("init_from")
+    if not folder or not (pathlib.Path(folder) / "tokenizer.ckpt").is_file():
+        return None
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    theirs = CTCTextEncoder()
+    try:
+        theirs.load(pathlib.Path(folder) / "tokenizer.ckpt")
+    except Exception:  # noqa: BLE001 - not a character tokenizer: nothing to keep
+        return None
+    return [theirs.ind2lab[i] for i in range(len(theirs))]
+
+
+def _extend_labels(base, chars, n_out):
+    """Model surgery for ``init_from`` across corpora: keep the pretrained model's
+    label order (its output rows stay tied to their characters) and give each new
+    character an ``<unused_i>`` slot, whose row the pretrained model never emitted.
+
+    Example
+    -------
+    >>> enc = _extend_labels(["<blank>", "A", "B", "<unused_3>"], ["A", "C"], 4)
+    >>> [enc.ind2lab[i] for i in range(4)]
+    ['<blank>', 'A', 'B', 'C']
+    """
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    labels = list(base) + [f"<unused_{i}>" for i in range(len(base), n_out)]
+    free = [i for i, lab in enumerate(labels) if lab.startswith("<unused_")]
+    new = [c for c in chars if c not in labels]
+    if len(new) > len(free) or len(labels) != n_out:
+        raise RecipeError(
+            f"init_from: the pretrained model has {len(base)} outputs with {len(free)} unused, "
+            f"output_neurons is {n_out}, and the training transcripts add {len(new)} characters "
+            f"({''.join(new)!r}); the output layer cannot hold them"
+        )
+    for c, i in zip(new, free):
+        labels[i] = c
+    enc = CTCTextEncoder()
+    enc.insert_blank(labels[0], index=0)
+    for lab in labels[1:]:
+        enc.add_label(lab)
+    return enc
+
+
 def load_initialisation(hparams, folder):
     """Initialise the recipe's model from an exported folder (``init_from``).
 
     The loadables of the recipe's ``inference:`` section that are modules or
     statistics (``model``, ``normalizer``...) are loaded from
     ``<folder>/<name>.ckpt`` with SpeechBrain's ``Pretrainer``; the tokenizer
-    must be the same as the recipe's (the output layer's rows are tied to it).
+    must be the same as the recipe's (the output layer's rows are tied to it),
+    or extend it into its unused labels (:func:`prepare_tokenizer`).
     Only weights are taken: the optimizer, the epoch counter and the episode
     stream start afresh, and a checkpoint already in the experiment's
     ``save_folder`` still takes precedence (``fit`` recovers it afterwards).
@@ -416,7 +475,9 @@ def _check_same_tokenizer(tok, path, folder):
         theirs = CTCTextEncoder()
         try:
             theirs.load(path)
-            same = theirs.lab2ind == tok.lab2ind
+            # the same, or extended into unused slots by _extend_labels
+            same = len(theirs) == len(tok) and all(
+                lab == tok.ind2lab[i] or lab.startswith("<unused_") for i, lab in theirs.ind2lab.items())
         except Exception:  # noqa: BLE001 - unreadable counts as different
             same = False
     else:
