@@ -9,6 +9,7 @@ DEMO   ?= demo_out
 # empty (= unset: real-data tests skip) otherwise. Override on the command line.
 export SBMETA_AN4_ROOT ?= $(wildcard $(abspath ../shared/data/an4))
 export SBMETA_LIBRISPEECH_ROOT ?= $(wildcard $(abspath ../shared/data/librispeech-mini/LibriSpeech))
+export SBMETA_SPEECHOCEAN762_ROOT ?= $(wildcard $(abspath ../shared/data/speechocean762-mini))
 
 .PHONY: venv test demo bench bench-quick clean
 

@@ -33,6 +33,15 @@ def an4_root():
 
 
 @pytest.fixture(scope="session")
+def speechocean762_root():
+    """speechocean762 in its published layout ($SBMETA_SPEECHOCEAN762_ROOT; CI: the 8-speaker mini copy)."""
+    return _corpus_root(
+        "SBMETA_SPEECHOCEAN762_ROOT",
+        ["train/text", "train/wav.scp", "test/text", "test/wav.scp", "WAVE"],
+    )
+
+
+@pytest.fixture(scope="session")
 def librispeech_root():
     """A LibriSpeech root in native layout ($SBMETA_LIBRISPEECH_ROOT)."""
     return _corpus_root("SBMETA_LIBRISPEECH_ROOT", [])

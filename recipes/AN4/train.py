@@ -243,7 +243,8 @@ def prepare(hparams):
 def main(argv, prepare_data=prepare, brain_class=ASR):
     """Prepare the data, train, test and export; returns the trained brain.
 
-    ``prepare_data(hparams) -> {"train", "valid", "test": manifest}`` and
+    ``prepare_data(hparams) -> {"train", "valid", "test": manifest}`` (and
+    optionally ``"tokenizer"``: the manifest whose transcripts make the alphabet) and
     ``brain_class`` let another corpus's recipe reuse the rest as it is
     (``recipes/SynthVoices/train.py``).
     """
@@ -255,7 +256,9 @@ def main(argv, prepare_data=prepare, brain_class=ASR):
             overrides=overrides,
         )
         csvs = prepare_data(hparams)
-        prepare_tokenizer(hparams, csvs["train"], hparams["save_folder"])
+        # the tokenizer's transcripts: the training set, or those prepare_data names under
+        # "tokenizer" (a run on a subset of the training set still spells the whole corpus)
+        prepare_tokenizer(hparams, csvs.pop("tokenizer", csvs["train"]), hparams["save_folder"])
         check_transcripts(hparams["tokenizer"], csvs)
         datasets = dataio_prepare(hparams, csvs)
         if hparams.get("init_from"):

@@ -49,7 +49,8 @@ def prepare(hparams):
 
     ``train_age_group`` and ``train_utterances`` select from ``train.csv`` (and
     the age group from ``dev.csv``) into ``train_<selection>.csv`` /
-    ``dev_<group>.csv`` beside them; the test set is always all test speakers.
+    ``dev_<group>.csv`` beside them; the test set is always all test speakers and
+    the tokenizer's alphabet always that of the whole training set.
     """
     folder = pathlib.Path(hparams["prepare_folder"])
     data_seed = hparams.get("data_seed", hparams["seed"])
@@ -58,7 +59,9 @@ def prepare(hparams):
         kwargs=dict(data_folder=hparams["data_folder"], save_folder=str(folder),
                     dev_speakers=hparams["dev_speakers"], seed=data_seed),
     )
-    csvs = {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv"}
+    # the alphabet is always the whole training set's: a subset may lack a rare letter (Q, X, Z)
+    csvs = {"train": folder / "train.csv", "valid": folder / "dev.csv", "test": folder / "test.csv",
+            "tokenizer": folder / "train.csv"}
     group, count = hparams.get("train_age_group"), hparams.get("train_utterances")
     if group not in (None, "adult", "child"):
         raise RecipeError(f"train_age_group must be null, adult or child, not {group!r}")
