@@ -254,3 +254,33 @@ def test_select_on_dev_never_chooses_a_candidate_that_failed_on_a_dev_draw(monke
     monkeypatch.setattr(protocol, "evaluate_kshot", fake({"steady": 11.0, "wild": 6.0}, ["wild", "steady"]))
     with pytest.raises(ValueError, match="no candidate adapted on every dev draw of dev.csv .*diverged"):
         protocol.select_on_dev(None, "dev.csv", grid, k=5)
+
+
+def test_evaluations_of_disjoint_task_shards_merge_into_the_whole(model_and_data):
+    """Parallel processes each evaluate some tasks; merged, they equal one evaluation."""
+    from sb_meta.evaluation import evaluate_kshot, merge_results
+
+    model, csv = model_and_data["model"], model_and_data["csv"]
+    kw = dict(ks=(0, 1, 2), repeats=2, strategies=("finetune",), steps=1, lr=0.05, seed=3, progress=False)
+    whole = evaluate_kshot(model, csv, **kw)
+    parts = [evaluate_kshot(model, csv, tasks=["t1"], **kw), evaluate_kshot(model, csv, tasks=["t0", "t2"], **kw)]
+    merged = merge_results(parts)
+    assert merged["tasks"] == whole["tasks"]
+
+    def comparable(draws):  # every field but the seconds an adaptation took
+        out = []
+        for d in sorted(draws, key=lambda d: (d["task"], d["k"], d["repeat"])):
+            adapted = {m: {k: v for k, v in a.items() if k != "adapt_seconds"} for m, a in d["adapted"].items()}
+            out.append(dict(d, adapted=adapted))
+        return out
+
+    assert comparable(merged["draws"]) == comparable(whole["draws"])
+    for k in ("0", "1"):
+        assert merged["summary"]["finetune"][k]["n"] == whole["summary"]["finetune"][k]["n"]
+        assert merged["summary"]["finetune"][k]["base_wer_mean"] == pytest.approx(
+            whole["summary"]["finetune"][k]["base_wer_mean"])
+    with pytest.raises(ValueError, match="evaluated tasks already merged"):
+        merge_results([parts[0], parts[0]])
+    other = evaluate_kshot(model, csv, tasks=["t0"], **dict(kw, seed=4))
+    with pytest.raises(ValueError, match="another configuration .*seed"):
+        merge_results([parts[0], other])

@@ -134,7 +134,8 @@ class ASR(MetaBrain):
     def on_stage_end(self, stage, stage_loss, epoch):
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
-            self.train_stats = dict(stats, **self.loss_term_means(), minutes=round(self.train_minutes, 2))
+            self.train_stats = dict(stats, **self.loss_term_means(), minutes=round(self.train_minutes, 2),
+                                    steps=int(self.optimizer_step))
             return
         stats["WER"] = self.wer_metric.summarize("error_rate")
         stats["CER"] = self.cer_metric.summarize("error_rate")

@@ -20,6 +20,7 @@ from sb_meta.evaluation.protocol import (
     draw_support,
     error_rates,
     evaluate_kshot,
+    merge_results,
     oracle_gate,
     resolve_wav,
     select_on_dev,
@@ -28,7 +29,7 @@ from sb_meta.evaluation.report import check_report_folder, summary_table, task_c
 from sb_meta.evaluation.statistics import bootstrap_ci, mean_std, summarize_paired
 
 __all__ = [
-    "UNADAPTED", "evaluate_kshot", "compare_models", "oracle_gate", "select_on_dev", "draw_support", "error_rates",
+    "UNADAPTED", "evaluate_kshot", "merge_results", "compare_models", "oracle_gate", "select_on_dev", "draw_support", "error_rates",
     "resolve_wav", "Method", "methods_from", "write_report", "summary_table", "task_changes",
     "check_report_folder", "bootstrap_ci", "mean_std", "summarize_paired", "_rng",
 ]

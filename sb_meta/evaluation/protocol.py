@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "UNADAPTED",
     "evaluate_kshot",
+    "merge_results",
     "compare_models",
     "oracle_gate",
     "select_on_dev",
@@ -379,6 +380,51 @@ def evaluate_kshot(
     }
     _aggregate(results, pos_ks)
     return results
+
+
+def merge_results(parts):
+    """One evaluation from evaluations of disjoint sets of tasks (e.g. run in parallel
+    processes with ``evaluate_kshot(..., tasks=shard)``): their draws, skips and failures
+    together, summarised again.
+
+    Every part must have the same configuration (model, manifest, methods, ks, repeats,
+    seed...), so that each task's draws are those one evaluation of all tasks makes.
+
+    Raises
+    ------
+    ValueError
+        When the configurations differ or two parts evaluated the same task.
+
+    Example
+    -------
+    >>> d = lambda t, w: {"task": t, "k": 5, "repeat": 0, "query": ["u"], "unadapted": {"wer": 10.0, "cer": 5.0},
+    ...                   "adapted": {"m": {"wer": w, "cer": 5.0}}}
+    >>> cfg = {"strategies": ["m"], "ks": [5], "seed": 0}
+    >>> parts = [{"config": cfg, "tasks": {"a": 6}, "draws": [d("a", 5.0)], "skipped": [], "failed": []},
+    ...          {"config": cfg, "tasks": {"b": 6}, "draws": [d("b", 10.0)], "skipped": [], "failed": []}]
+    >>> merged = merge_results(parts)
+    >>> sorted(merged["tasks"]), merged["summary"]["m"]["5"]["wer_mean"]
+    (['a', 'b'], 7.5)
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("no evaluation to merge")
+    config = parts[0]["config"]
+    tasks = {}
+    for i, part in enumerate(parts):
+        if part["config"] != config:
+            differ = sorted(k for k in set(config) | set(part["config"]) if config.get(k) != part["config"].get(k))
+            raise ValueError(f"evaluation {i} has another configuration ({', '.join(differ)} differ)")
+        both = sorted(set(tasks) & set(part["tasks"]))
+        if both:
+            raise ValueError(f"evaluation {i} evaluated tasks already merged: {both[:5]}")
+        tasks.update(part["tasks"])
+    merged = {"config": config, "tasks": dict(sorted(tasks.items())),
+              "draws": [d for p in parts for d in p["draws"]],
+              "skipped": [s for p in parts for s in p["skipped"]],
+              "failed": [f for p in parts for f in p["failed"]]}
+    _aggregate(merged, [k for k in config["ks"] if k > 0])
+    return merged
 
 
 def _entry(draws, strategy, k, seed=0):
