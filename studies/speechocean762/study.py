@@ -36,7 +36,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-OUT = REPO / "results" / "so762"
+OUT = pathlib.Path(os.environ.get("SBMETA_SO762_OUT", REPO / "results" / "so762"))  # trained models, raw results
 DOCS = REPO / "docs" / "studies" / "speechocean762"
 RECIPES = REPO / "recipes"
 
@@ -207,6 +207,190 @@ def _pairs(items):
     return out
 
 
+# --------------------------------------------------------------------- adaptation methods
+def _candidates(family, steps_list, lrs, **restriction):
+    return [dict({"name": f"{family}_lr{lr:g}_s{s}", "strategy": "finetune", "lr": lr, "steps": s}, **restriction)
+            for s in steps_list for lr in lrs]
+
+
+ADAPTER_LRS = (0.05, 0.5, 2.0)  # a fresh LHUC scale, LoRA factor or layer-norm gain needs larger steps
+STEPS = (3, 10)
+#: the test-time adaptation families of the speaker study; within each, the step size and the
+#: number of steps are chosen on the dev speakers
+FAMILIES = {
+    "full": _candidates("full", STEPS, (0.005, 0.02, 0.05)),
+    "head": _candidates("head", STEPS, (0.05, 0.2, 1.0), adapt_params=["ctc_lin.*"]),
+    "lhuc": _candidates("lhuc", STEPS, ADAPTER_LRS, addons=["lhuc"]),
+    "lora": _candidates("lora", STEPS, ADAPTER_LRS, addons=["lora"]),
+    "norm": _candidates("norm", STEPS, ADAPTER_LRS, adapt_params=["enc.CNN.*norm*"]),
+}
+DECODERS = ("greedy", "lexicon")
+
+
+def model_folder(name):
+    """``base_*``: a base; ``an4_base``: the AN4 model; anything else: a model meta-trained from the base."""
+    if name == "an4_base":
+        return OUT / "an4_base" / "pretrained"
+    if name.startswith("base_"):
+        return OUT / "base" / name / "pretrained"
+    return OUT / "meta" / name / "pretrained"
+
+
+def load(name, decoder):
+    """A trained model, decoding greedily or over the training speakers' words (nothing of dev or test)."""
+    from sb_meta.adapt import load_model
+
+    folder = model_folder(name)
+    if not (folder / "sbmeta.json").is_file():
+        raise SystemExit(f"study: no model {folder}; train it first")
+    model = load_model(folder)
+    if decoder == "lexicon":
+        model.set_lexicon(manifests() / "train.csv")
+    return model
+
+
+def stamp(name):
+    """What identifies a trained model: its export's metadata (written once per export)."""
+    return json.loads((model_folder(name) / "sbmeta.json").read_text())
+
+
+def cmd_score(args):
+    """Speaker-independent test (and dev) WER of each model, per age group."""
+    from sb_meta.data.manifest import read_manifest
+    from sb_meta.evaluation import error_rates
+
+    out = {}
+    for name in args.models.split(","):
+        for decoder in args.decoders.split(","):
+            model = load(name, decoder)
+            t0 = time.process_time()
+            for split in ("dev", "test"):
+                rows = read_manifest(manifests() / f"{split}.csv")
+                hyps = model.transcribe_waveforms([model.load_audio(r["wav"]) for r in rows])
+                entry = {}
+                for group in ("all", "child", "adult"):
+                    sel = [i for i, r in enumerate(rows) if group == "all" or r["age_group"] == group]
+                    wer, cer = error_rates([hyps[i] for i in sel], [rows[i]["wrd"] for i in sel])
+                    entry[group] = {"wer": wer, "cer": cer, "utterances": len(sel)}
+                out.setdefault(name, {}).setdefault(decoder, {})[split] = entry
+            out[name][decoder]["cpu_seconds"] = round(time.process_time() - t0, 1)
+            say(f"{name} {decoder}: test WER {out[name][decoder]['test']['all']['wer']:.2f} "
+                f"(children {out[name][decoder]['test']['child']['wer']:.2f}, "
+                f"adults {out[name][decoder]['test']['adult']['wer']:.2f})")
+        write_json(OUT / "score" / f"{name}.json", dict(out[name], model=stamp(name), machine=machine(),
+                                                        command=_command(args)))
+    return out
+
+
+def _command(args):
+    return "python studies/speechocean762/study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def selection_path(name, family, decoder):
+    return OUT / "select" / decoder / name / f"{family}.json"
+
+
+def cmd_select(args):
+    """Each family's step size and steps chosen on the dev speakers (k = 5, 2 draws)."""
+    from sb_meta.evaluation import select_on_dev
+
+    for name in args.models.split(","):
+        model = None
+        for family in args.families.split(","):
+            path = selection_path(name, family, args.decoder)
+            grid = FAMILIES[family]
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("grid") == grid and rec.get("model") == stamp(name):
+                    say(f"reusing {path}")
+                    continue
+            model = model or load(name, args.decoder)
+            t0 = time.process_time()
+            method, rec = select_on_dev(model, manifests() / "dev.csv", grid, k=5, repeats=args.repeats,
+                                        progress=args.progress, seed=0)
+            rec.update(grid=grid, model=stamp(name), cpu_seconds=round(time.process_time() - t0, 1),
+                       adaptations=len(grid) * sum(1 for _ in _dev_speakers()) * args.repeats,
+                       machine=machine(), command=_command(args))
+            write_json(path, rec)
+            say(f"{name} {family}: chose {method.name} on dev "
+                f"({rec['candidates'][method.name]['dev_wer']:.2f}% against {rec['unadapted_dev_wer']:.2f}% unadapted)")
+
+
+def _dev_speakers():
+    from sb_meta.data.manifest import read_manifest
+
+    return sorted({r["spk_id"] for r in read_manifest(manifests() / "dev.csv")})
+
+
+def chosen(name, family, decoder):
+    """The dev-chosen method of ``family`` for model ``name``, named after its family."""
+    from sb_meta.evaluation import Method
+
+    path = selection_path(name, family, decoder)
+    if not path.is_file():
+        raise SystemExit(f"study: no dev choice {path}; run `study.py select --models {name} --families {family}`")
+    rec = json.loads(path.read_text())
+    if rec.get("model") != stamp(name):
+        raise SystemExit(f"study: {path} was chosen for another export of {name}; select again")
+    c = dict(rec["candidates"][rec["chosen"]])
+    c = {k: v for k, v in c.items() if k not in ("dev_wer", "failed")}
+    return Method(**dict(c, name=family)), rec
+
+
+def eval_folder(name, label, decoder):
+    return OUT / "eval" / decoder / name / label
+
+
+def cmd_evaluate(args):
+    """The k-shot protocol on the 125 test speakers (or one shard of them) with the dev choices."""
+    from sb_meta.data.manifest import read_manifest
+    from sb_meta.evaluation import evaluate_kshot, merge_results, write_report
+
+    ks = [int(k) for k in args.ks.split(",")]
+    speakers = sorted({r["spk_id"] for r in read_manifest(manifests() / "test.csv")})
+    index, count = (int(x) for x in args.shard.split("/"))
+    mine = speakers[index::count]
+    for name in args.models.split(","):
+        methods = [chosen(name, f, args.decoder)[0] for f in args.families.split(",")]
+        folder = eval_folder(name, args.label, args.decoder)
+        key = {"model": stamp(name), "methods": [m.as_dict() for m in methods], "ks": ks,
+               "repeats": args.repeats, "seed": args.seed}
+        part_path = folder / "parts" / f"{index}of{count}.json"
+        if part_path.is_file() and json.loads(part_path.read_text())["key"] == key:
+            say(f"reusing {part_path}")
+        else:
+            model = load(name, args.decoder)
+            t0 = time.process_time()
+            res = evaluate_kshot(model, manifests() / "test.csv", ks=ks, repeats=args.repeats, methods=methods,
+                                 seed=args.seed, tasks=mine, progress=args.progress)
+            cpu = time.process_time() - t0
+            adaptations = sum(len(d["adapted"]) for d in res["draws"])
+            write_json(part_path, {"key": key, "results": res, "cpu_seconds": round(cpu, 1),
+                                   "adaptations": adaptations, "machine": machine(), "command": _command(args)})
+            say(f"{name} {args.label} shard {index}/{count}: {adaptations} adaptations in {cpu / 60:.1f} CPU-min "
+                f"({adaptations / max(cpu / 60, 1e-9):.1f} per CPU-minute)")
+        parts = [folder / "parts" / f"{i}of{count}.json" for i in range(count)]
+        if all(p.is_file() for p in parts):
+            loaded = [json.loads(p.read_text()) for p in parts]
+            if all(p["key"] == key for p in loaded):
+                merged = merge_results([p["results"] for p in loaded])
+                cpu = sum(p["cpu_seconds"] for p in loaded)
+                n = sum(p["adaptations"] for p in loaded)
+                merged["config"]["selection"] = {f: chosen(name, f, args.decoder)[1]["candidates"] for f in
+                                                 args.families.split(",")}
+                merged["cost"] = {"cpu_seconds": cpu, "adaptations": n,
+                                  "adaptations_per_cpu_minute": round(n / max(cpu / 60, 1e-9), 2),
+                                  "shards": count}
+                write_report(merged, folder)
+                s = merged["summary"]
+                for m in s:
+                    if "5" in s[m]:
+                        e = s[m]["5"]
+                        say(f"{name} {m} k=5: {e['base_wer_mean']:.2f} -> {e['wer_mean']:.2f} "
+                            f"({100 * e['relative']:+.1f}% [{100 * e['relative_ci'][0]:+.1f}, "
+                            f"{100 * e['relative_ci'][1]:+.1f}]), {e['worse_tasks']}/{e['tasks']} worse")
+
+
 # --------------------------------------------------------------------- commands
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -218,10 +402,27 @@ def build_parser():
     b.add_argument("--age-group", choices=("adult", "child"), default=None)
     b.add_argument("--tag", default=None)
     b.add_argument("--set", action="append", help="more recipe overrides, key=value")
+    s = sub.add_parser("score", help="speaker-independent WER per age group")
+    s.add_argument("--models", required=True)
+    s.add_argument("--decoders", default="greedy,lexicon")
+    for name, helptext in (("select", "dev choices of each adaptation family"),
+                           ("evaluate", "the k-shot protocol on the test speakers")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--models", required=True)
+        c.add_argument("--families", default=",".join(FAMILIES))
+        c.add_argument("--decoder", choices=DECODERS, default="lexicon")
+        c.add_argument("--repeats", type=int, default=2)
+        c.add_argument("--progress", action="store_true")
+    e = sub.choices["evaluate"]
+    e.add_argument("--ks", default="0,5")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--label", default="speaker_k5", help="the evaluation's folder name")
+    e.add_argument("--shard", default="0/1", help="i/n: this process evaluates every n-th test speaker from i")
     return p
 
 
-COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base}
+COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "score": cmd_score, "select": cmd_select,
+            "evaluate": cmd_evaluate}
 
 
 def main(argv=None):
