@@ -199,6 +199,34 @@ def cmd_base(args):
                  ov)
 
 
+#: meta-training from the adaptation base: 4 speakers x (4 support + 4 query) per outer step, Adam
+#: 5e-4 without warm-up, a validation every 50 outer steps; one inner step at 0.05 for the MAML
+#: family, two for Reptile (one on the support and one on the query batch)
+META = {"meta_strategy": None, "plain_batches": False, "train_augmentation": False, "lr": 0.0005,
+        "warmup_steps": 0, "meta_batch_tasks": 4, "k_support": 4, "k_query": 4, "inner_steps": 1,
+        "inner_lr": 0.05, "episodes_per_epoch": 50, "train_budget_clock": "cpu", "ckpt_interval_minutes": 10}
+META_STRATEGY = {"reptile": {"inner_steps": 2}}
+
+
+def cmd_meta(args):
+    """Initialisations meta-trained from the adaptation base, the same number of outer steps each."""
+    root = corpus_root("SBMETA_SPEECHOCEAN762_ROOT")
+    base = model_folder(args.base)
+    if not (base / "sbmeta.json").is_file():
+        raise SystemExit(f"study: no base {base}")
+    if args.steps % META["episodes_per_epoch"]:
+        raise SystemExit(f"study: --steps must be a multiple of {META['episodes_per_epoch']} (one epoch)")
+    records = {}
+    for strategy in args.strategies.split(","):
+        ov = dict(BASE, **META, **META_STRATEGY.get(strategy, {}))
+        ov.update(meta_strategy=strategy, data_folder=root, prepare_folder=manifests(), init_from=base,
+                  number_of_epochs=args.steps // META["episodes_per_epoch"])
+        ov.update(_pairs(args.set))
+        name = strategy + (f"_{args.tag}" if args.tag else "")
+        records[strategy] = train("SpeechOcean762", "crdnn_ctc_meta.yaml", OUT / "meta" / name, ov)
+    return records
+
+
 def _pairs(items):
     out = {}
     for item in items or []:
@@ -286,8 +314,16 @@ def _command(args):
     return "python studies/speechocean762/study.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def selection_path(name, family, decoder):
-    return OUT / "select" / decoder / name / f"{family}.json"
+def selection_path(name, family, decoder, group=None):
+    return OUT / "select" / decoder / (name + (f"@{group}" if group else "")) / f"{family}.json"
+
+
+def speakers(split, group=None):
+    """The speakers of a split, or of one age group of it."""
+    from sb_meta.data.manifest import read_manifest
+
+    return sorted({r["spk_id"] for r in read_manifest(manifests() / f"{split}.csv")
+                   if group is None or r["age_group"] == group})
 
 
 def cmd_select(args):
@@ -297,7 +333,7 @@ def cmd_select(args):
     for name in args.models.split(","):
         model = None
         for family in args.families.split(","):
-            path = selection_path(name, family, args.decoder)
+            path = selection_path(name, family, args.decoder, args.age_group)
             grid = FAMILIES[family]
             if path.is_file():
                 rec = json.loads(path.read_text())
@@ -306,27 +342,22 @@ def cmd_select(args):
                     continue
             model = model or load(name, args.decoder)
             t0 = time.process_time()
+            dev = speakers("dev", args.age_group)
             method, rec = select_on_dev(model, manifests() / "dev.csv", grid, k=5, repeats=args.repeats,
-                                        progress=args.progress, seed=0)
+                                        progress=args.progress, seed=0, tasks=dev)
             rec.update(grid=grid, model=stamp(name), cpu_seconds=round(time.process_time() - t0, 1),
-                       adaptations=len(grid) * sum(1 for _ in _dev_speakers()) * args.repeats,
+                       adaptations=len(grid) * len(dev) * args.repeats, age_group=args.age_group,
                        machine=machine(), command=_command(args))
             write_json(path, rec)
             say(f"{name} {family}: chose {method.name} on dev "
                 f"({rec['candidates'][method.name]['dev_wer']:.2f}% against {rec['unadapted_dev_wer']:.2f}% unadapted)")
 
 
-def _dev_speakers():
-    from sb_meta.data.manifest import read_manifest
-
-    return sorted({r["spk_id"] for r in read_manifest(manifests() / "dev.csv")})
-
-
-def chosen(name, family, decoder):
+def chosen(name, family, decoder, group=None):
     """The dev-chosen method of ``family`` for model ``name``, named after its family."""
     from sb_meta.evaluation import Method
 
-    path = selection_path(name, family, decoder)
+    path = selection_path(name, family, decoder, group)
     if not path.is_file():
         raise SystemExit(f"study: no dev choice {path}; run `study.py select --models {name} --families {family}`")
     rec = json.loads(path.read_text())
@@ -343,15 +374,13 @@ def eval_folder(name, label, decoder):
 
 def cmd_evaluate(args):
     """The k-shot protocol on the 125 test speakers (or one shard of them) with the dev choices."""
-    from sb_meta.data.manifest import read_manifest
     from sb_meta.evaluation import evaluate_kshot, merge_results, write_report
 
     ks = [int(k) for k in args.ks.split(",")]
-    speakers = sorted({r["spk_id"] for r in read_manifest(manifests() / "test.csv")})
     index, count = (int(x) for x in args.shard.split("/"))
-    mine = speakers[index::count]
+    mine = speakers("test", args.age_group)[index::count]
     for name in args.models.split(","):
-        methods = [chosen(name, f, args.decoder)[0] for f in args.families.split(",")]
+        methods = [chosen(name, f, args.decoder, args.age_group)[0] for f in args.families.split(",")]
         folder = eval_folder(name, args.label, args.decoder)
         key = {"model": stamp(name), "methods": [m.as_dict() for m in methods], "ks": ks,
                "repeats": args.repeats, "seed": args.seed}
@@ -376,8 +405,8 @@ def cmd_evaluate(args):
                 merged = merge_results([p["results"] for p in loaded])
                 cpu = sum(p["cpu_seconds"] for p in loaded)
                 n = sum(p["adaptations"] for p in loaded)
-                merged["config"]["selection"] = {f: chosen(name, f, args.decoder)[1]["candidates"] for f in
-                                                 args.families.split(",")}
+                merged["config"]["selection"] = {f: chosen(name, f, args.decoder, args.age_group)[1]["candidates"]
+                                                 for f in args.families.split(",")}
                 merged["cost"] = {"cpu_seconds": cpu, "adaptations": n,
                                   "adaptations_per_cpu_minute": round(n / max(cpu / 60, 1e-9), 2),
                                   "shards": count}
@@ -388,7 +417,106 @@ def cmd_evaluate(args):
                         e = s[m]["5"]
                         say(f"{name} {m} k=5: {e['base_wer_mean']:.2f} -> {e['wer_mean']:.2f} "
                             f"({100 * e['relative']:+.1f}% [{100 * e['relative_ci'][0]:+.1f}, "
-                            f"{100 * e['relative_ci'][1]:+.1f}]), {e['worse_tasks']}/{e['tasks']} worse")
+                            f"{100 * e['relative_ci'][1]:+.1f}]), {len(e['worse_tasks'])}/{e['tasks']} worse")
+
+
+# --------------------------------------------------------------------- children
+#: domain adaptation of the adults-only base from child utterances of the training speakers:
+#: epochs over them in batches of 8 at a step size, both chosen on the dev children
+CHILD_N = (20, 50, 100)
+CHILD_DRAWS = 3
+CHILD_GRID = [{"name": f"ep{e}_lr{lr:g}", "epochs": e, "lr": lr} for e in (1, 3) for lr in (0.002, 0.01, 0.05)]
+#: the same utterances without their transcripts
+UNSUPERVISED = [{"name": "cmvn", "unsupervised": "cmvn"},
+                {"name": "entropy", "unsupervised": "entropy", "epochs": 1, "lr": 0.002},
+                {"name": "pseudo", "unsupervised": "pseudo", "epochs": 1, "lr": 0.01}]
+
+
+def child_rows(split):
+    from sb_meta.data.manifest import read_manifest
+
+    return [r for r in read_manifest(manifests() / f"{split}.csv") if r["age_group"] == "child"]
+
+
+def child_draw(n, draw):
+    """``n`` transcribed child utterances of the training speakers (never dev or test)."""
+    import random
+
+    rows = child_rows("train")
+    return random.Random(f"child-{n}-{draw}").sample(rows, n)
+
+
+def adapt_to_children(model, rows, cand):
+    """The model adapted on ``rows`` (transcripts unused for an unsupervised candidate)."""
+    import math
+
+    wavs = [model.load_audio(r["wav"]) for r in rows]
+    batches = math.ceil(len(rows) / 8)
+    steps = max(1, batches * cand.get("epochs", 1))
+    unsup = cand.get("unsupervised")
+    if unsup:
+        return model.adapt(wavs, None, strategy="finetune", steps=steps, lr=cand.get("lr"), batch_size=8,
+                           unsupervised=unsup, ids=[r["ID"] for r in rows], task="children")
+    return model.adapt(wavs, [r["wrd"] for r in rows], strategy="finetune", steps=steps, lr=cand["lr"],
+                       batch_size=8, ids=[r["ID"] for r in rows], task="children")
+
+
+def per_speaker_wer(model, rows):
+    """``{speaker: WER}`` over each speaker's utterances, and the WER of all of them."""
+    from sb_meta.evaluation import error_rates
+
+    hyps = model.transcribe_waveforms([model.load_audio(r["wav"]) for r in rows])
+    by = {}
+    for r, h in zip(rows, hyps):
+        by.setdefault(r["spk_id"], ([], []))
+        by[r["spk_id"]][0].append(h)
+        by[r["spk_id"]][1].append(r["wrd"])
+    return ({s: error_rates(h, ref)[0] for s, (h, ref) in by.items()},
+            error_rates(hyps, [r["wrd"] for r in rows])[0])
+
+
+def cmd_children(args):
+    """Domain adaptation of the adults-only base: from N transcribed child utterances, and from
+    the same audio without transcripts; each setting chosen on the dev children."""
+    from sb_meta.evaluation import summarize_paired
+
+    model = load(args.model, args.decoder)
+    folder = OUT / "children" / args.decoder / args.model
+    dev, test = child_rows("dev"), child_rows("test")
+    _, dev_base = per_speaker_wer(model, dev)
+    test_spk, test_base = per_speaker_wer(model, test)
+    results = {"model": stamp(args.model), "dev_unadapted": dev_base, "test_unadapted": test_base,
+               "test_unadapted_per_speaker": test_spk, "settings": {}, "command": _command(args),
+               "machine": machine()}
+    settings = [(f"supervised_{n}", n, CHILD_GRID) for n in CHILD_N] + [("unsupervised_100", 100, UNSUPERVISED)]
+    for label, n, grid in settings:
+        path = folder / f"{label}.json"
+        if path.is_file() and json.loads(path.read_text()).get("model") == stamp(args.model):
+            results["settings"][label] = json.loads(path.read_text())
+            say(f"reusing {path}")
+            continue
+        t0 = time.process_time()
+        dev_wer = {}
+        for cand in grid:  # chosen on the dev children, draw 0 of the utterances
+            dev_wer[cand["name"]] = per_speaker_wer(adapt_to_children(model, child_draw(n, 0), cand), dev)[1]
+        best = min(dev_wer, key=dev_wer.get)
+        cand = next(c for c in grid if c["name"] == best)
+        draws = []
+        for d in range(CHILD_DRAWS):
+            spk, wer = per_speaker_wer(adapt_to_children(model, child_draw(n, d), cand), test)
+            draws.append({"draw": d, "test_wer": wer, "per_speaker": spk})
+        base = {s: [test_spk[s]] * CHILD_DRAWS for s in test_spk}
+        other = {s: [dr["per_speaker"][s] for dr in draws] for s in test_spk}
+        rec = {"model": stamp(args.model), "n": n, "dev_wer": dev_wer, "dev_unadapted": dev_base, "chosen": cand,
+               "draws": draws, "paired": summarize_paired(base, other), "cpu_seconds": round(time.process_time() - t0, 1)}
+        write_json(path, rec)
+        results["settings"][label] = rec
+        p = rec["paired"]
+        say(f"{label}: chose {best} on dev; test children {test_base:.2f} -> "
+            f"{sum(dr['test_wer'] for dr in draws) / len(draws):.2f} ({100 * p['relative']:+.1f}% "
+            f"[{100 * p['relative_ci'][0]:+.1f}, {100 * p['relative_ci'][1]:+.1f}])")
+    write_json(folder / "results.json", results)
+    return results
 
 
 # --------------------------------------------------------------------- commands
@@ -402,6 +530,15 @@ def build_parser():
     b.add_argument("--age-group", choices=("adult", "child"), default=None)
     b.add_argument("--tag", default=None)
     b.add_argument("--set", action="append", help="more recipe overrides, key=value")
+    m = sub.add_parser("meta", help="initialisations meta-trained from the adaptation base")
+    m.add_argument("--strategies", required=True)
+    m.add_argument("--steps", type=int, required=True, help="outer steps (a multiple of 50)")
+    m.add_argument("--base", default="base_an4")
+    m.add_argument("--tag", default=None)
+    m.add_argument("--set", action="append", help="more recipe overrides, key=value")
+    c = sub.add_parser("children", help="domain adaptation of the adults-only base to children")
+    c.add_argument("--model", default="base_an4_adult")
+    c.add_argument("--decoder", choices=("greedy", "lexicon"), default="lexicon")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
     s.add_argument("--decoders", default="greedy,lexicon")
@@ -413,6 +550,8 @@ def build_parser():
         c.add_argument("--decoder", choices=DECODERS, default="lexicon")
         c.add_argument("--repeats", type=int, default=2)
         c.add_argument("--progress", action="store_true")
+        c.add_argument("--age-group", choices=("child", "adult"), default=None,
+                       help="only the dev (select) or test (evaluate) speakers of this age group")
     e = sub.choices["evaluate"]
     e.add_argument("--ks", default="0,5")
     e.add_argument("--seed", type=int, default=0)
@@ -421,7 +560,7 @@ def build_parser():
     return p
 
 
-COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "score": cmd_score, "select": cmd_select,
+COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "score": cmd_score, "select": cmd_select,
             "evaluate": cmd_evaluate}
 
 
