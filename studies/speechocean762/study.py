@@ -255,6 +255,20 @@ FAMILIES = {
 DECODERS = ("greedy", "lexicon")
 
 
+def family_grid(family, name):
+    """A family's candidates; ``init`` (how each initialisation is adapted) is the ``full``
+    family plus, for a model carrying meta-learned state (Meta-SGD's step sizes, Meta-LSTM's
+    learned optimizer), that state's own update at 3 and 10 steps."""
+    if family != "init":
+        return FAMILIES[family]
+    grid = [dict(c, name=c["name"].replace("full_", "init_")) for c in FAMILIES["full"]]
+    info = stamp(name)
+    own = (info.get("meta_state") or {}).get("strategy")
+    if own:
+        grid += [{"name": f"init_{own}_s{s}", "strategy": own, "steps": s} for s in STEPS]
+    return grid
+
+
 def model_folder(name):
     """``base_*``: a base; ``an4_base``: the AN4 model; anything else: a model meta-trained from the base."""
     if name == "an4_base":
@@ -334,7 +348,7 @@ def cmd_select(args):
         model = None
         for family in args.families.split(","):
             path = selection_path(name, family, args.decoder, args.age_group)
-            grid = FAMILIES[family]
+            grid = family_grid(family, name)
             if path.is_file():
                 rec = json.loads(path.read_text())
                 if rec.get("grid") == grid and rec.get("model") == stamp(name):
