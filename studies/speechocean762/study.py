@@ -533,6 +533,110 @@ def cmd_children(args):
     return results
 
 
+# --------------------------------------------------------------------- report
+def _pct(x, digits=1):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _rel(entry):
+    lo, hi = entry["relative_ci"]
+    return f"{100 * entry['relative']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _bases_table():
+    lines = ["| model | initialised from | epochs | optimizer steps | training CPU-min | best dev WER (greedy) "
+             "| test WER greedy: all / children / adults | test WER lexicon: all / children / adults |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in [OUT / "an4_base"] + sorted((OUT / "base").glob("base_*")):
+        rec_path = folder / "record.json"
+        if not rec_path.is_file():
+            continue
+        rec = json.loads(rec_path.read_text())
+        name = folder.name
+        epochs = [ln for ln in rec["train_log"] if ln.startswith("epoch:")]
+        import re
+
+        devs = [float(m.group(1)) for ln in epochs if (m := re.search(r"valid WER: ([0-9.e+-]+)", ln))]
+        steps = rec.get("optimizer_steps") or rec.get("optimizer_steps_kept_checkpoint")
+        score = OUT / "score" / f"{name}.json"
+        cells = {"greedy": "-", "lexicon": "-"}
+        if score.is_file():
+            sc = json.loads(score.read_text())
+            for d in cells:
+                if d in sc:
+                    s = sc[d]["test"]
+                    cells[d] = " / ".join(_pct(s[g]["wer"]) for g in ("all", "child", "adult"))
+        init = "AN4 (`an4_base`)" if "init_from" in rec["command"] and name != "an4_base" else "random weights"
+        if name == "an4_base":
+            cells = {d: f"AN4 test: {_pct(rec['test']['wer'])}" if d == "greedy" else "-" for d in cells}
+        lines.append(f"| `{name}` | {init} | {rec['epochs']} | {steps} | {_pct(rec.get('train_cpu_minutes'))} "
+                     f"| {_pct(min(devs) if devs else None)} | {cells['greedy']} | {cells['lexicon']} |")
+    return "\n".join(lines)
+
+
+def _eval_table(results, families=None):
+    lines = ["| method | chosen on dev | k | unadapted -> adapted WER | relative [95% CI] | worse speakers |",
+             "|---|---|---|---|---|---|"]
+    sel = results["config"].get("selection", {})
+    for m, by_k in results["summary"].items():
+        if families and m not in families:
+            continue
+        for k in sorted(by_k, key=int):
+            if int(k) == 0:
+                continue
+            e = by_k[k]
+            choice = sel.get(m, {})
+            chosen_name = next((n for n, c in choice.items() if c.get("dev_wer") == min(
+                (c2["dev_wer"] for c2 in choice.values() if c2.get("dev_wer") is not None and not c2.get("failed")),
+                default=None)), "-")
+            lines.append(f"| {m} | {chosen_name} | {k} | {e['base_wer_mean']:.2f} -> {e['wer_mean']:.2f} | {_rel(e)} "
+                         f"| {len(e['worse_tasks'])}/{e['tasks']} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args):
+    """Copy each finished evaluation into docs/studies/speechocean762/ and write results.md."""
+    import shutil
+
+    DOCS.mkdir(parents=True, exist_ok=True)
+    parts = ["# speechocean762: generated tables", "",
+             f"Written by `python studies/speechocean762/study.py report` from `results/so762/`.", "",
+             "## Bases", "", _bases_table(), ""]
+    for decoder in DECODERS:
+        for folder in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
+            name, label = folder.parent.parent.name, folder.parent.name
+            results = json.loads(folder.read_text())
+            target = DOCS / (label if decoder == "lexicon" else f"{label}_{decoder}") / name
+            target.mkdir(parents=True, exist_ok=True)
+            for f in ("results.json", "report.md", "wer_vs_k.png", "per_task.png"):
+                if (folder.parent / f).is_file():
+                    shutil.copyfile(folder.parent / f, target / f)
+            cost = results.get("cost", {})
+            parts += [f"## {label}: `{name}`, {decoder} decoding", "",
+                      f"{len(results['tasks'])} test speakers, {results['config']['repeats']} draws; "
+                      f"{cost.get('adaptations', '?')} adaptations, {cost.get('adaptations_per_cpu_minute', '?')} "
+                      f"per CPU-minute. Folder: `{target.relative_to(DOCS)}/`.", "",
+                      _eval_table(results), ""]
+    for path in sorted((OUT / "children").glob("*/*/results.json")):
+        res = json.loads(path.read_text())
+        decoder, name = path.parent.parent.name, path.parent.name
+        parts += [f"## Children: `{name}`, {decoder} decoding", "",
+                  f"Unadapted: dev children {res['dev_unadapted']:.2f}, test children {res['test_unadapted']:.2f}.", "",
+                  "| setting | chosen on dev children | test children WER (mean of draws) | relative [95% CI] | worse |",
+                  "|---|---|---|---|---|"]
+        for label, rec in res["settings"].items():
+            mean = sum(d["test_wer"] for d in rec["draws"]) / len(rec["draws"])
+            p = rec["paired"]
+            parts.append(f"| {label} | {rec['chosen']['name']} | {mean:.2f} | {_rel(p)} "
+                         f"| {len(p['worse_tasks'])}/{p['tasks']} |")
+        parts.append("")
+        target = DOCS / "children" / f"{name}_{decoder}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    (DOCS / "results.md").write_text("\n".join(parts) + "\n")
+    say(f"wrote {DOCS / 'results.md'}")
+
+
 # --------------------------------------------------------------------- commands
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -553,6 +657,7 @@ def build_parser():
     c = sub.add_parser("children", help="domain adaptation of the adults-only base to children")
     c.add_argument("--model", default="base_an4_adult")
     c.add_argument("--decoder", choices=("greedy", "lexicon"), default="lexicon")
+    sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and results.md")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
     s.add_argument("--decoders", default="greedy,lexicon")
@@ -574,7 +679,7 @@ def build_parser():
     return p
 
 
-COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "score": cmd_score, "select": cmd_select,
+COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "report": cmd_report, "score": cmd_score, "select": cmd_select,
             "evaluate": cmd_evaluate}
 
 
