@@ -253,13 +253,18 @@ def test_init_from_loads_an_export_into_a_fresh_recipe_model(setup, tmp_path):
         assert torch.equal(p, q), name
     torch.testing.assert_close(hp["normalize"].glob_mean, trained.normalize.glob_mean)
 
-    # another alphabet would misread the output layer: refused
+    # an alphabet that moves a pretrained character to another row would misread the
+    # output layer: refused (without A, every later character moves down one row)
     other = h.make_corpus(tmp_path / "other")
-    text = pathlib.Path(other).read_text().replace("AB CA BC", "AB CA BD")
+    text = pathlib.Path(other).read_text().replace("A", "D")
     pathlib.Path(other).write_text(text)
     hp_other = h.load_tiny_hparams(h.CTC_YAML, tmp_path / "other_tok", other)
     with pytest.raises(RecipeError, match="tokenizer of .* differs"):
         load_initialisation(hp_other, setup["export"])
+    # one that only adds a character in an unused row keeps every pretrained row: accepted
+    extra = h.make_corpus(tmp_path / "extra")
+    pathlib.Path(extra).write_text(pathlib.Path(extra).read_text().replace("AB CA BC", "AB CA BD"))
+    load_initialisation(h.load_tiny_hparams(h.CTC_YAML, tmp_path / "extra_tok", extra), setup["export"])
     # a folder without the weights is named
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="lacks .*model.ckpt"):
