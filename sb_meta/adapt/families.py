@@ -8,8 +8,8 @@ family          recognised by                               default adapter targ
 ``crdnn``       anything else (CRDNN, RNN encoders)         ``*DNN*`` and ``*ctc_lin*`` linear layers
 ``transformer`` SpeechBrain's Transformer / Conformer       attention output and feed-forward
                 (``speechbrain.lobes.models.transformer``)  projections, and the CTC head
-``ssl``         a Hugging Face wav2vec2 / HuBERT / WavLM    attention q/k/v/out and feed-forward
-                (``speechbrain.integrations.huggingface``)  projections, and the CTC head
+``ssl``         a Hugging Face wav2vec2 / HuBERT / WavLM    attention q/k/v/out (not WavLM's) and
+                (``speechbrain.integrations.huggingface``)  feed-forward projections, the CTC head
 ``whisper``     a Hugging Face Whisper                      attention q/k/v/out and ``fc1``/``fc2``
                                                             of encoder and decoder layers
 ==============  ==========================================  ==========================================
@@ -17,8 +17,10 @@ family          recognised by                               default adapter targ
 SpeechBrain's ``RelPosMHAXL`` (Conformer) and ``torch.nn.MultiheadAttention``
 (Transformer ``regularMHA``) keep their query/key/value projection as one
 raw parameter, not a linear layer, so adapters there wrap only the
-``RelPosMHAXL`` output projection (``torch.nn.MultiheadAttention`` reads its
-``out_proj`` weight directly, so it is left alone).
+``RelPosMHAXL`` output projection; ``torch.nn.MultiheadAttention`` and
+WavLM's attention hand their projection weights to
+``torch.nn.functional.multi_head_attention_forward`` themselves, so a wrapper
+would break them: only their layers' feed-forward projections are wrapped.
 
 The convolutional front end of the Hugging Face encoders (wav2vec2's
 ``feature_extractor``, Whisper's ``conv1``/``conv2``) stays frozen during
@@ -73,8 +75,8 @@ def _is_projection(parent, name, child):
     feed-forward projection of a Transformer-style layer."""
     ptype = type(parent).__name__
     hf = _where(parent).startswith("transformers.")
-    if hf and ptype.endswith("Attention"):
-        return name in ("q_proj", "k_proj", "v_proj", "out_proj")
+    if hf and ptype.endswith("Attention"):  # WavLM hands these weights to torch's attention
+        return ptype != "WavLMAttention" and name in ("q_proj", "k_proj", "v_proj", "out_proj")
     if hf and ptype.endswith("FeedForward"):
         return name in ("intermediate_dense", "output_dense")
     if hf and ptype.endswith(("EncoderLayer", "DecoderLayer")):

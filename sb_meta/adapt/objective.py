@@ -228,7 +228,11 @@ class AdaptBrain(MetaBrain):
                 h, _ = dec.dec(dec.emb(tokens_bos), out, wav_lens)
             else:
                 enc_lens = torch.round(wav_lens * out.shape[1]).int()
-                h, _ = dec.model.decode(tokens_bos, out, enc_lens)
+                # TransformerASR.decode is wrapped in no_grad (it serves the beam search):
+                # call the function it wraps, or no gradient would reach encoder or decoder
+                decode = getattr(type(dec.model).decode, "__wrapped__", None)
+                h, _ = decode(dec.model, tokens_bos, out, enc_lens) if decode else dec.model.decode(
+                    tokens_bos, out, enc_lens)
             seq = torch.log_softmax(dec.fc(h), dim=-1)
         return ASRPredictions(log_probs, wav_lens, out, seq)
 
