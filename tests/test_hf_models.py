@@ -219,3 +219,42 @@ def test_default_adapter_targets_of_each_family():
     assert model_family(conformer) == "transformer"
     assert targets[-1] == "ctc_lin" and len(targets) == 2 * 5 + 1
     assert projection_layers(torch.nn.ModuleDict({"mha": MultiheadAttention(nhead=2, d_model=8)})) == []
+
+
+@pytest.fixture(scope="module")
+def synth_corpus(tmp_path_factory):
+    from sb_meta.data.synth import generate_corpus
+
+    out = tmp_path_factory.mktemp("synth_hf")
+    generate_corpus(out, speakers=6, utts_per_speaker=5, seed=1, progress=False)  # as test_recipes.py
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["fomaml", "reptile"])
+def test_the_ssl_ctc_recipe_meta_trains_only_adapters_in_the_inner_loop(synth_corpus, tmp_path, strategy):
+    """`recipes/AN4/hparams/ssl_ctc_meta.yaml --debug` at tiny size (the AN4 recipe's brain on
+    the synthetic corpus): the frozen encoder's weights stay, its LoRA adapters and the
+    head's adapt in the inner loop, and SpeechBrain loads the export."""
+    from sb_meta.adapt.hf_folders import hf_ssl_source
+    from sb_meta.adapt.families import front_end_params
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    source = hf_ssl_source(tmp_path / "hf_wav2vec2")
+    recipe = load_script(root / "recipes" / "SynthVoices" / "train.py", "sbmeta_test_recipe_synth_hf")
+    out = tmp_path / "exp"
+    brain = recipe.main([str(root / "recipes" / "AN4" / "hparams" / "ssl_ctc_meta.yaml"),
+                         f"--data_folder={synth_corpus}", f"--output_folder={out}", f"--ssl_hub={source}",
+                         "--ssl_output_size=16", "--dnn_neurons=16", f"--meta_strategy={strategy}",
+                         "--debug", "--debug_batches=1", "--debug_epochs=1", "--meta_batch_tasks=2",
+                         "--k_support=2", "--k_query=2", "--noprogressbar"])
+    names = brain.strategy.adapt_names()
+    assert names and all(".adapter_" in n for n in names)
+    assert any(n.startswith("ssl.model.encoder.") for n in names) and any(n.startswith("ctc_lin") for n in names)
+    own = [p for n, p in brain.modules.ssl.named_parameters() if ".adapter_" not in n]
+    assert not any(p.requires_grad for p in own)  # the encoder's weights stay as downloaded
+    assert front_end_params(brain.modules)
+    info = json.loads((out / "pretrained" / "sbmeta.json").read_text())
+    assert info["interface"] == "speechbrain.inference.ASR.EncoderASR" and info["strategy"] == strategy
+    asr = h.speechbrain_asr(out / "pretrained")
+    wav = next(pathlib.Path(synth_corpus).rglob("*.wav"))
+    assert isinstance(asr.transcribe_file(str(wav)), str)
