@@ -230,11 +230,14 @@ def synth_corpus(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("strategy", ["fomaml", "reptile"])
-def test_the_ssl_ctc_recipe_meta_trains_only_adapters_in_the_inner_loop(synth_corpus, tmp_path, strategy):
+@pytest.mark.parametrize("strategy, extra", [
+    ("fomaml", []), ("reptile", []), ("fomaml", ["--meta_addons=[]", "--adapt_params=[enc.*,ctc_lin.*]"])])
+def test_the_ssl_ctc_recipe_meta_trains_only_adapters_in_the_inner_loop(synth_corpus, tmp_path, strategy,
+                                                                        extra):
     """`recipes/AN4/hparams/ssl_ctc_meta.yaml --debug` at tiny size (the AN4 recipe's brain on
     the synthetic corpus): the frozen encoder's weights stay, its LoRA adapters and the
-    head's adapt in the inner loop, and SpeechBrain loads the export."""
+    head's adapt in the inner loop (without adapters: the DNN and the head), and
+    SpeechBrain loads the export."""
     from sb_meta.adapt.hf_folders import hf_ssl_source
     from sb_meta.adapt.families import front_end_params
 
@@ -246,10 +249,13 @@ def test_the_ssl_ctc_recipe_meta_trains_only_adapters_in_the_inner_loop(synth_co
                          f"--data_folder={synth_corpus}", f"--output_folder={out}", f"--ssl_hub={source}",
                          "--ssl_output_size=16", "--dnn_neurons=16", f"--meta_strategy={strategy}",
                          "--debug", "--debug_batches=1", "--debug_epochs=1", "--meta_batch_tasks=2",
-                         "--k_support=2", "--k_query=2", "--noprogressbar"])
+                         "--k_support=2", "--k_query=2", "--noprogressbar", *extra])
     names = brain.strategy.adapt_names()
-    assert names and all(".adapter_" in n for n in names)
-    assert any(n.startswith("ssl.model.encoder.") for n in names) and any(n.startswith("ctc_lin") for n in names)
+    if extra:
+        assert names and all(n.startswith(("enc.", "ctc_lin.")) for n in names)
+    else:
+        assert names and all(".adapter_" in n for n in names)
+        assert any(n.startswith("ssl.model.encoder.") for n in names) and any(n.startswith("ctc_lin") for n in names)
     own = [p for n, p in brain.modules.ssl.named_parameters() if ".adapter_" not in n]
     assert not any(p.requires_grad for p in own)  # the encoder's weights stay as downloaded
     assert front_end_params(brain.modules)
@@ -258,3 +264,19 @@ def test_the_ssl_ctc_recipe_meta_trains_only_adapters_in_the_inner_loop(synth_co
     asr = h.speechbrain_asr(out / "pretrained")
     wav = next(pathlib.Path(synth_corpus).rglob("*.wav"))
     assert isinstance(asr.transcribe_file(str(wav)), str)
+
+
+def test_sb_meta_adapt_command_on_a_whisper_folder(corpus, tmp_path):
+    """The documented command: `sb-meta adapt --model <whisper folder> --support ... --peft lora
+    --adapters-only`, then `sb-meta transcribe` with the adapted export."""
+    from sb_meta.adapt.hf_folders import whisper_folder
+    from sb_meta.cli import main
+
+    folder = whisper_folder(tmp_path / "whisper")
+    spk = corpus["rows"][5]["spk_id"]
+    args = ["adapt", "--model", str(folder), "--support", str(corpus["csv"]), "--task", spk, "--k", "2",
+            "--steps", "1", "--peft", "lora"]
+    assert main(args + ["--adapters-only", "--out", str(tmp_path / "adapters")]) == 0
+    assert (tmp_path / "adapters" / "adapters.json").is_file()
+    assert main(args + ["--out", str(tmp_path / "adapted")]) == 0
+    assert main(["transcribe", "--model", str(tmp_path / "adapted"), corpus["rows"][0]["wav"]]) == 0

@@ -70,8 +70,8 @@ def model_family(modules):
     return "crdnn"
 
 
-def _is_projection(parent, name, child):
-    """Whether linear layer ``child`` (named ``name`` in ``parent``) is an attention or
+def _is_projection(parent, name):
+    """Whether the linear layer ``name`` of module ``parent`` is an attention or
     feed-forward projection of a Transformer-style layer."""
     ptype = type(parent).__name__
     hf = _where(parent).startswith("transformers.")
@@ -81,7 +81,7 @@ def _is_projection(parent, name, child):
         return name in ("intermediate_dense", "output_dense")
     if hf and ptype.endswith(("EncoderLayer", "DecoderLayer")):
         return name in ("fc1", "fc2")
-    if ptype in ("RelPosMHAXL",) and _where(parent).startswith("speechbrain."):
+    if ptype == "RelPosMHAXL" and _where(parent).startswith("speechbrain."):
         return name == "out_proj"
     return False
 
@@ -111,7 +111,7 @@ def projection_layers(modules):
             continue  # it reads out_proj.weight directly: a wrapper would break it
         grand = named.get(parent_name.rpartition(".")[0]) if parent_name else None
         in_ffn = type(grand).__name__ == "PositionalwiseFeedForward" and _where(grand).startswith("speechbrain.")
-        if in_ffn or _is_projection(parent, leaf, module):
+        if in_ffn or _is_projection(parent, leaf):
             out.append(name)
     return out
 

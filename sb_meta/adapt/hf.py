@@ -9,7 +9,7 @@ Their ``hyperparams.yaml`` names a wrapper of ``speechbrain.integrations.hugging
 
 import re
 
-__all__ = ["HF_EXTRA", "uses_transformers", "require_transformers"]
+__all__ = ["HF_EXTRA", "uses_transformers", "require_transformers", "adaptable_hf_modules"]
 
 #: how to install what these models need
 HF_EXTRA = "pip install 'sb-meta[hf]'"
