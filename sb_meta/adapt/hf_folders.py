@@ -214,16 +214,10 @@ def hf_whisper_source(folder, seed=0, d_model=16, layers=1):
     folder.mkdir(parents=True)
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     ids = {t: len(vocab) + i for i, t in enumerate(WHISPER_SPECIALS)}
-    (folder / "vocab.json").write_text(json.dumps({**vocab, **ids}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    # transformers 5 (the hf extra's pin) builds the byte-level BPE from the vocabulary itself
     tokenizer = transformers.WhisperTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token="<|endoftext|>",
-        additional_special_tokens=WHISPER_SPECIALS[1:], predict_timestamps=False,
-    ) if not hasattr(transformers.WhisperTokenizer, "_tokenizer") else None
-    if tokenizer is None:  # transformers 5: the tokenizer takes the vocabulary itself
-        tokenizer = transformers.WhisperTokenizer(
-            vocab={**vocab, **ids}, merges=[], bos_token="<|endoftext|>",
-            additional_special_tokens=WHISPER_SPECIALS[1:], predict_timestamps=False)
+        vocab={**vocab, **ids}, merges=[], bos_token="<|endoftext|>",
+        additional_special_tokens=WHISPER_SPECIALS[1:], predict_timestamps=False)
     tokenizer.save_pretrained(folder)
     eos, bos = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = transformers.WhisperConfig(
@@ -261,7 +255,6 @@ decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
     model: !ref <whisper>
     min_decode_ratio: !ref <min_decode_ratio>
     max_decode_ratio: !ref <max_decode_ratio>
-    sample_len: {sample_len}
 
 modules:
     whisper: !ref <whisper>
@@ -273,7 +266,7 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def whisper_folder(folder, source=None, seed=0, sample_len=12):
+def whisper_folder(folder, source=None, seed=0):
     """A ``WhisperASR`` folder laid out like SpeechBrain's published Whisper fine-tunes.
 
     Arguments
@@ -284,8 +277,6 @@ def whisper_folder(folder, source=None, seed=0, sample_len=12):
         An existing Whisper ``save_pretrained`` folder; default a tiny random
         one made in ``<folder>/hf_whisper``.
     seed : int
-    sample_len : int
-        Longest transcript the greedy searcher writes, in tokens.
 
     Returns
     -------
@@ -296,7 +287,7 @@ def whisper_folder(folder, source=None, seed=0, sample_len=12):
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True)
     source = pathlib.Path(source) if source else hf_whisper_source(folder / "hf_whisper", seed)
-    text = WHISPER_YAML.format(source=source.resolve(), sample_len=int(sample_len))
+    text = WHISPER_YAML.format(source=source.resolve())
     hp = load_hyperpyyaml(text)
     (folder / "hyperparams.yaml").write_text(text, encoding="utf-8")
     torch.save(hp["whisper"].state_dict(), folder / "whisper.ckpt")
