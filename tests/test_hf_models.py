@@ -60,6 +60,10 @@ def test_ssl_ctc_folder_loads_adapts_with_lora_and_fully_and_exports(corpus, fam
     from sb_meta.adapt.hf_folders import ssl_ctc_folder
 
     folder = ssl_ctc_folder(corpus["tmp"] / family, corpus["texts"], family=family, freeze=freeze)
+    if family == "hubert":  # the module path of the folders published before SpeechBrain 1.1
+        yaml = folder / "hyperparams.yaml"
+        yaml.write_text(yaml.read_text().replace("speechbrain.integrations.huggingface.",
+                                                 "speechbrain.lobes.models.huggingface_transformers."))
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == [
         "asr.ckpt", "hyperparams.yaml", "tokenizer.ckpt", "wav2vec2.ckpt"]
     model = load_model(folder)
