@@ -182,20 +182,32 @@ def ssl_ctc_folder(folder, texts, family="wav2vec2", sizes=None, freeze=False, d
     -------
     pathlib.Path
     """
-    from hyperpyyaml import load_hyperpyyaml
-
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True)
-    source = pathlib.Path(source) if source else hf_ssl_source(folder / f"hf_{family}", family, sizes, seed)
+    folder, source = _new_folder(folder, source, lambda f: hf_ssl_source(f / f"hf_{family}", family, sizes, seed))
     outputs = char_tokenizer(folder / "tokenizer.ckpt", texts)
     hidden = json.loads((source / "config.json").read_text())["hidden_size"]
     text = SSL_CTC_YAML.format(source=source.resolve(), freeze=freeze, dnn=int(dnn_neurons),
                                outputs=outputs, wrapper=SSL_FAMILIES[family][1], hidden=hidden)
+    return _write(folder, text, {"wav2vec2": "ssl", "asr": "asr_model"}, seed)
+
+
+def _new_folder(folder, source, make):
+    """``folder`` (created; it must not exist) and the Hugging Face source: ``source``,
+    or the one ``make(folder)`` writes."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True)
+    return folder, pathlib.Path(source) if source else make(folder)
+
+
+def _write(folder, text, checkpoints, seed):
+    """``text`` as ``folder/hyperparams.yaml`` and, from the objects it builds, one
+    ``<name>.ckpt`` per ``name -> YAML key`` of ``checkpoints``."""
+    from hyperpyyaml import load_hyperpyyaml
+
     torch.manual_seed(seed)
     hp = load_hyperpyyaml(text)
     (folder / "hyperparams.yaml").write_text(text, encoding="utf-8")
-    torch.save(hp["ssl"].state_dict(), folder / "wav2vec2.ckpt")
-    torch.save(hp["asr_model"].state_dict(), folder / "asr.ckpt")
+    for name, key in checkpoints.items():
+        torch.save(hp[key].state_dict(), folder / f"{name}.ckpt")
     return folder
 
 
@@ -282,13 +294,5 @@ def whisper_folder(folder, source=None, seed=0):
     -------
     pathlib.Path
     """
-    from hyperpyyaml import load_hyperpyyaml
-
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True)
-    source = pathlib.Path(source) if source else hf_whisper_source(folder / "hf_whisper", seed)
-    text = WHISPER_YAML.format(source=source.resolve())
-    hp = load_hyperpyyaml(text)
-    (folder / "hyperparams.yaml").write_text(text, encoding="utf-8")
-    torch.save(hp["whisper"].state_dict(), folder / "whisper.ckpt")
-    return folder
+    folder, source = _new_folder(folder, source, lambda f: hf_whisper_source(f / "hf_whisper", seed))
+    return _write(folder, WHISPER_YAML.format(source=source.resolve()), {"whisper": "whisper"}, seed)
