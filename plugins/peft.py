@@ -40,9 +40,13 @@ Configuration (read from the recipe's hparams, all optional)
 ``peft_targets``
     Shell-style patterns over module names. A linear layer is wrapped when
     its name or the name of one of its enclosing modules matches (``ctc_lin``
-    selects ``ctc_lin.w``). Default ``["*DNN*", "*ctc_lin*"]``: the CRDNN's
-    DNN linear layer(s) and the CTC output layer. A pattern that matches no
-    module, or only modules without a linear layer (``enc.RNN``), is an error.
+    selects ``ctc_lin.w``). A pattern that matches no module, or only modules
+    without a linear layer (``enc.RNN``), is an error. Default: by model
+    family (:func:`sb_meta.adapt.families.default_adapter_targets`): the
+    attention and feed-forward projections and the CTC head of Transformer,
+    Conformer, wav2vec2 / HuBERT / WavLM and Whisper models;
+    ``["*DNN*", "*ctc_lin*"]`` (the CRDNN's DNN linear layer(s) and the CTC
+    output layer) otherwise.
 ``peft_rank``
     LoRA rank / Houlsby bottleneck size (default 8; unused by ``lhuc``).
 ``peft_alpha``
@@ -71,6 +75,7 @@ import fnmatch
 import torch
 from speechbrain.nnet.adapters import HoulsbyAdapterLinear, LoRA, replace_module
 
+from sb_meta.adapt.families import CRDNN_TARGETS, default_adapter_targets
 from sb_meta.plugins import hookimpl
 from sb_meta.strategy import AddOn
 
@@ -86,8 +91,8 @@ __all__ = [
     "select_linear_layers",
 ]
 
-#: default ``peft_targets``: the CRDNN's DNN linear layer(s) and the CTC head.
-DEFAULT_TARGETS = ("*DNN*", "*ctc_lin*")
+#: ``peft_targets`` of the CRDNN family: its DNN linear layer(s) and the CTC head.
+DEFAULT_TARGETS = CRDNN_TARGETS
 
 
 class LHUC(torch.nn.Module):
@@ -180,7 +185,7 @@ def _adapter_parts(modules):
     return parts
 
 
-def select_linear_layers(modules, patterns=None):
+def select_linear_layers(modules, patterns=None, strict=None):
     """Names of the ``torch.nn.Linear`` layers of ``modules`` that ``patterns`` select.
 
     A linear layer is selected when its name, or the name of a module that
@@ -192,8 +197,10 @@ def select_linear_layers(modules, patterns=None):
     modules : torch.nn.Module
         Usually ``brain.modules``.
     patterns : str or list of str, optional
-        ``peft_targets``; default :data:`DEFAULT_TARGETS` (then a pattern that
-        matches nothing is fine as long as one matches).
+        ``peft_targets``; default :data:`DEFAULT_TARGETS`.
+    strict : bool, optional
+        Whether every pattern must select a linear layer (default: when
+        ``patterns`` are given); otherwise one selecting any is enough.
 
     Returns
     -------
@@ -217,7 +224,7 @@ def select_linear_layers(modules, patterns=None):
     ...
     ValueError: peft_targets pattern 'rnn' matches rnn (LSTM) but no linear layer; ...
     """
-    strict = patterns is not None
+    strict = patterns is not None if strict is None else strict
     if patterns is None:
         patterns = DEFAULT_TARGETS
     if isinstance(patterns, str):
@@ -336,17 +343,17 @@ class PEFTAddOn(AddOn):
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        targets = self.option("peft_targets")
+        given = self.option("peft_targets")
+        targets = default_adapter_targets(brain.modules) if given is None else given
         self.rank = self.option("peft_rank")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"peft_rank must be a positive integer, got {self.rank!r}")
         alpha = self.option("peft_alpha")
         self.alpha = float(self.rank if alpha is None else alpha)
         self.freeze_base = bool(self.option("peft_freeze_base"))
-        self.wrapped = self.apply(brain.modules, targets)
+        self.wrapped = self.apply(brain.modules, targets, strict=given is not None)
         self.settings = {
-            "peft_targets": list(targets) if targets is not None and not isinstance(targets, str)
-            else ([targets] if isinstance(targets, str) else list(DEFAULT_TARGETS)),
+            "peft_targets": [targets] if isinstance(targets, str) else list(targets),
             "peft_rank": self.rank,
             "peft_alpha": self.alpha,
             "peft_freeze_base": self.freeze_base,
@@ -369,8 +376,9 @@ class PEFTAddOn(AddOn):
         """The adapter module wrapping ``linear`` (an ``nn.Linear``)."""
         raise NotImplementedError
 
-    def apply(self, modules, targets=None):
-        """Wrap the selected linear layers of ``modules`` in place.
+    def apply(self, modules, targets=None, strict=None):
+        """Wrap the selected linear layers of ``modules`` in place
+        (``targets``, ``strict``: see :func:`select_linear_layers`).
 
         New parameters get the device and dtype of the layer they wrap; the
         wrapped layer's parameters keep their ``requires_grad``.
@@ -380,7 +388,7 @@ class PEFTAddOn(AddOn):
         list of str
             The names of the wrapped layers.
         """
-        names = select_linear_layers(modules, targets)
+        names = select_linear_layers(modules, targets, strict)
         for name in names:
             linear = modules.get_submodule(name)
             flags = [(p, p.requires_grad) for p in linear.parameters()]

@@ -8,8 +8,9 @@ To run (the AN4 root holds CMU's original ``etc/`` and ``wav/`` folders)::
 
 The same script trains every model the YAML files declare: a CRDNN with a CTC
 head (``crdnn_ctc_meta.yaml``), a CRDNN with an attention decoder and a CTC
-head (``crdnn_attention_meta.yaml``) and a Transformer (``transformer_meta.yaml``),
-with every strategy by flag. Manifests (``train.csv``, ``dev.csv`` with whole
+head (``crdnn_attention_meta.yaml``), a Transformer (``transformer_meta.yaml``)
+and a self-supervised Hugging Face encoder with LoRA adapters and a CTC head
+(``ssl_ctc_meta.yaml``), with every strategy by flag. Manifests (``train.csv``, ``dev.csv`` with whole
 held-out training speakers, ``test.csv``) are written by ``an4_prepare.py``
 beside this file; the trained model is exported in SpeechBrain's pretrained
 format (``export_folder``).
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 class ASR(MetaBrain):
-    """CRDNN or Transformer encoder, CTC head, optional attention decoder."""
+    """CRDNN, Transformer or SSL encoder, CTC head, optional attention decoder."""
 
     @property
     def attention(self):
@@ -60,6 +61,12 @@ class ASR(MetaBrain):
         if augmented:  # SpeechBrain's Augmenter; labels are replicated in compute_objectives
             wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
             tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
+        if "ssl" in self.modules:  # ssl_ctc_meta.yaml: a Hugging Face encoder reads the waveform
+            # extract_features, not forward: a frozen wrapper's forward runs under no_grad, which
+            # would stop the gradients of the adapters inside it (its own weights do not require any)
+            enc_out = self.modules.enc(self.modules.ssl.extract_features(wavs, wav_lens))
+            p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(enc_out))
+            return ASRPredictions(p_ctc, wav_lens, enc_out, None, extra={"augmented": augmented})
         feats = self.hparams.compute_features(wavs)
         feats = self.modules.normalize(feats, wav_lens)
         if augmented:

@@ -334,7 +334,9 @@ def add_commands(subparsers):
     p.add_argument("--peft-rank", type=int, default=None, help="adapter rank (default 8)")
     p.add_argument("--peft-targets", default=None,
                    help="comma-separated module name patterns to adapt with --peft "
-                        "(default the DNN and CTC output layers)")
+                        "(default by model family: attention and feed-forward projections and the CTC head "
+                        "of Transformer, Conformer, wav2vec2/HuBERT/WavLM and Whisper models; the DNN "
+                        "and CTC output layers of a CRDNN)")
     p.add_argument("--adapters-only", action="store_true",
                    help="with --peft: export the adapter weights alone (a few %% of the model)")
     p.add_argument("--addons", type=_name_list, default=[],

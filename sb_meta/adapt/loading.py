@@ -1,10 +1,13 @@
 """Loading SpeechBrain pretrained ASR folders as :class:`~sb_meta.adapt.AdaptableASR`.
 
-Any folder SpeechBrain's ``EncoderASR`` or ``EncoderDecoderASR`` loads works:
+Any folder SpeechBrain's ``EncoderASR``, ``EncoderDecoderASR`` or ``WhisperASR`` loads works:
 sb-meta's exports (their ``sbmeta.json`` names the interface, the trained
 modules and the meta-learned state) and models sb-meta did not write, laid
 out like SpeechBrain's published ones (the interface is then read from the
-YAML: a ``decoder`` module means ``EncoderDecoderASR``). Loading is offline.
+YAML: a ``whisper`` module means ``WhisperASR``, a ``decoder`` module
+``EncoderDecoderASR``). Loading is offline. Models built on Hugging Face
+``transformers`` (wav2vec2, HuBERT, WavLM, Whisper) need the ``hf`` extra;
+their wrapper's ``source`` must be a local folder or in the local cache.
 Every failure names the file at fault.
 """
 
@@ -14,6 +17,7 @@ import re
 
 import torch
 
+from sb_meta.adapt.hf import require_transformers, uses_transformers
 from sb_meta.adapt.model import AdaptableASR
 from sb_meta.export.folder import META_FILE
 from sb_meta.export.plan import HPARAMS_FILE, load_interface
@@ -23,6 +27,7 @@ __all__ = ["load_model", "detect_interface"]
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 ENCODER_ASR = "speechbrain.inference.ASR.EncoderASR"
 ENCODER_DECODER_ASR = "speechbrain.inference.ASR.EncoderDecoderASR"
+WHISPER_ASR = "speechbrain.inference.ASR.WhisperASR"
 
 
 def detect_interface(yaml_text, where):
@@ -43,9 +48,15 @@ def detect_interface(yaml_text, where):
     if not hasattr(doc, "get"):
         raise ValueError(f"{where} is not a YAML mapping of hyperparameters")
     modules = doc.get("modules") if hasattr(doc.get("modules"), "get") else {}
-    interface = ENCODER_DECODER_ASR if "decoder" in modules else ENCODER_ASR
-    needed = {"modules.encoder": "encoder" in modules, "tokenizer": "tokenizer" in doc,
-              "pretrainer": hasattr(doc.get("pretrainer"), "get")}
+    pretrainer = hasattr(doc.get("pretrainer"), "get")
+    if "whisper" in modules:  # SpeechBrain's Whisper fine-tunes
+        interface = WHISPER_ASR
+        needed = {"modules.decoder": "decoder" in modules, "language": "language" in doc,
+                  "sample_rate": "sample_rate" in doc, "pretrainer": pretrainer}
+    else:
+        interface = ENCODER_DECODER_ASR if "decoder" in modules else ENCODER_ASR
+        needed = {"modules.encoder": "encoder" in modules, "tokenizer": "tokenizer" in doc,
+                  "pretrainer": pretrainer}
     if interface == ENCODER_ASR:
         needed["decoding_function"] = "decoding_function" in doc
     missing = [k for k, ok in needed.items() if not ok]
@@ -53,7 +64,8 @@ def detect_interface(yaml_text, where):
         raise ValueError(
             f"{where} is not a SpeechBrain ASR model's hyperparameters: it lacks {missing} "
             f"(EncoderASR needs modules.encoder, decoding_function, tokenizer and pretrainer; "
-            f"EncoderDecoderASR modules.encoder, modules.decoder, tokenizer and pretrainer)"
+            f"EncoderDecoderASR modules.encoder, modules.decoder, tokenizer and pretrainer; "
+            f"WhisperASR modules.whisper, modules.decoder, language, sample_rate and pretrainer)"
         )
     return interface
 
@@ -149,6 +161,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
     else:
         raise FileNotFoundError(f"model folder {src} does not exist")
 
+    if uses_transformers(yaml_text):
+        require_transformers(f"the model in {src} (built on Hugging Face transformers)")
     offline = FetchConfig(allow_network=False)
 
     def fetched(name):
@@ -164,6 +178,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
                 f"give the folder of an export ({type(exc).__name__}: {exc})"
             ) from exc
         interface = detect_interface(yaml_text, f"{src}/{HPARAMS_FILE}")
+        if uses_transformers(yaml_text):
+            require_transformers(f"the model {src} (built on Hugging Face transformers)")
         try:
             info = json.loads(fetched(META_FILE).read_text(encoding="utf-8"))
         except Exception:  # noqa: BLE001 - a plain SpeechBrain model has none

@@ -23,6 +23,7 @@ import tempfile
 import speechbrain as sb
 import torch
 
+from sb_meta.adapt.hf import adaptable_hf_modules
 from sb_meta.adapt.objective import AdaptBrain, trainable_view
 from sb_meta.adapt.support import ctc_min_frames, load_audio, make_batches, prepare_support
 from sb_meta.contract import Phase
@@ -352,6 +353,7 @@ class AdaptableASR:
         hparams.update(addon_config)
         for p in (p for m in view.modules.values() for p in m.parameters()):
             p.requires_grad_(True)
+        adaptable_hf_modules(view.modules)
         with _quiet("speechbrain.core"):  # no per-adaptation "model statistics" logs
             brain = AdaptBrain(modules=dict(view.modules), hparams=hparams,
                                run_opts={"device": str(self.device), "noprogressbar": True},

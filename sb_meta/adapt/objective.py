@@ -8,15 +8,17 @@ finds them and :class:`AdaptBrain` computes the losses they allow:
   a linear layer and a (log-)softmax, or the ``ctc_fc`` of an
   ``EncoderDecoderASR`` decoder's ``CTCScorer``;
 * **attention** (teacher-forced negative log-likelihood) when the decoder is
-  an ``S2SRNNBeamSearcher`` (``emb``, ``dec``, ``fc``) or an
-  ``S2STransformerBeamSearcher`` (``model.decode``, ``fc``);
+  an ``S2SRNNBeamSearcher`` (``emb``, ``dec``, ``fc``), an
+  ``S2STransformerBeamSearcher`` (``model.decode``, ``fc``) or the searcher of
+  a ``WhisperASR`` (the Hugging Face Whisper's decoder, after the searcher's
+  prompt tokens);
 
 weighted by ``ctc_weight`` when both exist. Module names: a model exported by
 sb-meta lists the recipe's trained modules in its ``modules:`` (and their
 names in ``sbmeta.json``), so parameters are named exactly as in training
 (``enc.…``, ``ctc_lin.…``); for any other model the encoder's layers (when it
 is a ``Sequential``) are named as in the encoder, the decoder ``decoder`` and
-a CTC head outside both ``ctc_lin``.
+a CTC head outside both ``ctc_lin``, a Whisper ``whisper``.
 """
 
 import logging
@@ -57,7 +59,11 @@ class ModelView:
     decoder : torch.nn.Module or None
         The beam searcher of an ``EncoderDecoderASR``.
     attention : str or None
-        ``"rnn"`` or ``"transformer"`` when a teacher-forced attention loss is possible.
+        ``"rnn"``, ``"transformer"`` or ``"whisper"`` when a teacher-forced
+        attention loss is possible.
+    prefix : list of int or None
+        Tokens the decoder reads before the transcript (Whisper's prompt);
+        None: ``[bos_index]``.
     transformer_encode : torch.nn.Module or None
         Older SpeechBrain Transformer models encode in two stages.
     losses : list of str
@@ -76,6 +82,31 @@ class ModelView:
     eos_index: int = None
     blank_index: int = 0
     losses: list = field(default_factory=list)
+    prefix: list = None
+
+
+class _WhisperEncode:
+    """``encoder(wavs, wav_lens)`` of a Whisper wrapper, as ``WhisperASR.encode_batch`` runs it."""
+
+    def __init__(self, whisper):
+        self.whisper = whisper
+
+    def __call__(self, wavs, wav_lens):
+        return self.whisper.forward_encoder(self.whisper._get_mel(wavs))
+
+
+def _whisper_view(asr, module_names):
+    """The view of a ``WhisperASR``: attention loss only, the searcher's prompt as prefix."""
+    whisper, searcher = asr.mods["whisper"], asr.mods["decoder"]
+    names = module_names or ["whisper"]
+    missing = [n for n in names if n not in asr.mods]
+    if missing:
+        raise ValueError(f"the model's modules lack {missing}, which its sbmeta.json lists")
+    return ModelView(
+        modules={n: asr.mods[n] for n in names}, encoder=_WhisperEncode(whisper), decoder=searcher,
+        attention="whisper", bos_index=int(searcher.initial_tokens[-1]), eos_index=int(whisper.eos),
+        blank_index=None, losses=["attention"], prefix=[int(t) for t in searcher.initial_tokens],
+    )
 
 
 def _ctc_scorer(decoder):
@@ -100,6 +131,8 @@ def trainable_view(asr, module_names=None):
         (``sbmeta.json``'s ``module_names``).
     """
     mods = asr.mods
+    if "whisper" in mods and "decoder" in mods:
+        return _whisper_view(asr, module_names)
     if "encoder" not in mods:
         raise ValueError("the model has no `encoder` module; sb-meta adapts SpeechBrain ASR interfaces")
     encoder = mods["encoder"]
@@ -187,11 +220,19 @@ class AdaptBrain(MetaBrain):
         if view.attention and hasattr(batch, "tokens_bos"):
             tokens_bos, _ = batch.tokens_bos
             dec = view.decoder
+            if view.attention == "whisper":  # logits from the prompt's last token on
+                logits, _, _ = dec.model.forward_decoder(out, tokens_bos, use_cache=False)
+                return ASRPredictions(None, wav_lens, out,
+                                      torch.log_softmax(logits[:, len(view.prefix) - 1:], dim=-1))
             if view.attention == "rnn":
                 h, _ = dec.dec(dec.emb(tokens_bos), out, wav_lens)
             else:
                 enc_lens = torch.round(wav_lens * out.shape[1]).int()
-                h, _ = dec.model.decode(tokens_bos, out, enc_lens)
+                # TransformerASR.decode is wrapped in no_grad (it serves the beam search):
+                # call the function it wraps, or no gradient would reach encoder or decoder
+                decode = getattr(type(dec.model).decode, "__wrapped__", None)
+                h, _ = decode(dec.model, tokens_bos, out, enc_lens) if decode else dec.model.decode(
+                    tokens_bos, out, enc_lens)
             seq = torch.log_softmax(dec.fc(h), dim=-1)
         return ASRPredictions(log_probs, wav_lens, out, seq)
 

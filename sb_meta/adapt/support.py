@@ -76,9 +76,11 @@ def encode_transcript(tokenizer, text, name="transcript", blank_index=0):
                 f"transcript of {name} ({text!r}) has characters the model's "
                 f"SentencePiece vocabulary does not cover: {unknown}"
             )
+    elif hasattr(tokenizer, "convert_tokens_to_ids"):  # a Hugging Face tokenizer (Whisper)
+        ids = tokenizer.encode(text, add_special_tokens=False)
     else:
         raise TypeError(f"unsupported tokenizer {type(tokenizer).__name__}")
-    if blank_index in ids:
+    if blank_index is not None and blank_index in ids:
         raise ValueError(f"transcript of {name} ({text!r}) encodes to the CTC blank")
     if not ids:
         raise ValueError(f"transcript of {name} ({text!r}) encodes to no token")
@@ -162,7 +164,7 @@ def make_batches(wavs, tokens, names, view, size):
             if tokens is not None:
                 item["tokens"] = torch.LongTensor(tokens[i])
                 if view.attention:
-                    item["tokens_bos"] = torch.LongTensor([view.bos_index] + tokens[i])
+                    item["tokens_bos"] = torch.LongTensor((view.prefix or [view.bos_index]) + tokens[i])
                     item["tokens_eos"] = torch.LongTensor(tokens[i] + [view.eos_index])
             items.append(item)
         batches.append(PaddedBatch(items))
