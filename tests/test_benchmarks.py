@@ -76,7 +76,6 @@ def fake_results():
                               "check": "at most linear", "target_met": True}},
         ),
         # adaptation_latency_s, ddp: missing on purpose
-        "an4": {"status": "not run", "reason": "benchmarks/an4_adaptation.py does not exist yet"},
     }
 
 
@@ -89,13 +88,11 @@ def test_report_renders_every_section_and_says_not_run_for_missing_ones():
     # targets, with MET and MISSED
     assert "**MET**" in md and "**MISSED**" in md
     assert "fomaml_k1" in md and "maml_k1" in md
-    # the two missing sections and the one recorded as not run
+    # the two missing sections
     sections = md.split("\n## ")
     latency = next(s for s in sections if s.startswith("4. "))
     ddp = next(s for s in sections if s.startswith("5. "))
-    an4 = next(s for s in sections if s.startswith("6. "))
     assert "not run" in latency and "not run" in ddp
-    assert "not run" in an4 and "an4_adaptation.py does not exist" in an4
     assert "learn2learn: not installable" in md
 
 
@@ -180,26 +177,3 @@ def test_run_merges_only_the_selected_sections(tmp_path, monkeypatch):
 def test_unknown_section_is_refused():
     with pytest.raises(SystemExit, match="unknown section"):
         bench_run.parse_only("meta_step,nope")
-
-
-def test_run_imports_a_finished_an4_study_instead_of_running_it(tmp_path):
-    out = tmp_path / "RESULTS.json"
-    out.write_text(json.dumps(fake_results()))
-    study = tmp_path / "an4.json"
-    latency = {"status": "ok", "median_s": 0.7, "n": 10, "target_s": 2.0, "met": True,
-               "model": "fomaml (export)"}
-    study.write_text(json.dumps({"status": "ok", "results": {}, "command": "python x.py",
-                                 "adaptation_latency_s": latency}))
-    argv = ["--full", "--only", "an4,adaptation_latency_s", "--an4-json", str(study),
-            "--out", str(out), "--workdir", str(tmp_path / "work")]
-    assert bench_run.main(argv) == 0
-    new = json.loads(out.read_text())
-    assert new["an4"]["status"] == "ok"
-    assert new["an4"]["inner_command"] == "python x.py"
-    assert "--an4-json" in new["an4"]["command"]
-    assert new["adaptation_latency_s"]["median_s"] == 0.7
-
-    study.write_text("{not json")
-    assert bench_run.main(argv) == 0  # recorded as the section's error, others kept
-    new = json.loads(out.read_text())
-    assert new["an4"]["status"] == "error" and str(study) in new["an4"]["error"]

@@ -4,13 +4,11 @@ steps write (constructed here), so a long study does not end in a KeyError."""
 import json
 import pathlib
 import re
-import sys
+
+from studies.an4 import an4_report, an4_study
+from studies.words import words_study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import an4_study_report  # noqa: E402
-import words_study  # noqa: E402
 
 
 def summary(base, adapted, worse=()):
@@ -22,7 +20,7 @@ def summary(base, adapted, worse=()):
 
 def trained(wer, steps=100, params=3.6e6):
     return {"family": "crdnn_ctc", "command": "python recipes/AN4/train.py ...", "train_minutes": 10.0,
-            "train_cpu_minutes": 10.0, "train_wall_minutes": 14.0, "outer_steps": steps, "epochs": 3,
+            "budget": {"epochs": 3}, "outer_steps": steps, "epochs": 3,
             "parameters": int(params), "test": {"wer": wer, "cer": wer / 2},
             "curve": [{"minutes": 10.0, "wer": wer + 5, "cer": 5.0, "epoch": 1, "dev_wer": wer + 6}],
             "machine": {"cores": 2}}
@@ -35,9 +33,9 @@ def write(path, data):
 
 def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     out = tmp_path / "an4_study"
-    monkeypatch.setattr(an4_study_report, "OUT", out)
-    monkeypatch.setattr(an4_study_report, "REPO", tmp_path)
-    (tmp_path / "benchmarks").mkdir()
+    monkeypatch.setattr(an4_report, "OUT", out)
+    monkeypatch.setattr(an4_report, "DOCS", tmp_path / "docs")
+    (tmp_path / "docs").mkdir()
     write(out / "base" / "crdnn_ctc" / "record.json", trained(11.0))
     for name in ("joint", "fomaml"):
         write(out / "meta" / "crdnn_ctc" / name / "record.json", trained(12.0))
@@ -60,7 +58,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
           dict(ev, seed=1, failed={"fomaml": [{"task": "spk1", "k": 5, "repeat": 0, "strategy": "adapted",
                                                "reason": "AdaptationError: adaptation diverged"}]}))
     held = tmp_path / "an4_study_heldout20"  # a held-out study: its own base, its own pool
-    write(held / "base" / "crdnn_ctc" / "record.json", dict(trained(11.0, steps=900), train_cpu_minutes=60.0))
+    write(held / "base" / "crdnn_ctc" / "record.json", dict(trained(11.0, steps=900), train_minutes=60.0))
     write(held / "eval" / "crdnn_ctc@lexicon" / "record.json",
           dict(ev, heldout=20, decoder="lexicon", summary={"base": ev["summary"]["base"]}, meta_vs_joint={},
                oracle_gate={"base": {"unadapted": 12.0, "adapted": 12.5, "oracle": 11.4, "relative": -0.04,
@@ -109,11 +107,11 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     write(out / "transfer" / "compression.json", {"command": "python benchmarks/compression.py ...",
                                                   "rows": [row, dict(row, label="int8", size_ratio=0.3)]})
 
-    base = an4_study_report.base_section()
-    assert "| crdnn_ctc | 3.60M |" in base["markdown"] and (tmp_path / "benchmarks" / "an4_learning_curves.png").is_file()
+    base = an4_report.base_section()
+    assert "| crdnn_ctc | 3.60M |" in base["markdown"] and (tmp_path / "docs" / "an4_learning_curves.png").is_file()
     assert [t[2] for t in base["targets"]] == [True, False]  # 11% meets 12%, misses 7.6%
-    study = an4_study_report.study_section()
-    assert "| fomaml | 10 min, 100 steps | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
+    study = an4_report.study_section()
+    assert "| fomaml | 3 epochs, 100 steps, 10 min | 12.0 | 10.0 | -2.0 [-3.0, -1.0] |" in study["markdown"]
     assert "| base | telephone | 30.0 | 20.0 |  |  | 50% |" in study["markdown"]
     assert "among the long grid's candidates (all_lr0.1_s25, all_lr0.1_s50)" in study["markdown"]
     assert "finetune, lr 0.1, 25 steps, all |" in study["markdown"]
@@ -131,7 +129,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert sum("(draw seed 1)" in t[0] for t in study["targets"]) == 4
     # a held-out study's table names its 30 speakers and its own base's training; so do its targets
     assert study["markdown"].count("30 unseen speakers: the 10 AN4 test speakers and 20 training") == 3  # + long, methods
-    assert "| base | 60 min, 900 steps | 12.0 | 10.0 |" in study["markdown"]
+    assert "| base | 3 epochs, 900 steps, 60 min | 12.0 | 10.0 |" in study["markdown"]
     assert sum("30 speakers with 20 held out" in t[0] for t in study["targets"]) == 2  # 3-step and long grid
     assert study["markdown"].count("Adaptations that failed on test draws") == 1
     assert "left out of the figures above: fomaml 1 (AdaptationError: adaptation diverged)." in study["markdown"]
@@ -139,14 +137,14 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     assert ("same draws, on 30 unseen speakers: the 10 AN4 test speakers and 20 training speakers left out of "
             "this study's base (`--heldout`) (unadapted query WER 12.0); every model decoded") in study["markdown"]
     assert "| full+distill |  | 11.0 | -1.0" in study["markdown"]
-    # the held-out study's speakers one by one, in a figure next to RESULTS.md
+    # the held-out study's speakers one by one, in a figure next to report.md
     assert study["markdown"].count("![per speaker](an4_heldout20_speakers.png)") == 1  # not the long grid's
-    assert (tmp_path / "benchmarks" / "an4_heldout20_speakers.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "docs" / "an4_heldout20_speakers.png").read_bytes()[:4] == b"\x89PNG"
     # the ceiling of any keep-or-drop rule, where the record has it (older records do not)
     assert study["markdown"].count("keeps each model's 5-shot adaptation only on") == 1
     assert "base 12.0 -> 11.4 (5.0%, 9/120 draws helped)." in study["markdown"]
-    transfer = an4_study_report.transfer_section()
-    for text in ("| joint_dann | 10 min, 100 steps | 11.5 |", "| student_distilled | 1.00M (28%)",
+    transfer = an4_report.transfer_section()
+    for text in ("| joint_dann | 3 epochs, 100 steps, 10 min | 11.5 |", "| student_distilled | 1.00M (28%)",
                  "| int8 |", "| full | -2.0 [-3.0, -1.0] | -2.5 [-3.5, -1.5] |"):
         assert text in transfer["markdown"], text
 
@@ -157,85 +155,71 @@ def test_the_words_section_renders(tmp_path, monkeypatch):
     test = {"classes": 12, "recordings": 530, "n_query": 15,
             "results": {"1": {"mean": 0.7, "ci95": 0.01, "episodes": 600}, "5": {"mean": 0.86, "ci95": 0.006, "episodes": 600}}}
     for name in ("protonet", "protonet_synth"):
-        write(tmp_path / "an4words_study" / name / "record.json",
-              {"name": name, "strategy": "protonet", "minutes": 10, "commands": ["python a", "python b"], "test": test})
+        write(tmp_path / "an4words_study" / name / "study.json",
+              {"name": name, "strategy": "protonet", "epochs": 5, "training": trained(0.0),
+               "commands": ["python a", "sb-meta b"], "test": test})
     sec = words_study.words_section()
-    assert "| protonet | protonet | 10 | 70.0 ± 1.0 | 86.0 ± 0.6 |" in sec["markdown"]
+    assert "| protonet | protonet | 3 | 10 | 70.0 ± 1.0 | 86.0 ± 0.6 |" in sec["markdown"]
     assert "changed protonet's 5-shot accuracy by +0.0 points (within the two intervals)" in sec["markdown"]
     assert sec["targets"][0][2] is True
     assert "Meta-LSTM comparison: not run yet" in sec["markdown"]
 
 
-def test_training_column_states_the_budget_when_the_kept_checkpoint_came_earlier():
-    early = dict(trained(12.0), train_cpu_minutes=6.2, outer_steps=150, train_budget_minutes=8.0)
-    assert an4_study_report._training_record(early) == "8-min run, best dev at 6 min, 150 steps"
-    at_the_end = dict(early, train_cpu_minutes=7.8)
-    assert an4_study_report._training_record(at_the_end) == "8 min, 150 steps"
-    sat = dict(early, command="python recipes/AN4/train.py ... --meta_addons=[lhuc] --valid_adapt=True")
-    assert an4_study_report._training_record(sat) == (
-        "8-min run, best dev at 6 min, 150 steps, inner loop on LHUC scales, kept on the adapted dev WER")
-    norm = dict(at_the_end, command="python recipes/AN4/train.py ... '--adapt_params=[enc.CNN.*norm*]' --valid_adapt=True")
-    assert an4_study_report._training_record(norm) == (
-        "8 min, 150 steps, inner loop on enc.CNN.*norm*, kept on the adapted dev WER")
-    assert an4_study_report._training_record(trained(12.0)) == "10 min, 100 steps"  # no budget recorded
+def test_the_training_column_states_epochs_steps_minutes_and_the_inner_loop():
+    assert an4_report._training_record(trained(12.0)) == "3 epochs, 100 steps, 10 min"
+    sat = dict(trained(12.0), command="python recipes/AN4/train.py ... --meta_addons=[lhuc] --valid_adapt=True")
+    assert an4_report._training_record(sat) == (
+        "3 epochs, 100 steps, 10 min, inner loop on LHUC scales, kept on the adapted dev WER")
+    norm = dict(sat, command="python recipes/AN4/train.py ... '--adapt_params=[enc.CNN.*norm*]'")
+    assert an4_report._training_record(norm) == "3 epochs, 100 steps, 10 min, inner loop on enc.CNN.*norm*"
 
 
-def test_sections_are_finished_with_commands_as_typed_and_their_machine(tmp_path, monkeypatch):
-    monkeypatch.setattr(an4_study_report, "REPO", tmp_path)
-    sec = {"markdown": f"`python {tmp_path}/recipes/AN4/train.py --data_folder=/data/an4 --output_folder={tmp_path}/x`",
-           "machine": {"torch_threads": 1, "cores": 99}}
-    out = an4_study_report.finish_section(sec)
+def test_sections_are_finished_with_commands_as_typed(monkeypatch):
+    from studies import common
+
+    sec = {"markdown": f"`python {common.REPO}/recipes/AN4/train.py --data_folder=/data/an4 --output_folder={common.REPO}/x`"}
+    out = an4_report.finish_section(sec)
     assert out["markdown"] == "`python recipes/AN4/train.py --data_folder=$SBMETA_AN4_ROOT --output_folder=x`"
-    assert out["machine"]["torch_threads"] == 1 and out["machine"]["cores"] != 99  # threads as recorded, the rest measured
-    assert out["mode"] == "full" and out["machine"]["cpu_model"]
+    assert out["mode"] == "full"
+
+
+def study_commands():
+    """``python studies/...`` commands shown by the README and the studies' write-ups."""
+    shown = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        if doc.name == "report.md":  # generated from committed results: the commands of their code
+            continue
+        text = doc.read_text().replace("\\\n", " ")
+        shown += re.findall(r"python (studies/\w+/\w+\.py) ([^`\n]+)", text)
+    return shown
 
 
 def test_every_study_command_the_docs_show_parses():
-    """A step renamed or an option dropped would leave the README and RESULTS.md
-    showing commands that no longer run."""
+    """A step renamed or an option dropped would leave the docs showing commands that no
+    longer run."""
     import shlex
 
-    import an4_study
-
-    parser = an4_study.build_parser()
-    shown = []
-    for doc in (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"):
-        text = doc.read_text().replace("\\\n", " ")
-        shown += re.findall(r"python benchmarks/an4_study\.py ([^`\n]+)", text)
-    assert len(shown) >= 10
-    for line in shown:
-        if "..." in line or "(see " in line:  # a summary pointing at the commands, not one
-            continue
-        args = parser.parse_args(shlex.split(line, comments=True))
-        assert callable(args.func), line
+    parsers = {"studies/an4/an4_study.py": an4_study.build_parser()}
+    shown = study_commands()
+    assert sum(script == "studies/an4/an4_study.py" for script, _ in shown) >= 10
+    for script, line in shown:
+        if script in parsers:
+            args = parsers[script].parse_args(shlex.split(line, comments=True))
+            assert callable(args.func), line
 
 
-def test_cached_evaluations_stay_reusable_when_method_gains_fields(tmp_path):
-    import json
-
-    import an4_study
-
+def test_cached_evaluations_are_reused_only_for_the_same_key(tmp_path):
     from sb_meta.evaluation import Method
 
-    plain = Method(name="adapted", strategy="finetune", lr=0.1, steps=25)
-    later = ("unsupervised_config", "guard", "cmvn")
-    older = {k: v for k, v in plain.as_dict().items() if k not in later}  # cached before the fields existed
-    assert an4_study._method_key(plain) == older
-    assert an4_study._method_key(Method(**dict(plain.as_dict(), guard=True)))["guard"] is True
-    assert an4_study._method_key(Method(**dict(plain.as_dict(), cmvn=0.25)))["cmvn"] == 0.25
-    # results stored with the older key, or with a field at its default, are reused; others are not
-    for stored, reused in ((older, True), (dict(older, unsupervised_config={}), True),
-                           (dict(older, unsupervised_config={"cmvn_weight": 0.5}), False),
-                           (dict(older, lr=0.2), False)):
-        path = tmp_path / "results.json"
-        path.write_text(json.dumps({"config": {"cache_key": {"method": stored, "repeats": 2}}}))
-        assert (an4_study._cached(path, {"method": an4_study._method_key(plain), "repeats": 2}) is not None) is reused
-        path.write_text(json.dumps({"config": {"cache_key": {"methods": [stored], "repeats": 2}}}))
-        assert (an4_study._cached(path, {"methods": [plain.as_dict()], "repeats": 2}) is not None) is reused
+    plain = Method(name="adapted", strategy="finetune", lr=0.1, steps=25).as_dict()
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"config": {"cache_key": {"method": plain, "repeats": 2}}}))
+    assert an4_study._cached(path, {"method": plain, "repeats": 2}) is not None
+    assert an4_study._cached(path, {"method": dict(plain, lr=0.2), "repeats": 2}) is None
+    assert an4_study._cached(path, {"method": dict(plain, guard=True), "repeats": 2}) is None
+
 
 def test_grid_and_decoder_results_never_take_another_models_name():
-    import an4_study
-
     names = {"base", "joint", "fomaml", "joint_long", "fomaml_long", "base_cmvn"}
     for grid in an4_study.GRIDS:
         for decoder in an4_study.DECODERS:
@@ -245,8 +229,6 @@ def test_grid_and_decoder_results_never_take_another_models_name():
 
 
 def test_a_heldout_study_has_its_own_folder_flag_and_evaluation_pool(tmp_path, monkeypatch):
-    import an4_study
-
     from sb_meta.data.manifest import read_manifest, write_manifest
 
     row = {"duration": "1.0", "wav": "x.sph", "wrd": "YES"}
@@ -262,7 +244,7 @@ def test_a_heldout_study_has_its_own_folder_flag_and_evaluation_pool(tmp_path, m
     write_manifest(tmp_path / "heldout.csv", [dict(row, ID="h9", spk_id="mnew")])
     os.utime(both, ns=(0, 0))
     assert {r["spk_id"] for r in read_manifest(an4_study.eval_manifest(tmp_path))} == {"ftst", "mnew"}
-    assert an4_study._cmd() == "python benchmarks/an4_study.py --heldout 4 "
+    assert an4_study._cmd() == "python studies/an4/an4_study.py --heldout 4 "
     # steps whose records the report reads from the plain study refuse the flag
     monkeypatch.setattr(an4_study, "HELDOUT", 0)
     monkeypatch.setattr(an4_study, "OUT", an4_study.OUT)

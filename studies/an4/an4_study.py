@@ -1,28 +1,31 @@
 #!/usr/bin/env python
-"""AN4 study: strong bases from an hour of CPU, and adaptation that pays.
+"""The AN4 study: strong bases, meta-training from them, and adaptation on unseen speakers.
 
-Each step writes ``results/an4_study/<step>/.../record.json`` and is resumable
-(a finished training is reused while its command is unchanged); ``report``
-merges the records into ``benchmarks/RESULTS.json`` and re-renders
-``benchmarks/RESULTS.md``. Pin jobs that share the machine:
-``OMP_NUM_THREADS=1 taskset -c N python benchmarks/an4_study.py ...``.
+One pipeline of steps; each writes ``results/an4_study/<step>/.../record.json``, reuses
+what an earlier run of the same command finished, and ``report`` gathers the records
+into ``docs/studies/an4/results.json`` and ``report.md``. Budgets are epochs (``--epochs``;
+an epoch of meta-training is ``episodes_per_epoch`` = 50 outer steps), and each record
+gives the minutes they took on the one clock of ``studies/common.py``. Pin jobs that
+share the machine: ``OMP_NUM_THREADS=1 taskset -c N python studies/an4/an4_study.py ...``.
 
-    # strong speaker-independent bases, each from at most 60 min of training (issue 13)
-    python benchmarks/an4_study.py base --family crdnn_ctc --minutes 60
-    python benchmarks/an4_study.py base --family transformer --minutes 60
-    python benchmarks/an4_study.py base --family crdnn_attention --minutes 60
+    # strong speaker-independent bases (plain batches, the joint strategy)
+    python studies/an4/an4_study.py base --family crdnn_ctc --epochs 72
+    python studies/an4/an4_study.py base --family transformer --epochs 68
+    python studies/an4/an4_study.py base --family crdnn_attention --epochs 21
+    # does every strategy train on AN4 (from scratch, a few epochs each)?
+    python studies/an4/an4_study.py strategies --epochs 2
     # MAML / FOMAML cost on a model
-    python benchmarks/an4_study.py cost --family transformer
-    # meta-training from the strongest base at equal budgets (issue 14)
-    python benchmarks/an4_study.py meta --family crdnn_ctc --strategies joint,fomaml,reptile,metasgd --minutes 15
+    python studies/an4/an4_study.py cost --family transformer
+    # meta-training from the base, equal budgets in outer steps
+    python studies/an4/an4_study.py meta --family crdnn_ctc --strategies joint,fomaml,reptile,metasgd --epochs 4
     # the k-shot protocol on the test speakers, choices made on the dev speakers
-    python benchmarks/an4_study.py evaluate --family crdnn_ctc
+    python studies/an4/an4_study.py evaluate --family crdnn_ctc
     # the same on other draws of the test speakers (the dev choices reused): a replication
-    python benchmarks/an4_study.py evaluate --family crdnn_ctc --seed 1
+    python studies/an4/an4_study.py evaluate --family crdnn_ctc --seed 1
     # a second study with 20 more unseen speakers: its base trains without them and every
     # evaluation runs on them and the 10 test speakers (results/an4_study_heldout20/)
-    python benchmarks/an4_study.py --heldout 20 base --family crdnn_ctc --minutes 60
-    python benchmarks/an4_study.py report
+    python studies/an4/an4_study.py --heldout 20 base --family crdnn_ctc --epochs 72
+    python studies/an4/an4_study.py report
 
 The AN4 corpus is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``). Nothing is
 chosen on the test speakers: settings come from the recipe, the dev speakers
@@ -30,61 +33,65 @@ chosen on the test speakers: settings come from the recipe, the dev speakers
 """
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
 import shlex
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from studies import common  # noqa: E402
+
 OUT = REPO / "results" / "an4_study"
+SCRIPT = "studies/an4/an4_study.py"
 #: ``--heldout N``: a second study with N more training speakers left out of the base's
 #: training (``heldout.csv``) and evaluated beside the 10 test speakers; set by ``main``
 HELDOUT = 0
 RECIPE = REPO / "recipes" / "AN4" / "train.py"
 
-#: model families: YAML and the overrides that make the strong base (plain shuffled
-#: batches of the joint baseline, SpeechBrain augmentation, the time budget)
+#: model families: YAML, the overrides that make the strong base (plain shuffled batches of
+#: the joint baseline, SpeechBrain augmentation) and the base's default budget in epochs
 FAMILIES = {
     # 3.6M parameters, the CNN pooling time by 4 (fewer frames: more steps per minute),
     # batches of ~24 s of audio of similar durations, Adam 2e-3 with 200 warm-up steps then a
-    # cosine over the budget: the configuration that did best on the dev speakers in 10-min screens
-    "crdnn_ctc": {"yaml": "crdnn_ctc_meta.yaml",
+    # cosine over the planned steps: the configuration that did best on the dev speakers
+    "crdnn_ctc": {"yaml": "crdnn_ctc_meta.yaml", "epochs": 72,
                   "base": {"rnn_neurons": 256, "dnn_neurons": 256, "using_2d_pooling": True,
                            "time_pooling": False, "lr": 0.002}},
     # the CTC base's encoder and schedule, with the attention decoder and a joint CTC/attention loss
-    "crdnn_attention": {"yaml": "crdnn_attention_meta.yaml",
+    "crdnn_attention": {"yaml": "crdnn_attention_meta.yaml", "epochs": 21,
                         "base": {"rnn_neurons": 256, "dnn_neurons": 256, "using_2d_pooling": True,
                                  "time_pooling": False, "lr": 0.002}},
     # the recipe's TransformerASR (d_model 144, 6 + 2 layers, Noam 1e-3 over 1,000 warm-up steps)
-    # on 40 mel bands: Noam beat a cosine schedule in 10-min screens on the dev speakers
-    "transformer": {"yaml": "transformer_meta.yaml", "base": {"n_mels": 40}},
+    # on 40 mel bands: Noam beat a cosine schedule on the dev speakers
+    "transformer": {"yaml": "transformer_meta.yaml", "epochs": 68, "base": {"n_mels": 40}},
 }
 BASE_COMMON = {
-    "train_budget_clock": "cpu",  # this machine is shared: budgets in CPU time of the 1-thread run
     "meta_strategy": "joint",
     "plain_batches": True,
     "train_augmentation": True,
-    "number_of_epochs": 100000,
     "curve_every_minutes": 10,
 }
 #: meta-training from the base: episodic (4 speakers x (4 support + 4 query) per outer step),
-#: a gentler Adam without warm-up (0.002 undid a warm start in the previous study), a
-#: validation every 50 outer steps; one inner step for the MAML family, two for Reptile (one
-#: on the support and one on the query batch, so it learns from the same utterances)
-META_COMMON = {"train_budget_clock": "cpu", "number_of_epochs": 100000, "lr": 0.0005, "warmup_steps": 0, "train_augmentation": False,
+#: a gentler Adam without warm-up (0.002 undoes a warm start), an epoch (and a validation)
+#: every 50 outer steps; one inner step for the MAML family, two for Reptile (one on the
+#: support and one on the query batch, so it learns from the same utterances)
+EPISODES_PER_EPOCH = 50
+META_COMMON = {"lr": 0.0005, "warmup_steps": 0, "train_augmentation": False,
                "curve_every_minutes": None, "meta_batch_tasks": 4, "k_support": 4, "k_query": 4,
-               "episodes_per_epoch": 50}
+               "episodes_per_epoch": EPISODES_PER_EPOCH}
 META_STRATEGY = {"reptile": {"inner_steps": 2}}
+#: the strategies the ``strategies`` step trains from scratch
+STRATEGIES = ("fomaml", "maml", "reptile", "metasgd", "anil", "joint", "finetune")
+say = common.say("an4_study")
 
 
 def _cmd():
     """The start of a step's command line (with ``--heldout N`` in a held-out study)."""
-    return "python benchmarks/an4_study.py " + (f"--heldout {HELDOUT} " if HELDOUT else "")
+    return f"python {SCRIPT} " + (f"--heldout {HELDOUT} " if HELDOUT else "")
 
 
 def eval_manifest(manifests):
@@ -103,96 +110,37 @@ def eval_manifest(manifests):
     return both
 
 
-def _say(msg):
-    print(f"[an4_study {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
 def an4_root(root=None):
-    root = root or os.environ.get("SBMETA_AN4_ROOT")
-    if not root or not pathlib.Path(root, "etc").is_dir():
-        raise SystemExit("an4_study: give the AN4 root with --an4-root or $SBMETA_AN4_ROOT")
-    return str(pathlib.Path(root).resolve())
+    return common.corpus_root("SBMETA_AN4_ROOT", root)
 
 
-def _load_recipe():
-    from sb_meta.utils import load_script
-
-    return load_script(RECIPE, "sbmeta_an4_study_recipe")
-
-
-def _machine():
-    from common import machine_info
-
-    return dict(machine_info(), affinity=sorted(os.sched_getaffinity(0)))
-
-
-def _write(path, data):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def train(family, folder, overrides, root, init_from=None, manifests=None):
-    """Run the AN4 recipe (its own ``main``) into ``folder``; returns the training record.
-
-    A folder holding a record of the same command is reused.
-    """
-    folder = pathlib.Path(folder)
+def train(family, folder, overrides, root, epochs, init_from=None, manifests=None):
+    """Train the AN4 recipe (its own ``main``) for ``epochs`` into ``folder``; returns the
+    training record (a folder holding a record of the same command is reused)."""
     yaml = REPO / "recipes" / "AN4" / "hparams" / FAMILIES[family]["yaml"]
-    ov = dict(overrides)
+    ov = {"data_folder": root, "output_folder": folder, "prepare_folder": manifests,
+          "number_of_epochs": epochs}
+    ov.update(overrides)
     if HELDOUT:
         ov["heldout_speakers"] = HELDOUT
     if init_from:
-        ov["init_from"] = str(init_from)
-    argv = [str(yaml), f"--data_folder={root}", f"--output_folder={folder}", "--noprogressbar"]
-    if manifests:
-        argv.append(f"--prepare_folder={manifests}")
-    argv += [f"--{k}={v}" if not isinstance(v, list) else f"--{k}=[{','.join(map(str, v))}]"
-             for k, v in ov.items() if v is not None]
-    command = "python recipes/AN4/train.py " + " ".join(shlex.quote(a) for a in argv)
-    record_path = folder / "record.json"
-    if record_path.is_file():
-        old = json.loads(record_path.read_text())
-        if old.get("command") == command and (folder / "pretrained" / "sbmeta.json").is_file():
-            _say(f"reusing {folder}")
-            return old
-    _say(f"training: {command}")
-    t0 = time.time()
-    brain = _load_recipe().main(argv)
-    curve = folder / "learning_curve.json"
-    record = {
-        "family": family,
-        "command": command,
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "train_minutes": round(brain.train_minutes, 2),
-        "train_clock": brain.meta_config["train_budget_clock"],
-        "train_budget_minutes": brain.meta_config["train_budget_minutes"],
-        "train_wall_minutes": round(brain.train_clock.seconds / 60, 2),
-        "train_cpu_minutes": round(brain.train_clock.cpu_seconds / 60, 2),
-        "wall_minutes": round((time.time() - t0) / 60, 2),
-        "outer_steps": int(brain.optimizer_step),
-        "epochs": int(brain.hparams.epoch_counter.current),
-        "parameters": sum(p.numel() for n, p in brain.modules.named_parameters() if not n.startswith("sbmeta_")),
-        "test": {"wer": brain.test_stats["WER"], "cer": brain.test_stats["CER"],
-                 "checkpoint": "best dev WER"},
-        "curve": json.loads(curve.read_text()) if curve.is_file() else [],
-        "export": str(folder / "pretrained"),
-    }
-    _write(record_path, record)
-    _say(f"{folder.name}: test WER {record['test']['wer']:.2f} CER {record['test']['cer']:.2f} "
-         f"after {record['train_minutes']} min, {record['outer_steps']} steps")
+        ov["init_from"] = init_from
+    argv = common.recipe_argv(yaml, ov) + ["--noprogressbar"]
+    steps = "epochs" if not ov.get("episodes_per_epoch") else "epochs of episodes_per_epoch outer steps"
+    record = common.run_recipe(RECIPE, argv, folder, {"epochs": epochs, "unit": steps}, log=say)
+    record["family"] = family
+    say(f"{pathlib.Path(folder).name}: test WER {record['test']['wer']:.2f} CER {record['test']['cer']:.2f} "
+        f"after {record['epochs']} epochs, {record['outer_steps']} steps, {record['train_minutes']} min")
     return record
 
 
 def cmd_base(args):
     root = an4_root(args.an4_root)
-    ov = dict(BASE_COMMON, train_budget_minutes=args.minutes, **FAMILIES[args.family]["base"])
+    ov = dict(BASE_COMMON, **FAMILIES[args.family]["base"])
     ov.update(_pairs(args.set))
     name = args.family + (f"_{args.tag}" if args.tag else "")
-    return train(args.family, OUT / "base" / name, ov, root, manifests=OUT / "manifests")
+    epochs = args.epochs or FAMILIES[args.family]["epochs"]
+    return train(args.family, OUT / "base" / name, ov, root, epochs, manifests=OUT / "manifests")
 
 
 def cmd_meta(args):
@@ -200,17 +148,16 @@ def cmd_meta(args):
     base = OUT / "base" / args.family / "pretrained" if not args.base else pathlib.Path(args.base)
     records = {}
     for strategy in args.strategies.split(","):
-        ov = meta_overrides(args.family, strategy, args.minutes, args.set)
+        ov = meta_overrides(args.family, strategy, args.set)
         name = strategy + (f"_{args.tag}" if args.tag else "")
-        records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root,
+        records[strategy] = train(args.family, OUT / "meta" / args.family / name, ov, root, args.epochs,
                                   init_from=base, manifests=OUT / "manifests")
     return records
 
 
-def meta_overrides(family, strategy, minutes, extra=None):
+def meta_overrides(family, strategy, extra=None):
     """Recipe overrides of meta-training ``strategy`` from the family's base."""
-    ov = dict(META_COMMON, meta_strategy=strategy, train_budget_minutes=minutes,
-              **META_STRATEGY.get(strategy, {}))
+    ov = dict(META_COMMON, meta_strategy=strategy, **META_STRATEGY.get(strategy, {}))
     ov.update({k: v for k, v in FAMILIES[family]["base"].items() if k != "lr"})  # the base's architecture
     ov.update(_pairs(extra))
     return ov
@@ -224,6 +171,28 @@ def _pairs(items):
     return out
 
 
+def cmd_strategies(args):
+    """Every strategy trains the AN4 recipe from scratch for ``--epochs`` epochs (one epoch:
+    one pass over the training speakers in episodes): does its training loss fall?"""
+    import re
+
+    root = an4_root(args.an4_root)
+    runs = {}
+    for strategy in args.strategies.split(","):
+        folder = OUT / "strategies" / strategy
+        record = train("crdnn_ctc", folder, {"meta_strategy": strategy}, root, args.epochs,
+                       manifests=OUT / "manifests")
+        log = (folder / "train_log.txt").read_text()
+        losses = [float(x) for x in re.findall(r"train loss: ([0-9.e+-]+)", log)]
+        runs[strategy] = dict(record, train_loss_per_epoch=losses,
+                              loss_falls=len(losses) >= 2 and losses[-1] < losses[0])
+        say(f"{strategy}: train loss {losses}")
+    out = {"epochs": args.epochs, "runs": runs, "machine": common.machine(),
+           "command": f"{_cmd()}strategies --epochs {args.epochs} --strategies {args.strategies}"}
+    common.write_json(OUT / "strategies" / "record.json", out)
+    return 0 if all(r["loss_falls"] for r in runs.values()) else 1
+
+
 def cmd_cost(args):
     """Seconds per outer step of MAML and FOMAML on one AN4 task (interleaved)."""
     import statistics
@@ -235,7 +204,9 @@ def cmd_cost(args):
 
     root = an4_root(args.an4_root)
     torch.set_num_threads(1)
-    recipe = _load_recipe()
+    from sb_meta.utils import load_script
+
+    recipe = load_script(RECIPE, "sbmeta_an4_study_recipe")
     manifests = OUT / "manifests"
     recipe.prepare({"prepare_folder": str(manifests), "data_folder": root, "dev_speakers": 6,
                     "seed": 1234, "channels": None})
@@ -264,11 +235,11 @@ def cmd_cost(args):
     med = {s: statistics.median(v) for s, v in times.items()}
     record = {"family": args.family, "k": args.k, "rounds": args.rounds, "median_s": med,
               "samples": times, "ratio_maml_over_fomaml": med["maml"] / med["fomaml"],
-              "machine": _machine(),
+              "machine": common.machine(),
               "command": f"{_cmd()}cost --family {args.family} --k {args.k} "
                          f"--rounds {args.rounds}"}
-    _write(OUT / "cost" / f"{args.family}_k{args.k}.json", record)
-    _say(f"{args.family}: MAML {med['maml']:.2f} s, FOMAML {med['fomaml']:.2f} s per task step "
+    common.write_json(OUT / "cost" / f"{args.family}_k{args.k}.json", record)
+    say(f"{args.family}: MAML {med['maml']:.2f} s, FOMAML {med['fomaml']:.2f} s per task step "
          f"({record['ratio_maml_over_fomaml']:.2f}x)")
     return record
 
@@ -363,36 +334,14 @@ def _model_stamp(family, name):
     return (_model_folder(family, name) / "sbmeta.json").read_text()
 
 
-#: fields added to :class:`Method` after results were cached, with their defaults
-_LATER_FIELDS = {"unsupervised_config": {}, "guard": False, "cmvn": None}
-
-
-def _method_key(method):
-    """A method (or its dict) as a cache key: the fields added to :class:`Method` after
-    results were cached are left out at their defaults, so that those results stay reusable."""
-    d = method.as_dict() if hasattr(method, "as_dict") else dict(method)
-    return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
-
-
-def _normal_key(key):
-    """A cache key with each of its methods as :func:`_method_key` writes it (a key stored
-    before a field existed and one stored with it at its default compare equal)."""
-    key = dict(key)
-    if isinstance(key.get("method"), dict):
-        key["method"] = _method_key(key["method"])
-    if isinstance(key.get("methods"), list):
-        key["methods"] = [_method_key(m) if isinstance(m, dict) else m for m in key["methods"]]
-    return key
-
-
 def _cached(path, key):
     """The evaluation results at ``path`` when they were computed with ``key``, else None
     (a finished model's evaluation is reused when ``evaluate`` runs again with more models)."""
     if path.is_file():
         res = json.loads(path.read_text())
         stored = res.get("config", {}).get("cache_key")
-        if isinstance(stored, dict) and _normal_key(stored) == _normal_key(key):
-            _say(f"reusing {path}")
+        if stored == key:
+            say(f"reusing {path}")
             return res
     return None
 
@@ -415,8 +364,8 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
     method, rec = select_on_dev(model, dev_csv, grid, k=k or K_MAIN, repeats=repeats, progress=False,
                                 task_column=task_column)
     rec["grid"], rec["model"], rec["task_column"] = grid, stamp, task_column
-    _write(path, rec)
-    _say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
+    common.write_json(path, rec)
+    say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
     return method, rec
 
 
@@ -463,7 +412,7 @@ def cmd_evaluate(args):
         method, rec = choose_on_grid(model, name, args.grid, args.dev_repeats, args.decoder)
         chosen[name] = {"method": method.as_dict(), "selection": rec}
         folder = out / name
-        key = {"method": _method_key(method), "ks": list(KS), "repeats": args.repeats,
+        key = {"method": method.as_dict(), "ks": list(KS), "repeats": args.repeats,
                "model": _model_stamp(args.family, name), **({"seed": seed} if seed else {})}
         res = _cached(folder / "results.json", key)
         if res is None:
@@ -475,7 +424,7 @@ def cmd_evaluate(args):
             write_report(res, folder)
         results[name] = res
         s = res["summary"]["adapted"][str(K_MAIN)]
-        _say(f"{name}: 5-shot {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
+        say(f"{name}: 5-shot {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
              f"(rel {100 * s['relative']:.1f}%, CI {s['relative_ci']})")
     # paired differences (same draws) of every model against each reference: joint for
     # "does meta-learning beat joint training", maml / metasgd / finetune for meta_lstm
@@ -500,11 +449,11 @@ def cmd_evaluate(args):
               "summary": {n: r["summary"] for n, r in results.items()},
               "si_unadapted_query": {n: r["summary"]["adapted"]["0"] for n, r in results.items()},
               "meta_vs_joint": comparisons, "paired": paired, "vs_base_unadapted": vs_base,
-              "machine": _machine(),
+              "machine": common.machine(),
               "command": f"{_cmd()}evaluate --family {args.family} "
                          f"--models {args.models} --dev-repeats {args.dev_repeats} --repeats {args.repeats} "
                          f"--reference {args.reference}" + _flags(args)}
-    _write(out / "record.json", record)
+    common.write_json(out / "record.json", record)
     return record
 
 
@@ -562,11 +511,11 @@ def cmd_methods(args):
     write_report(res, OUT / "eval" / args.family / f"methods_{name}{suffix}")
     record = {"family": args.family, "model": name, "grid": args.grid, "decoder": args.decoder,
               "base_method": base.as_dict(),
-              "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": _machine(),
+              "methods": {m.name: m.as_dict() for m in methods}, "summary": res["summary"], "failed": res["failed"], "machine": common.machine(),
               "command": f"{_cmd()}methods --family {args.family} --models {name} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}" + (" --unsupervised" if args.unsupervised else "")
                          + _flags(args)}
-    _write(OUT / "eval" / args.family / f"methods_{name}{suffix}.json", record)
+    common.write_json(OUT / "eval" / args.family / f"methods_{name}{suffix}.json", record)
     return record
 
 
@@ -582,7 +531,7 @@ def cmd_guard(args):
         d = method.as_dict()
         methods = [Method(**dict(d, name="adapted")), Method(**dict(d, name="adapted+guard", guard=True))]
         folder = OUT / "eval" / args.family / f"guard_{name}{suffix}"
-        key = {"methods": [_method_key(m) for m in methods], "repeats": args.repeats,
+        key = {"methods": [m.as_dict() for m in methods], "repeats": args.repeats,
                "model": _model_stamp(args.family, name)}
         res = _cached(folder / "results.json", key)
         if res is None:
@@ -596,15 +545,15 @@ def cmd_guard(args):
                      "kept": sum(c["kept"] for c in checks), "checked": len(checks)}
         for m in ("adapted", "adapted+guard"):
             s = res["summary"][m][str(K_MAIN)]
-            _say(f"{name} {m}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} ({s['delta_wer_mean']:+.2f} "
+            say(f"{name} {m}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} ({s['delta_wer_mean']:+.2f} "
                  f"{s['delta_ci']}), worse {len(s['worse_tasks'])}/{s['tasks']}")
     record = {"family": args.family, "grid": args.grid, "decoder": args.decoder, "repeats": args.repeats,
               "models": out,
-              "machine": _machine(),
+              "machine": common.machine(),
               "command": f"{_cmd()}guard --family {args.family} --models {args.models} "
                          f"--grid {args.grid} --dev-repeats {args.dev_repeats} --repeats {args.repeats}"
                          + (f" --decoder {args.decoder}" if args.decoder != "greedy" else "")}
-    _write(OUT / "eval" / args.family / f"guard{suffix}.json", record)
+    common.write_json(OUT / "eval" / args.family / f"guard{suffix}.json", record)
     return record
 
 
@@ -623,10 +572,10 @@ def cmd_channels(args):
     dev_suffix = grid_suffix(grid, decoder)
     suffix = dev_suffix + _seed_suffix(seed)
     for strategy in [s for s in args.strategies.split(",") if s]:  # "": the base alone
-        ov = meta_overrides(args.family, strategy, args.minutes, args.set)
+        ov = meta_overrides(args.family, strategy, args.set)
         ov.update(channels=channels, task_column="spk_channel")
         records[strategy] = train(args.family, OUT / "channels" / args.family / strategy, ov, root,
-                                  init_from=base, manifests=OUT / "manifests")
+                                  args.epochs, init_from=base, manifests=OUT / "manifests")
     test_csv = OUT / "manifests" / "channels" / "test.csv"
     dev_csv = OUT / "manifests" / "channels" / "valid.csv"  # prepare_channels keeps the recipe split names
     from sb_meta.adapt import load_model
@@ -644,7 +593,7 @@ def cmd_channels(args):
                          task_column="spk_channel", stepsizes=False)  # the same tasks without transcripts
         methods = [Method(**dict(method.as_dict(), name="adapted")), Method(**dict(cmvn.as_dict(), name="cmvn"))]
         folder = OUT / "eval" / args.family / f"channels_{name}{suffix}"
-        key = {"methods": [_method_key(m) for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
+        key = {"methods": [m.as_dict() for m in methods], "ks": [0, K_MAIN], "repeats": args.repeats,
                "channels": channels, "model": json.dumps(model.info, sort_keys=True),
                **({"seed": seed} if seed else {}), **({"decoder": decoder} if decoder != "greedy" else {})}
         res = _cached(folder / "results.json", key)
@@ -656,13 +605,13 @@ def cmd_channels(args):
         out["results"][name] = {"method": method.as_dict(), "per_channel": per_channel_summary(res, channels),
                                 "cmvn": cmvn.as_dict(), "per_channel_cmvn": per_channel_summary(res, channels, "cmvn"),
                                 "summary": res["summary"]}
-    out["machine"], out["decoder"], out["seed"], out["repeats"] = _machine(), decoder, seed, args.repeats
+    out["machine"], out["decoder"], out["seed"], out["repeats"] = common.machine(), decoder, seed, args.repeats
     out["grid"] = grid
     strategies = args.strategies or "''"  # the base alone
     out["command"] = (f"{_cmd()}channels --family {args.family} "
-                      f"--strategies {strategies} --minutes {args.minutes:g} --channels {args.channels} "
+                      f"--strategies {strategies} --epochs {args.epochs} --channels {args.channels} "
                       f"--repeats {args.repeats}" + _flags(args))
-    _write(OUT / "eval" / args.family / f"channels{suffix}.json", out)
+    common.write_json(OUT / "eval" / args.family / f"channels{suffix}.json", out)
     return out
 
 
@@ -728,14 +677,14 @@ def cmd_unsup(args):
     record = {"family": args.family, "model": "base", "task_column": "channel", "ks": KS_UNSUP,
               "repeats": args.repeats, "chosen": chosen, "summary": res["summary"], "per_task": res["per_task"],
               "failed": res["failed"],
-              "machine": _machine(),
+              "machine": common.machine(),
               "command": f"{_cmd()}unsup --family {args.family} "
                          f"--dev-repeats {args.dev_repeats} --repeats {args.repeats}"}
-    _write(OUT / "eval" / args.family / "unsup_channels.json", record)
+    common.write_json(OUT / "eval" / args.family / "unsup_channels.json", record)
     for name, summ in res["summary"].items():
         for k in KS_UNSUP[1:]:
             s = summ[str(k)]
-            _say(f"{name} k={k}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
+            say(f"{name} k={k}: {s['base_wer_mean']:.2f} -> {s['wer_mean']:.2f} "
                  f"({s['delta_wer_mean']:+.2f} {s['delta_ci']}), worse {s['worse_draws']}/{s['n']} draws")
     return record
 
@@ -778,7 +727,7 @@ def add_eval_commands(sub):
     c = sub.add_parser("channels", help="(speaker, channel) tasks")
     c.add_argument("--family", required=True)
     c.add_argument("--strategies", default="joint,fomaml")
-    c.add_argument("--minutes", type=float, default=15.0)
+    c.add_argument("--epochs", type=int, default=4, help="meta-training epochs of 50 outer steps")
     c.add_argument("--channels", default="clean,telephone,noise10,reverb")
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--set", action="append")
@@ -807,12 +756,13 @@ def cmd_dann(args):
     base = OUT / "base" / args.family / "pretrained"
     records = {}
     for name, extra in (("joint", []), ("joint_dann", ["meta_addons=[dann]", "dann_column=spk_id"])):
-        ov = meta_overrides(args.family, "joint", args.minutes, extra + (args.set or []))
+        ov = meta_overrides(args.family, "joint", extra + (args.set or []))
         folder = OUT / "meta" / args.family / name
-        records[name] = train(args.family, folder, ov, root, init_from=base, manifests=OUT / "manifests")
-    out = {"records": records, "machine": _machine(),
-           "command": f"{_cmd()}dann --family {args.family} --minutes {args.minutes}"}
-    _write(OUT / "transfer" / "dann.json", out)
+        records[name] = train(args.family, folder, ov, root, args.epochs, init_from=base,
+                              manifests=OUT / "manifests")
+    out = {"records": records, "machine": common.machine(),
+           "command": f"{_cmd()}dann --family {args.family} --epochs {args.epochs}"}
+    common.write_json(OUT / "transfer" / "dann.json", out)
     return out
 
 
@@ -826,16 +776,17 @@ def cmd_distill(args):
     for name, extra in (("student_alone", {}),
                         ("student_distilled", {"meta_addons": "[distill]", "distill_teacher": str(teacher),
                                                "distill_phases": "[outer]"})):
-        ov = dict(BASE_COMMON, train_budget_minutes=args.minutes, **FAMILIES[args.family]["base"])
+        ov = dict(BASE_COMMON, **FAMILIES[args.family]["base"])
         ov.update(student, **extra)
         ov["curve_every_minutes"] = None
-        records[name] = train(args.family, OUT / "transfer" / name, ov, root, manifests=OUT / "manifests")
+        records[name] = train(args.family, OUT / "transfer" / name, ov, root, args.epochs,
+                              manifests=OUT / "manifests")
     base = json.loads((OUT / "base" / args.family / "record.json").read_text())
     out = {"teacher": {"parameters": base["parameters"], "test": base["test"]}, "records": records,
-           "machine": _machine(),
+           "machine": common.machine(),
            "command": f"{_cmd()}distill --family {args.family} "
-                      f"--minutes {args.minutes} --student-rnn {args.student_rnn}"}
-    _write(OUT / "transfer" / "distill.json", out)
+                      f"--epochs {args.epochs} --student-rnn {args.student_rnn}"}
+    common.write_json(OUT / "transfer" / "distill.json", out)
     return out
 
 
@@ -845,26 +796,26 @@ def cmd_compress(args):
 
     model = OUT / "base" / args.family / "pretrained"
     test_csv = OUT / "manifests" / "test.csv"
-    cmd = [sys.executable, str(HERE / "compression.py"), "--model", str(model), "--data", str(test_csv),
+    cmd = [sys.executable, str(REPO / "benchmarks" / "compression.py"), "--model", str(model), "--data", str(test_csv),
            "--out", str(OUT / "transfer" / "compression"), "--variants", args.variants,
            "--threads", "1", "--repeats", str(args.repeats), "--force"]
     subprocess.run(cmd, check=True)
     rows = json.loads((OUT / "transfer" / "compression" / "compression.json").read_text())
-    out = {"rows": rows, "machine": _machine(),
+    out = {"rows": rows, "machine": common.machine(),
            "command": "python benchmarks/compression.py " + " ".join(shlex.quote(c) for c in cmd[2:])}
-    _write(OUT / "transfer" / "compression.json", out)
+    common.write_json(OUT / "transfer" / "compression.json", out)
     return out
 
 
 def add_transfer_commands(sub):
     d = sub.add_parser("dann", help="joint from the base with and without DANN")
     d.add_argument("--family", default="crdnn_ctc")
-    d.add_argument("--minutes", type=float, default=15.0)
+    d.add_argument("--epochs", type=int, default=4, help="epochs of 50 outer steps")
     d.add_argument("--set", action="append")
     d.set_defaults(func=cmd_dann)
     k = sub.add_parser("distill", help="a small student with and without distillation from the base")
     k.add_argument("--family", default="crdnn_ctc")
-    k.add_argument("--minutes", type=float, default=30.0)
+    k.add_argument("--epochs", type=int, default=20, help="epochs of plain batches")
     k.add_argument("--student-rnn", type=int, default=96, help="RNN and DNN units of the student")
     k.set_defaults(func=cmd_distill)
     c = sub.add_parser("compress", help="int8 / pruned vs float")
@@ -883,7 +834,7 @@ def cmd_decode(args):
     from sb_meta.data.manifest import read_manifest
 
     an4_root(args.an4_root)
-    record = {"families": {}, "lexicon": str(OUT / "manifests" / "train.csv"), "machine": _machine(),
+    record = {"families": {}, "lexicon": str(OUT / "manifests" / "train.csv"), "machine": common.machine(),
               "command": f"{_cmd()}decode --families {args.families}"}
     for fam in args.families.split(","):
         model = _models(fam, ["base"], "lexicon")["base"]
@@ -900,16 +851,16 @@ def cmd_decode(args):
                 wer, cer = error_rates(hyps, refs)
                 rec.setdefault(decoder, {})[split] = {"wer": wer, "cer": cer, "utterances": len(rows),
                                                      "cpu_seconds": round(time.process_time() - start, 1)}
-                _say(f"{fam} {split} {decoder}: WER {wer:.2f} CER {cer:.2f}")
+                say(f"{fam} {split} {decoder}: WER {wer:.2f} CER {cer:.2f}")
         record["families"][fam] = rec
-    _write(OUT / "decode" / "record.json", record)
+    common.write_json(OUT / "decode" / "record.json", record)
     return record
 
 
 def cmd_report(args):
-    from an4_study_report import write_report
+    from studies.an4 import an4_report
 
-    write_report()
+    an4_report.write_report()
 
 
 def build_parser():
@@ -922,7 +873,8 @@ def build_parser():
     sub = p.add_subparsers(dest="step", required=True)
     b = sub.add_parser("base", help="train a strong speaker-independent base")
     b.add_argument("--family", choices=sorted(FAMILIES), required=True)
-    b.add_argument("--minutes", type=float, default=60.0)
+    b.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the family's, see FAMILIES)")
     b.add_argument("--set", action="append", help="more recipe overrides KEY=VALUE")
     b.add_argument("--tag", default=None, help="a variant: trained into base/<family>_<tag>, "
                    "evaluated as model base_<tag> (e.g. meta-training from scratch)")
@@ -933,7 +885,8 @@ def build_parser():
     m = sub.add_parser("meta", help="meta-train from a base at equal budgets")
     m.add_argument("--family", choices=sorted(FAMILIES), required=True)
     m.add_argument("--strategies", default="joint,fomaml,reptile,metasgd")
-    m.add_argument("--minutes", type=float, default=15.0)
+    m.add_argument("--epochs", type=int, default=4,
+                   help=f"meta-training epochs of {EPISODES_PER_EPOCH} outer steps")
     m.add_argument("--base", default=None, help="export to start from (default: the family's base)")
     m.add_argument("--tag", default="", help="suffix of the run folders")
     m.add_argument("--set", action="append", help="more recipe overrides KEY=VALUE")
@@ -943,9 +896,13 @@ def build_parser():
     c.add_argument("--k", type=int, default=1)
     c.add_argument("--rounds", type=int, default=5)
     c.set_defaults(func=cmd_cost)
+    s = sub.add_parser("strategies", help="every strategy from scratch for a few epochs: does the loss fall?")
+    s.add_argument("--strategies", default=",".join(STRATEGIES))
+    s.add_argument("--epochs", type=int, default=2)
+    s.set_defaults(func=cmd_strategies)
     add_eval_commands(sub)
     add_transfer_commands(sub)
-    r = sub.add_parser("report", help="merge the records into benchmarks/RESULTS.json and RESULTS.md")
+    r = sub.add_parser("report", help="gather the records into docs/studies/an4/results.json and report.md")
     r.set_defaults(func=cmd_report)
     return p
 
@@ -957,8 +914,9 @@ def main(argv=None):
         if args.step not in ("base", "meta", "decode", "evaluate", "methods", "guard"):
             raise SystemExit(f"an4_study: --heldout is for base, meta, decode, evaluate, methods and guard, not {args.step}")
         HELDOUT, OUT = args.heldout, REPO / "results" / f"an4_study_heldout{args.heldout}"
-    return args.func(args)
+    out = args.func(args)
+    return out if isinstance(out, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

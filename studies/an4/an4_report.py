@@ -1,21 +1,31 @@
-"""The AN4 study's sections of ``benchmarks/RESULTS.json`` / ``RESULTS.md``.
+"""The AN4 study's report: ``docs/studies/an4/results.json`` and ``report.md``.
 
-``python benchmarks/an4_study.py report`` calls :func:`write_report`: it reads the
-records the study's steps wrote under ``results/an4_study/`` and writes the
+``python studies/an4/an4_study.py report`` calls :func:`write_report`: it reads the
+records the study's steps wrote under ``results/an4_study/`` and rewrites the
 sections ``an4_base`` (strong bases, learning curves, MAML/FOMAML cost),
-``an4_study`` (adaptation that pays: the k-shot protocol, methods, channels) and
-``transfer`` (DANN, distillation, compression, support-set augmentation).
+``an4_strategies`` (every strategy from scratch), ``an4_study`` (adaptation: the
+k-shot protocol, methods, channels) and ``transfer`` (DANN, distillation,
+compression, support-set augmentation). A section without records keeps its
+committed figures.
 """
 
 import json
 import pathlib
 import re
-import subprocess
-import sys
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parent
+from studies import common
+
+REPO = common.REPO
 OUT = REPO / "results" / "an4_study"
+DOCS = REPO / "docs" / "studies" / "an4"
+#: the report's sections, in order, with their headings
+SECTIONS = (
+    ("an4_base", "Strong AN4 recognizers (CRDNN-CTC, CRDNN-attention, Transformer)"),
+    ("an4_strategies", "Every strategy trains the AN4 recipe"),
+    ("an4_adaptation", "Meta-learned vs joint initialisations from a 35-min warm start (earlier design)"),
+    ("an4_study", "Adaptation on unseen speakers and channels, meta-learning vs joint, without transcripts"),
+    ("transfer", "Transfer add-ons on AN4 (DANN, distillation, compression, augmentation)"),
+)
 K_MAIN = 5  # the k of the headline figures (5-shot)
 
 ESPNET = ("ESPnet on the same 130 test utterances: CTC only 22.9% WER, hybrid CTC/attention 7.9% "
@@ -62,10 +72,10 @@ def _plot_curves(bases, path):
             ax.plot([p["minutes"] for p in pts], [p["dev_wer"] for p in pts], linestyle="--",
                     color=line[0].get_color(), alpha=0.6, label=f"{fam} dev")
             # the final figure: the best-dev checkpoint's test WER at the end of the budget
-            ax.plot([rec.get("train_cpu_minutes", rec["train_minutes"])], [rec["test"]["wer"]], marker="*",
+            ax.plot([rec["train_minutes"]], [rec["test"]["wer"]], marker="*",
                     markersize=12, linestyle="none", color=line[0].get_color())
     ax.axhline(TARGET_WER, color="grey", linewidth=0.8, linestyle=":", label="target 12%")
-    ax.set_xlabel("training minutes (1 CPU core)")
+    ax.set_xlabel("training minutes (one thread, one core)")
     ax.set_ylabel("WER (%)")
     ax.set_ylim(0, 60)
     ax.grid(True, alpha=0.3)
@@ -87,27 +97,23 @@ def base_section():
     rows, targets = [], []
     for fam, r in bases.items():
         met = r["test"]["wer"] <= TARGET_WER
-        rows.append(f"| {fam} | {r['parameters'] / 1e6:.2f}M | {r.get('train_cpu_minutes', r['train_minutes']):.0f} / "
-                    f"{r.get('train_wall_minutes', r['train_minutes']):.0f} | {r['outer_steps']} | "
+        rows.append(f"| {fam} | {r['parameters'] / 1e6:.2f}M | {r['train_minutes']:.0f} | {r['outer_steps']} | "
                     f"{r['epochs']} | **{r['test']['wer']:.1f}** | {r['test']['cer']:.1f} | "
                     f"{'met' if met else 'missed'} |")
-        targets.append([f"{fam}: AN4 test WER <= {TARGET_WER:g}% from <= 60 min of CPU training",
+        targets.append([f"{fam}: AN4 test WER <= {TARGET_WER:g}%",
                         f"{r['test']['wer']:.1f}%", met])
         targets.append([f"{fam}: moonshot, below ESPnet's {MOONSHOT_WER:g}%", f"{r['test']['wer']:.1f}%",
                         r["test"]["wer"] < MOONSHOT_WER])
-    plot = REPO / "benchmarks" / "an4_learning_curves.png"
+    plot = DOCS / "an4_learning_curves.png"
     _plot_curves(bases, plot)
     md = ["Each model trained by the AN4 recipe (`recipes/AN4/train.py`) from scratch with the "
           "`joint` strategy on plain shuffled batches of similar durations, SpeechBrain augmentation "
-          "(speed 95/100/105, time and frequency masks) and the training budget of its command "
-          "(`train_budget_minutes`, at most 60) "
-          "(validation, learning-curve points, test and export are outside it), one thread pinned to "
-          "one core. The machine was shared with other jobs, so the budget is CPU time of the "
-          "training process (`train_budget_clock=cpu`: what the wall clock would be on a free core); "
-          "the table also gives the wall-clock minutes. "
+          "(speed 95/100/105, time and frequency masks) for the epochs of its command, the learning rate "
+          "on a cosine over the planned steps; one thread pinned to one core. Minutes: "
+          f"{common.CLOCK}. "
           "Test WER/CER of the best-dev-WER checkpoint on the 130 utterances of the 10 test speakers; "
           "nothing was chosen on them. " + ESPNET + ".", "",
-          "| model | parameters | training min (CPU / wall) | outer steps | epochs | test WER | test CER | <= 12% |",
+          "| model | parameters | training min | outer steps | epochs | test WER | test CER | <= 12% |",
           "|---|---|---|---|---|---|---|---|"] + rows + ["",
           "![learning curves](an4_learning_curves.png)", "",
           "Test WER (solid) and dev WER (dashed) every 10 minutes of training (`curve_every_minutes`); "
@@ -143,7 +149,7 @@ def base_section():
     md += ["Commands:", ""] + [f"- `{r['command']}`" for r in bases.values()] + \
           [f"- `{r['command']}`" for r in costs.values()] + [f"- `{r['command']}`" for r in decode.values()]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets, "records": bases,
-            "costs": costs, "command": "python benchmarks/an4_study.py base ... (see the list)",
+            "costs": costs, "command": "python studies/an4/an4_study.py base ... (see the list)",
             "machine": next(iter(bases.values())).get("machine")}
 
 
@@ -203,7 +209,7 @@ def study_section():
         # the larger pool's speakers one by one, for its main evaluation (seed-0 draws, 3-step grid)
         if ev.get("heldout") and not ev.get("seed") and ev.get("grid", "short") == "short":
             figure = f"an4_heldout{ev['heldout']}_speakers.png"
-            if _plot_speakers((root / record_path).parent, list(ev["summary"]), REPO / "benchmarks" / figure):
+            if _plot_speakers((root / record_path).parent, list(ev["summary"]), DOCS / figure):
                 md += ["", f"Each of the {10 + ev['heldout']} speakers' 5-shot change against its unadapted "
                        f"WER (mean of its draws; below zero adaptation helped): ![per speaker]({figure})"]
         if ev.get("oracle_gate"):
@@ -280,7 +286,7 @@ def study_section():
                "on the dev speakers' (speaker, channel) tasks), the paired change with its 95% interval over the "
                "channel's 10 speakers and draws, and the share of the channel's WER loss (over the same model's "
                "clean WER) that adaptation wins back" + _decoder_text(ch) + ". `base` saw clean speech only; "
-               "the others had 8 CPU-min more of their strategy from the base on episodes of (speaker, channel) "
+               "the others had more of their strategy from the base (their commands say how many epochs) on episodes of (speaker, channel) "
                "tasks of the training speakers:", "",
                "| model | channel | unadapted | 5-shot adapted | change [95% CI] | speakers worse | won back |",
                "|---|---|---|---|---|---|---|"]
@@ -324,7 +330,7 @@ def study_section():
         md += ["", f"Command: `{un['command']}`", ""]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": evals[0][2].get("machine"),
-            "command": "python benchmarks/an4_study.py evaluate / methods / channels / unsup (see above)"}
+            "command": "python studies/an4/an4_study.py evaluate / methods / channels / unsup (see above)"}
 
 
 def _grid_text(ev):
@@ -461,16 +467,13 @@ def transfer_section():
     measured = [r.get("machine") for group in (dann, distill, compress, methods) for r in group.values()]
     return {"status": "ok", "markdown": "\n".join(md), "targets": targets,
             "machine": next((m for m in measured if m), None),
-            "command": "python benchmarks/an4_study.py dann / distill / compress / methods (see above)"}
+            "command": "python studies/an4/an4_study.py dann / distill / compress / methods (see above)"}
 
 
 def _training_record(r):
-    """The model's training: minutes and outer steps at the checkpoint kept (best on dev),
-    the budget of the run when the kept checkpoint came before its end, and (read from its
-    command) an inner loop restricted to LHUC scales or ``adapt_params``, and a checkpoint
-    kept on the adapted dev WER (``valid_adapt``)."""
-    minutes = r.get("train_cpu_minutes", r["train_minutes"])
-    kept = f"{minutes:.0f} min, {r['outer_steps']} steps"
+    """The model's training: epochs, outer steps and minutes, and (read from its command) an
+    inner loop restricted to LHUC scales or ``adapt_params``, and a checkpoint kept on the
+    adapted dev WER (``valid_adapt``)."""
     command, how = r.get("command", ""), ""
     if "--meta_addons=[lhuc]" in command:
         how += ", inner loop on LHUC scales"
@@ -479,41 +482,48 @@ def _training_record(r):
         how += f", inner loop on {adapted.group(1)}"
     if "--valid_adapt=True" in command:
         how += ", kept on the adapted dev WER"
-    budget = r.get("train_budget_minutes")
-    if budget and budget - minutes > 0.5:
-        return f"{budget:g}-min run, best dev at {kept}{how}"
-    return kept + how
+    return f"{r['epochs']} epochs, {r['outer_steps']} steps, {r['train_minutes']:.0f} min" + how
 
 
-def _display(text):
-    """Commands as a user types them: paths relative to the repository, AN4 as $SBMETA_AN4_ROOT."""
-    text = text.replace(str(REPO) + "/", "")
-    return re.sub(r"--data_folder=\S+", "--data_folder=$SBMETA_AN4_ROOT", text)
+def strategies_section():
+    """Every strategy from scratch for a few epochs (``an4_study.py strategies``)."""
+    path = OUT / "strategies" / "record.json"
+    if not path.is_file():
+        return None
+    rec = common.read_json(path)
+    rows = [f"| {s} | {' -> '.join(f'{x:.2f}' for x in r['train_loss_per_epoch'])} | "
+            f"{'yes' if r['loss_falls'] else 'no'} | {r['train_minutes']:.1f} |" for s, r in rec["runs"].items()]
+    falls = sum(r["loss_falls"] for r in rec["runs"].values())
+    return {"status": "ok", "command": rec["command"], "machine": rec["machine"],
+            "markdown": "\n".join([
+                f"Every strategy trained by the AN4 recipe from scratch for {rec['epochs']} epochs (one epoch: "
+                "one pass over the training speakers in episodes of 4): does the training loss fall?", "",
+                "| strategy | train loss per epoch | falls | training min |", "|---|---|---|---|", *rows, "",
+                f"Command: `{rec['command']}`"]),
+            "targets": [["every strategy's training loss falls on AN4", f"{falls}/{len(rec['runs'])}",
+                         falls == len(rec["runs"])]]}
 
 
 def finish_section(sec):
-    """Provenance every section states: the mode and the machine (the steps recorded the threads
-    and cores they were pinned to; the rest is this machine's, where they ran)."""
-    from common import machine_info
-
-    sec["markdown"] = _display(sec["markdown"])
-    sec["machine"] = dict(machine_info(), **{k: v for k, v in (sec.get("machine") or {}).items()
-                                             if k in ("torch_threads", "affinity")})
+    """Commands as a user types them (paths relative to the repository, AN4 as $SBMETA_AN4_ROOT)."""
+    sec["markdown"] = common.display(sec["markdown"])
     sec.setdefault("mode", "full")
     return sec
 
 
 def write_report():
-    """Merge the study's sections into ``benchmarks/RESULTS.json`` and re-render RESULTS.md."""
-    path = HERE / "RESULTS.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    for key, make in (("an4_base", base_section), ("an4_study", study_section),
-                      ("transfer", transfer_section)):
+    """Rewrite the sections that have records in ``docs/studies/an4/results.json``, keep the
+    others, and render ``report.md``."""
+    path = DOCS / "results.json"
+    results = common.read_json(path) if path.is_file() else {}
+    for key, make in (("an4_base", base_section), ("an4_strategies", strategies_section),
+                      ("an4_study", study_section), ("transfer", transfer_section)):
         sec = make()
         if sec is not None:
             results[key] = finish_section(sec)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    subprocess.run([sys.executable, str(HERE / "report.py"), str(path)], check=True)
-    print(f"wrote {path} and RESULTS.md")
+    common.write_report(results, DOCS, "AN4 study: results", INTRO, SECTIONS)
+    print(f"wrote {path} and {DOCS / 'report.md'}")
+
+
+INTRO = ("Every figure of the AN4 study (`studies/an4/`), with the command that produced it. "
+         "The write-up is [README.md](README.md); sections run on earlier code name it.")
