@@ -1,7 +1,8 @@
 """``sb-meta demo``: the main job end to end on the embedded synthetic corpus.
 
 1. generate a multi-speaker corpus offline with espeak-ng (``sb-meta synth``);
-2. meta-train the SynthVoices CRDNN-CTC recipe over its training speakers;
+2. meta-train the demo's CRDNN-CTC recipe (:mod:`sb_meta.demo.recipe`, installed
+   with the package) over its training speakers;
 3. adapt the exported model to each held-out test speaker from ``k`` support
    utterances and print a per-speaker WER table before/after adaptation,
    plus ``report.md``, ``wer_vs_k.png`` and ``per_task.png``.
@@ -28,16 +29,6 @@ DEMO_DEFAULTS = dict(
 )
 
 
-def _repo_root():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    if not (root / "recipes" / "SynthVoices" / "train.py").is_file():
-        raise FileNotFoundError(
-            f"the demo runs the recipes of a source checkout; none found under {root}"
-        )
-    return root
-
-
-
 def run_demo(out, progress=True, **overrides):
     """Run the demo into folder ``out``; returns the evaluation results.
 
@@ -54,11 +45,10 @@ def run_demo(out, progress=True, **overrides):
     from sb_meta.data.synth import generate_corpus
     from sb_meta.evaluation import evaluate_kshot, write_report
     from sb_meta.adapt import load_model
-    from sb_meta.utils import load_script
+    from sb_meta.demo import recipe
 
     cfg = dict(DEMO_DEFAULTS, **overrides)
     out = pathlib.Path(out)
-    root = _repo_root()
     t0 = time.time()
 
     corpus = out / "corpus"
@@ -74,10 +64,9 @@ def run_demo(out, progress=True, **overrides):
     print(format_summary_table(corpus), flush=True)
 
     print(f"[2/3] Meta-training ({cfg['strategy']}, inner_steps={cfg['inner_steps']}) ...", flush=True)
-    recipe = load_script(root / "recipes" / "SynthVoices" / "train.py", "sbmeta_synth_recipe")
     exp = out / "experiment"
     argv = [
-        str(root / "recipes" / "SynthVoices" / "hparams" / "crdnn_ctc_meta.yaml"),
+        str(recipe.HPARAMS),
         f"--data_folder={corpus}",
         f"--output_folder={exp}",
         f"--meta_strategy={cfg['strategy']}",

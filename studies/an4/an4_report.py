@@ -130,7 +130,7 @@ def base_section():
         md.append("")
     decode = _records("decode/record.json")
     for r in decode.values():
-        md += [f"Decoding: the same exported base decoded greedily (SpeechBrain's CTC decoding) and with a "
+        md += ["Decoding: the same exported base decoded greedily (SpeechBrain's CTC decoding) and with a "
                "beam search restricted to the words of the training transcripts (`--decoder lexicon`: "
                "torchaudio's flashlight lexicon decoder at its default settings, beam 50 and no word score, "
                "no language model), every dev and test utterance. While building it I also looked at beams "
