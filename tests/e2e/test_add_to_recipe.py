@@ -1,6 +1,6 @@
-"""The README's "add sb-meta to your SpeechBrain recipe" diff, applied exactly as
-printed to a minimal SpeechBrain recipe written without sb-meta in mind
-(tests/data/plain_recipe), meta-trains."""
+"""The documentation's "add sb-meta to your own SpeechBrain recipe" diff
+(docs/meta-training.md), applied exactly as printed to a minimal SpeechBrain recipe
+written without sb-meta in mind (tests/data/plain_recipe), meta-trains."""
 
 import pathlib
 import re
@@ -15,11 +15,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 from helpers import tiny_asr as h
 
 
-def readme_diff():
-    text = (ROOT / "README.md").read_text()
+def docs_diff():
+    text = (ROOT / "docs" / "meta-training.md").read_text()
     marker = text.index("<!-- add-sbmeta-diff -->")
     match = re.search(r"```diff\n(.*?)```", text[marker:], re.S)
-    assert match, "the README's diff block is missing"
+    assert match, "the documentation's diff block is missing"
     return match.group(1)
 
 
@@ -30,14 +30,14 @@ def run(recipe, csv, out):
     return subprocess.run(cmd, cwd=recipe, capture_output=True, text=True, timeout=600)
 
 
-def test_the_readme_diff_turns_a_speechbrain_recipe_into_a_meta_learning_one(tmp_path):
+def test_the_documented_diff_turns_a_speechbrain_recipe_into_a_meta_learning_one(tmp_path):
     csv = h.make_corpus(tmp_path / "corpus", speakers=(("s0", 5), ("s1", 5), ("s2", 5)))
     recipe = tmp_path / "recipe"
     shutil.copytree(ROOT / "tests" / "data" / "plain_recipe", recipe)
     plain = run(recipe, csv, tmp_path / "plain")
     assert plain.returncode == 0, plain.stderr[-2000:]
 
-    (tmp_path / "add.diff").write_text(readme_diff())
+    (tmp_path / "add.diff").write_text(docs_diff())
     applied = subprocess.run(["git", "apply", "--verbose", str(tmp_path / "add.diff")], cwd=recipe,
                              capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
