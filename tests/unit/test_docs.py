@@ -60,3 +60,17 @@ def test_no_dated_narrative_and_no_removed_module_in_the_readme():
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b|[Mm]easured on|previous round|not rerun today", README)
     for gone in ("sb_meta.inference", "sb_meta.asr", "CTCASRBrain", "run_recipe", "benchmarks/an4_"):
         assert gone not in README, gone
+
+
+def test_library_text_has_no_history_or_measurement():
+    """Code and docstrings say what and why; dates, rounds, issues and measured figures
+    belong to the studies, the benchmarks and the commit messages."""
+    pattern = re.compile(r"\bmeasured\b|\b20\d\d-\d\d-\d\d\b|\bissues? ?#?\d+|\b(previous|earlier|this|last) "
+                         r"(round|session)\b|\brounds? of (work|review)", re.I)
+    found = []
+    for folder in ("sb_meta", "plugins", "recipes"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

@@ -255,3 +255,28 @@ def test_a_heldout_study_has_its_own_folder_flag_and_evaluation_pool(tmp_path, m
     else:
         raise AssertionError("report --heldout should refuse")
     assert an4_study.OUT.name == "an4_study" and an4_study.HELDOUT == 0
+
+
+def test_studies_import_only_the_public_api():
+    """A study uses sb_meta's public API and the recipes: no ``sb_meta...._private`` name,
+    and nothing from ``benchmarks/`` (the performance suite is not a study's library)."""
+    import ast
+
+    for path in sorted((ROOT / "studies").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in ("sb_meta", "sb_meta_plugins"):
+                    assert not any(p.startswith("_") for p in parts), f"{path.relative_to(ROOT)}: {name}"
+                assert parts[0] not in ("common", "report", "run"), f"{path.relative_to(ROOT)}: {name}"
+
+
+def test_benchmarks_hold_the_performance_suite_only():
+    suite = {"run.py", "report.py", "common.py", "meta_step.py", "memory.py", "peers.py", "bench_ctc.py",
+             "ddp.py", "compression.py", "maml_vs_fomaml.py", "RESULTS.json", "RESULTS.md"}
+    assert {p.name for p in (ROOT / "benchmarks").iterdir() if p.is_file()} <= suite
