@@ -27,3 +27,21 @@ def make_an4(root):
         (root / "etc").mkdir(parents=True, exist_ok=True)
         (root / "etc" / f"an4_{split}.transcription").write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_libri(root, dev_clean=True, speakers_txt=False):
+    """Tiny LibriSpeech: test-other speakers 11 (chapter 100), 22 (200); with ``dev_clean``
+    dev-clean 33 (300); 3 utterances each; with ``speakers_txt`` a SPEAKERS.TXT."""
+    splits = [("test-other", {"11": "100", "22": "200"})] + ([("dev-clean", {"33": "300"})] if dev_clean else [])
+    for split, speakers in splits:
+        for spk, chapter in speakers.items():
+            folder = root / split / spk / chapter
+            lines = []
+            for i in range(3):
+                utt = f"{spk}-{chapter}-{i:04d}"
+                write_audio(folder / f"{utt}.flac")
+                lines.append(f"{utt} SOME WORDS {i}")
+            (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    if speakers_txt:
+        (root / "SPEAKERS.TXT").write_text("11 | F | test-other | 1.0 | A\n22 | M | test-other | 1.0 | B\n")
+    return root

@@ -16,27 +16,13 @@ from sb_meta.data import validate as v
 from sb_meta.utils import load_script
 from sb_meta.data.manifest import read_manifest
 
-from helpers.corpora import make_an4, write_audio
+from helpers.corpora import make_an4, make_libri, write_audio
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 an4 = load_script(REPO / "recipes/AN4/an4_prepare.py", "an4_prepare_bad_input")
 libri = load_script(REPO / "recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_bad_input")
-
-
-def make_libri(root):
-    """Tiny LibriSpeech: test-other speakers 11 (chapter 100), 22 (200); dev-clean 33 (300); 3 utts each."""
-    for split, speakers in (("test-other", {"11": "100", "22": "200"}), ("dev-clean", {"33": "300"})):
-        for spk, chapter in speakers.items():
-            folder = root / split / spk / chapter
-            lines = []
-            for i in range(3):
-                utt = f"{spk}-{chapter}-{i:04d}"
-                write_audio(folder / f"{utt}.flac")
-                lines.append(f"{utt} SOME WORDS {i}")
-            (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def replace_line(path, number, new):

@@ -18,27 +18,12 @@ from sb_meta.data import validate as v
 from sb_meta.data.manifest import read_manifest
 from sb_meta.utils import load_script
 
-from helpers.corpora import make_an4, write_audio
+from helpers.corpora import make_an4, make_libri, write_audio
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 an4 = load_script(REPO / "recipes/AN4/an4_prepare.py", "an4_prepare_fingerprint")
 libri = load_script(REPO / "recipes/LibriSpeech/librispeech_prepare.py", "librispeech_prepare_fingerprint")
-
-
-def make_libri(root, speakers_txt=False):
-    """Tiny LibriSpeech: test-other speakers 11 (chapter 100), 22 (200); 3 utterances each."""
-    for spk, chapter in {"11": "100", "22": "200"}.items():
-        folder = root / "test-other" / spk / chapter
-        lines = []
-        for i in range(3):
-            utt = f"{spk}-{chapter}-{i:04d}"
-            write_audio(folder / f"{utt}.flac")
-            lines.append(f"{utt} SOME WORDS {i}")
-        (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
-    if speakers_txt:
-        (root / "SPEAKERS.TXT").write_text("11 | F | test-other | 1.0 | A\n22 | M | test-other | 1.0 | B\n")
-    return root
 
 
 def ids(folder, *splits):
@@ -229,7 +214,7 @@ LIBRI_CHANGES = [
 
 @pytest.mark.parametrize("name,change,logged,expected_ids", LIBRI_CHANGES, ids=[c[0] for c in LIBRI_CHANGES])
 def test_librispeech_reprepares_when_the_corpus_changed(tmp_path, caplog, name, change, logged, expected_ids):
-    root = make_libri(tmp_path / "LibriSpeech")
+    root = make_libri(tmp_path / "LibriSpeech", dev_clean=False)
     out = tmp_path / "out"
     assert not libri.prepare_librispeech(root, out, skip_bad=True)["reused"]
     assert libri.prepare_librispeech(root, out, skip_bad=True)["reused"]
@@ -246,7 +231,7 @@ def test_librispeech_reprepares_when_the_corpus_changed(tmp_path, caplog, name, 
 
 
 def test_librispeech_changes_follow_into_the_manifest(tmp_path):
-    root = make_libri(tmp_path / "LibriSpeech")
+    root = make_libri(tmp_path / "LibriSpeech", dev_clean=False)
     out = tmp_path / "out"
     libri.prepare_librispeech(root, out)
     _ls_edit_transcript(root)
@@ -258,7 +243,7 @@ def test_librispeech_changes_follow_into_the_manifest(tmp_path):
 
 def test_librispeech_other_splits_do_not_count(tmp_path):
     """Only the prepared splits are fingerprinted: a change elsewhere keeps the manifests."""
-    root = make_libri(tmp_path / "LibriSpeech")
+    root = make_libri(tmp_path / "LibriSpeech", dev_clean=False)
     write_audio(root / "dev-clean/33/300/33-300-0000.flac")
     out = tmp_path / "out"
     libri.prepare_librispeech(root, out)
