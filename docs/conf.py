@@ -45,3 +45,5 @@ html_theme = "sphinx_rtd_theme"
 html_title = f"sb-meta {release}"
 html_show_sourcelink = False
 html_theme_options = {"navigation_depth": 3, "collapse_navigation": False}
+html_static_path = ["_static"]
+html_css_files = ["sbmeta.css"]
