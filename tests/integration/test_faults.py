@@ -1,8 +1,8 @@
 """Bad input and faults, command by command, table-driven: every case ends in one
 line naming the culprit and exit code 2, and nothing already written is lost.
 
-Cases that need a real kill are elsewhere: tests/test_export.py (kill -9 during an
-export) and tests/test_resume_and_ddp.py (kill -9 while a checkpoint is written).
+Cases that need a real kill are elsewhere: tests/integration/test_export.py (kill -9 during an
+export) and tests/integration/test_resume_and_ddp.py (kill -9 while a checkpoint is written).
 """
 
 import json

@@ -40,7 +40,7 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     for name in ("joint", "fomaml"):
         write(out / "meta" / "crdnn_ctc" / name / "record.json", trained(12.0))
     method = {"strategy": "finetune", "lr": 0.02, "steps": 3, "adapt_params": None}
-    ev = {"family": "crdnn_ctc", "ks": [0, 1, 5], "repeats": 3, "command": "python benchmarks/an4_study.py evaluate",
+    ev = {"family": "crdnn_ctc", "ks": [0, 1, 5], "repeats": 3, "command": "python studies/an4/an4_study.py evaluate",
           "chosen": {n: {"method": method} for n in ("base", "joint", "fomaml")},
           "summary": {n: {"adapted": {"5": summary(12.0, 10.0, ["spk1"])}} for n in ("base", "joint", "fomaml")},
           "meta_vs_joint": {"fomaml": {k: {"delta": -0.5, "delta_ci": [-1.0, -0.1]} for k in ("1", "5")}}}
@@ -70,37 +70,37 @@ def test_every_an4_study_section_renders(tmp_path, monkeypatch):
     write(held / "eval" / "crdnn_ctc@lexicon" / "base" / "results.json",
           {"per_task": {"spk1": {"adapted": {"5": entry}}, "spk2": {"adapted": {"5": dict(entry, delta_wer_mean=2.0)}}}})
     write(held / "eval" / "crdnn_ctc" / "methods_base@lexicon.json",
-          {"family": "crdnn_ctc", "model": "base", "decoder": "lexicon", "command": "python benchmarks/an4_study.py --heldout 20 methods",
+          {"family": "crdnn_ctc", "model": "base", "decoder": "lexicon", "command": "python studies/an4/an4_study.py --heldout 20 methods",
            "summary": {"full+distill": {"5": summary(12.0, 11.0)}}})
     write(out / "eval" / "crdnn_ctc" / "guard_long.json",
-          {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python benchmarks/an4_study.py guard",
+          {"family": "crdnn_ctc", "grid": "long", "repeats": 2, "command": "python studies/an4/an4_study.py guard",
            "models": {"base": {"method": long_method, "kept": 7, "checked": 20, "summary": {
                "adapted": {"5": summary(12.0, 13.0)}, "adapted+guard": {"5": summary(12.0, 10.0)}}}}})
     write(out / "eval" / "crdnn_ctc" / "methods_base.json",
-          {"family": "crdnn_ctc", "model": "base", "command": "python benchmarks/an4_study.py methods",
+          {"family": "crdnn_ctc", "model": "base", "command": "python studies/an4/an4_study.py methods",
            "summary": {"full": {"5": summary(12.0, 10.0)}, "full+aug": {"5": summary(12.0, 9.5)}}})
     write(out / "eval" / "crdnn_ctc" / "channels.json",
-          {"channels": ["clean", "telephone"], "command": "python benchmarks/an4_study.py channels",
+          {"channels": ["clean", "telephone"], "command": "python studies/an4/an4_study.py channels",
            "results": {"base": {"per_channel": {"clean": {"unadapted": 10.0, "adapted": 9.0, "won_back": None},
                                                 "telephone": {"unadapted": 30.0, "adapted": 20.0, "won_back": 0.5}}}}})
     write(out / "eval" / "crdnn_ctc" / "channels@lexicon@seed1.json",  # the base alone, other draws and decoding
-          {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --strategies ''",
+          {"channels": ["telephone"], "command": "python studies/an4/an4_study.py channels --strategies ''",
            "decoder": "lexicon", "seed": 1, "repeats": 2,
            "results": {"base": {"per_channel": {"telephone": {"unadapted": 25.0, "adapted": 20.0, "won_back": 0.25}}}}})
     write(out / "eval" / "crdnn_ctc" / "channels@norm.json",  # the layer norms only: the row names the update
-          {"channels": ["telephone"], "command": "python benchmarks/an4_study.py channels --grid norm", "grid": "norm",
+          {"channels": ["telephone"], "command": "python studies/an4/an4_study.py channels --grid norm", "grid": "norm",
            "results": {"base": {"method": dict(method, lr=0.5, adapt_params=["enc.CNN.*norm*"]),
                                 "per_channel": {"telephone": {"unadapted": 25.0, "adapted": 15.0, "won_back": 0.5}}}}})
     write(out / "eval" / "selection" / "channels_base@lexicon.json", {"chosen": "all_lr0.02_s3"})  # no table
     write(out / "eval" / "crdnn_ctc" / "unsup_channels.json",
-          {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python benchmarks/an4_study.py unsup",
+          {"family": "crdnn_ctc", "ks": [0, 5, 20], "repeats": 2, "command": "python studies/an4/an4_study.py unsup",
            "chosen": {"pseudo": {"method": {"lr": 0.1, "steps": 3}}},
            "summary": {"unsup-pseudo": {"5": summary(12.0, 10.0), "20": summary(12.0, 11.0)}},
            "per_task": {"telephone": {"unsup-pseudo": {"20": summary(40.0, 30.0)}}}})
-    write(out / "transfer" / "dann.json", {"command": "python benchmarks/an4_study.py dann",
+    write(out / "transfer" / "dann.json", {"command": "python studies/an4/an4_study.py dann",
                                            "records": {"joint": trained(12.0), "joint_dann": trained(11.5)}})
     write(out / "transfer" / "distill.json",
-          {"command": "python benchmarks/an4_study.py distill", "teacher": {"parameters": 3.6e6, "test": {"wer": 11.0, "cer": 5.0}},
+          {"command": "python studies/an4/an4_study.py distill", "teacher": {"parameters": 3.6e6, "test": {"wer": 11.0, "cer": 5.0}},
            "records": {"student_alone": trained(20.0, params=1e6), "student_distilled": trained(18.0, params=1e6)}})
     row = {"label": "float", "size_mb": 14.0, "gzip_mb": 13.0, "size_ratio": 1.0, "rtf": 0.05, "rtf_ratio": 1.0,
            "wer": 11.0, "wer_change": 0.0, "cer": 5.0}
