@@ -36,9 +36,11 @@ def test_every_readme_command_has_a_way_to_run():
 
 
 def test_the_make_targets_run_what_the_readme_says():
-    def dry(target):
-        out = subprocess.run(["make", "-n", "-o", ".venv/.sb-meta-installed", target], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+    def dry(target):  # what `make target` runs (-n), the venv taken as installed (-o)
+        out = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.sb-meta-installed", target],
+                             cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
         return out.strip().splitlines()[-1]
 
     assert dry("demo") == ".venv/bin/sb-meta demo --out demo_out"  # the README's demo command
