@@ -14,7 +14,7 @@ import torch
 from sb_meta.contract import ASRPredictions, Phase
 from sb_meta.testing import ToyBrain, toy_dataset, toy_modules
 
-HERE = pathlib.Path(__file__).parent
+HERE = pathlib.Path(__file__).resolve().parents[1]  # tests/
 PLUGINS = str(HERE / "data" / "contract_plugins.py")
 from helpers import tiny_asr as h
 
