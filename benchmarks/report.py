@@ -19,11 +19,6 @@ SECTIONS = (
     ("memory", "3. Peak memory vs inner steps"),
     ("adaptation_latency_s", "4. Test-time adaptation latency"),
     ("ddp", "5. Distributed meta-training (gloo)"),
-    ("an4", "6. AN4 speaker adaptation (previous study: 35-min episodic warm start)"),
-    ("an4_base", "7. Strong AN4 recognizers from an hour of CPU (CRDNN-CTC, CRDNN-attention, Transformer)"),
-    ("an4_study", "8. Adaptation that pays: AN4 speakers and channels, meta-learning vs joint, without transcripts"),
-    ("transfer", "9. Transfer add-ons on AN4 (DANN, distillation, compression, augmentation)"),
-    ("words", "10. Few-shot spoken terms (prototypical, matching) and the learned optimizer"),
 )
 
 
@@ -262,8 +257,6 @@ def render_adaptation(sec):
                      fmt(sec["load_collate_s"].get("median_s"))])
     if sec.get("target_s") is not None:
         rows.append(["target", f"<= {fmt(sec['target_s'])} s: {status(sec.get('met'))}"])
-    if sec.get("inner_command"):
-        rows.append(["produced by", f"`{sec['inner_command']}`"])
     return table(["", ""], rows)
 
 
@@ -282,84 +275,12 @@ def render_ddp(sec):
     return "\n\n".join(parts)
 
 
-def _flatten(d, prefix=""):
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            yield from _flatten(v, key + ".")
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            yield key, v
-
-
-def render_generic(sec):
-    skip = {"command", "mode", "machine", "started_at", "elapsed_s", "traceback"}
-    rows = [[k, fmt(v)] for k, v in _flatten({k: v for k, v in sec.items() if k not in skip})
-            if not k.startswith("machine.")]
-    if not rows:
-        return "(no scalar results)"
-    return table(["key", "value"], rows[:80]) + (
-        f"\n\n({len(rows) - 80} more values in RESULTS.json)" if len(rows) > 80 else "")
-
-
-def render_an4(sec):
-    """The AN4 adaptation benchmark of ``an4_adaptation.py`` (generic if its shape changed)."""
-    res, targets = sec.get("results"), sec.get("targets") or {}
-    if not isinstance(res, dict) or not all(isinstance(v, dict) for v in res.values()):
-        return render_generic(sec)
-    met = targets.get("met") or {}
-    rows = []
-    for model, r in res.items():
-        if r.get("status", "ok") != "ok":
-            rows.append([model] + ["–"] * 7 + [f"{r.get('status')}: {r.get('reason', '')}"])
-            continue
-        m = met.get(model) or {}
-        rows.append([
-            model, fmt(r.get("outer_steps")), fmt(r.get("train_seconds")),
-            fmt(r.get("si_test_wer")), fmt(r.get("query_wer_unadapted")),
-            fmt(r.get("query_wer_adapted")), fmt(r.get("relative_reduction_pct")),
-            fmt(r.get("adapted_wer_minus_joint")),
-            ", ".join(f"{k.replace('_', ' ')} {status(v)}" for k, v in m.items()) or "–",
-        ])
-    pre = sec.get("pretrain_minutes")
-    budget = (f"A shared {fmt(pre)}-min joint warm start, then "
-              f"{fmt(sec.get('budget_minutes_per_model'))} min of each strategy "
-              f"({fmt(sec.get('training_minutes_per_model'))} min of training per model)"
-              if pre else f"Budget {fmt(sec.get('budget_minutes_per_model'))} min of training "
-                          "per model")
-    parts = [
-        f"{budget}; "
-        f"test-time adaptation: {fmt((sec.get('evaluation') or {}).get('steps'))} steps at lr "
-        f"{fmt(sec.get('adaptation_lr'))} (chosen on the dev speakers) from "
-        f"{fmt((sec.get('evaluation') or {}).get('support_utterances'))} utterances per test "
-        "speaker. WER in %.",
-        table(["model", "outer steps", "train s", "SI test WER", "query WER", "adapted",
-               "rel. reduction %", "adapted − joint", "targets"], rows),
-        f"Targets: speaker-independent test WER <= {fmt(targets.get('si_test_wer_max_pct'))} %; "
-        f"adaptation gain >= {fmt(targets.get('relative_reduction_min_pct'))} % relative; "
-        f"beats joint: {targets.get('beats_joint', '–')}. Meta strategies meeting all: "
-        f"{', '.join(targets.get('meta_strategies_meeting_all') or []) or 'none'}.",
-    ]
-    if sec.get("inner_command"):
-        parts.append(f"Produced by `{sec['inner_command']}`; details in RESULTS.json.")
-    return "\n\n".join(parts)
-
-
-def render_markdown(sec):
-    """Sections whose study script wrote their own tables (``markdown``)."""
-    return sec.get("markdown") or "(no tables recorded)"
-
-
 RENDERERS = {
-    "an4_base": render_markdown,
-    "an4_study": render_markdown,
-    "transfer": render_markdown,
-    "words": render_markdown,
     "meta_step": render_meta_step,
     "peers": render_peers,
     "memory": render_memory,
     "adaptation_latency_s": render_adaptation,
     "ddp": render_ddp,
-    "an4": render_an4,
 }
 
 
@@ -392,27 +313,6 @@ def summary_rows(results):
     if lat.get("status") == "ok" and lat.get("target_s") is not None:
         rows.append(["adaptation_latency_s", f"<= {fmt(lat['target_s'])} s",
                      f"{fmt(lat.get('median_s'))} s", status(lat.get("met"))])
-    an4 = results.get("an4") or {}
-    if an4.get("status") == "ok" and isinstance((an4.get("targets") or {}).get("met"), dict):
-        t = an4["targets"]
-        for model, checks in t["met"].items():
-            r = (an4.get("results") or {}).get(model) or {}
-            shown = {
-                "si_test_wer": (f"SI test WER <= {fmt(t.get('si_test_wer_max_pct'))} %",
-                                f"{fmt(r.get('si_test_wer'))} %"),
-                "adaptation_gain": (f"adaptation gain >= {fmt(t.get('relative_reduction_min_pct'))}"
-                                    " % relative", f"{fmt(r.get('relative_reduction_pct'))} %"),
-                "beats_joint": ("adapted WER below the joint initialisation's",
-                                f"{fmt(r.get('adapted_wer_minus_joint'))} WER points vs joint"),
-            }
-            for name, ok in (checks or {}).items():
-                if ok is not None:
-                    what, value = shown.get(name, (name.replace("_", " "), "see section 6"))
-                    rows.append(["an4", f"{model}: {what}", value, status(ok)])
-    for key in ("an4_base", "an4_study", "transfer", "words"):
-        sec = results.get(key) or {}
-        for target, measured, met in sec.get("targets") or []:
-            rows.append([key, target, measured, status(met)])
     me = results.get("memory") or {}
     for s, e in (me.get("results") or {}).items():
         if "target_met" in e:
@@ -430,12 +330,11 @@ def render(results):
         "Generated by `benchmarks/report.py` from the RESULTS.json beside this file "
         "(written by `benchmarks/run.py`); do not edit by hand.",
         "",
-        "Reproduce everything with `make bench` (`python benchmarks/run.py --full`, about "
-        "2.5 hours on 2 cores, 1.5 of them the AN4 study: a 35-min shared warm start, 8 min "
-        "per model, evaluation) or quickly with `make bench-quick` (`python benchmarks/run.py "
-        "--quick`: fewer repeats and k, 30 s of AN4 training per model). AN4 is read from "
-        "`$SBMETA_AN4_ROOT`. One section at a time (merged into the existing RESULTS.json, "
-        "the other sections kept):",
+        "What sb-meta costs: step time, memory, peers, latency, distributed training. "
+        "Reproduce everything with `make bench` (`python benchmarks/run.py --full`) or quickly "
+        "with `make bench-quick` (`python benchmarks/run.py --quick`: fewer repeats and k). "
+        "AN4 is read from `$SBMETA_AN4_ROOT`. One section at a time (merged into the existing "
+        "RESULTS.json, the other sections kept):",
         "",
     ] + [
         f"- {title[3:]}: `python benchmarks/run.py --full --only {key}`"

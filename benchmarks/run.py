@@ -1,12 +1,10 @@
 #!/usr/bin/env python
 """The single entry point of the sb-meta benchmarks.
 
-    python benchmarks/run.py --full     # `make bench`: every section, ~2.5 h on 2 cores
+    python benchmarks/run.py --full     # `make bench`: every section
     python benchmarks/run.py --quick    # `make bench-quick`: every section, a few minutes
     python benchmarks/run.py --full --only meta_step,peers   # merge these into RESULTS.json
-    python benchmarks/run.py --quick --skip an4   # all but an4, merged (an4 takes long)
-    python benchmarks/run.py --full --only an4 --an4-json results/an4_adaptation/results.json
-        # merge a finished `an4_adaptation.py` run (hours) instead of running it again
+    python benchmarks/run.py --quick --skip ddp   # all but ddp, merged
 
 Writes ``benchmarks/RESULTS.json`` (``--out``) and regenerates
 ``benchmarks/RESULTS.md`` beside it (``--md``) with ``report.py``. Without
@@ -21,10 +19,10 @@ Sections (top-level keys of RESULTS.json, with ``machine``):
 * ``meta_step``: seconds per outer step vs plain SpeechBrain steps (meta_step.py);
 * ``peers``: MAML / FOMAML vs ``higher`` and ``torchopt`` (peers.py);
 * ``memory``: peak memory vs inner steps (memory.py);
-* ``adaptation_latency_s``: test-time adaptation latency (from
-  ``an4_adaptation.py`` when it provides it, else measured here);
-* ``ddp``: episodes per second with 1 and 2 gloo processes (ddp.py);
-* ``an4``: the AN4 adaptation benchmark of ``an4_adaptation.py``.
+* ``adaptation_latency_s``: test-time adaptation latency (measured here);
+* ``ddp``: episodes per second with 1 and 2 gloo processes (ddp.py).
+
+Studies (what the methods achieve, rather than what they cost) live in ``studies/``.
 
 AN4 is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``).
 """
@@ -32,7 +30,6 @@ AN4 is read from ``$SBMETA_AN4_ROOT`` (``--an4-root``).
 import argparse
 import datetime
 import gc
-import importlib
 import json
 import logging
 import os
@@ -49,11 +46,13 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-SECTIONS = ("meta_step", "peers", "memory", "adaptation_latency_s", "ddp", "an4")
+SECTIONS = ("meta_step", "peers", "memory", "adaptation_latency_s", "ddp")
 TOP_KEYS = ("machine",) + SECTIONS
 ALIASES = {"adaptation": "adaptation_latency_s", "adaptation_latency": "adaptation_latency_s",
            "latency": "adaptation_latency_s"}
 DEFAULT_OUT = HERE / "RESULTS.json"
+#: adapting a model to a speaker from 5 utterances x 3 steps should take at most this long
+TARGET_LATENCY_S = 2.0
 
 
 # ------------------------------------------------------------------ sections
@@ -87,63 +86,9 @@ def section_ddp(ctx):
     return ddp.run(False, setup_kind="an4", workdir=ctx.workdir)
 
 
-def an4_adaptation_module():
-    """``benchmarks/an4_adaptation.py`` (another engineer's), or None."""
-    if not (HERE / "an4_adaptation.py").is_file():
-        return None
-    return importlib.import_module("an4_adaptation")
-
-
-def section_an4(ctx):
-    if "an4" in ctx.cache:
-        return ctx.cache["an4"]
-    if ctx.an4_json:
-        path = pathlib.Path(ctx.an4_json)
-        try:
-            out = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--an4-json {path}: {exc}") from None
-        if not isinstance(out, dict) or "results" not in out:
-            raise ValueError(f"--an4-json {path} is not a result of benchmarks/an4_adaptation.py")
-        out = dict(out, source=f"benchmarks/an4_adaptation.py, imported from {path}")
-        ctx.cache["an4"] = out
-        return out
-    mod = an4_adaptation_module()
-    if mod is None:
-        raise common.SkipSection("benchmarks/an4_adaptation.py does not exist yet")
-    if not hasattr(mod, "run"):
-        raise common.SkipSection("benchmarks/an4_adaptation.py has no run(quick) function")
-    out = mod.run(ctx.quick)
-    if not isinstance(out, dict):
-        raise TypeError(f"an4_adaptation.run returned {type(out).__name__}, not a dict")
-    out = dict(out)
-    out.setdefault("status", "ok")
-    out.setdefault("source", "benchmarks/an4_adaptation.py")
-    ctx.cache["an4"] = out
-    return out
-
-
 def section_adaptation(ctx):
-    """From an4_adaptation.py when it reports a latency, else measured here."""
-    why = "benchmarks/an4_adaptation.py does not exist"
-    if an4_adaptation_module() is not None:
-        try:
-            an4 = section_an4(ctx)
-        except Exception as exc:  # noqa: BLE001 - measured here instead, saying why
-            why = f"benchmarks/an4_adaptation.py failed: {type(exc).__name__}: {exc}"[:500]
-        else:
-            ctx.extra["an4"] = an4  # computed anyway: keep it
-            latency = an4.get("adaptation_latency_s")
-            if latency is not None:
-                out = dict(latency) if isinstance(latency, dict) else {"median_s": latency}
-                out.setdefault("status", "ok")
-                out["source"] = an4.get("source", "benchmarks/an4_adaptation.py")
-                if an4.get("machine"):  # measured where the study ran
-                    out.setdefault("machine", an4["machine"])
-                return out
-            why = "benchmarks/an4_adaptation.py reports no adaptation_latency_s"
     out = measure_adaptation(ctx)
-    out["source"] = f"measured by benchmarks/run.py ({why})"
+    out["source"] = "measured by benchmarks/run.py"
     return out
 
 
@@ -193,10 +138,12 @@ def measure_adaptation(ctx, n_utts=5, steps=3):
 
     adapt()
     samples = [common.timed(adapt) for _ in range(repeats)]
+    summary = common.summarize(samples)
     return dict(base, status="ok", path="sb_meta.adapt.load_model(folder).adapt",
+                target_s=TARGET_LATENCY_S, met=summary["median_s"] <= TARGET_LATENCY_S,
                 what="load_model(exported folder).adapt(wav_paths, transcripts, "
                      f"strategy='finetune', steps={steps}): audio loading included",
-                **common.summarize(samples))
+                **summary)
 
 
 RUNNERS = {
@@ -205,7 +152,6 @@ RUNNERS = {
     "memory": section_memory,
     "adaptation_latency_s": section_adaptation,
     "ddp": section_ddp,
-    "an4": section_an4,
 }
 NEEDS_AN4 = {"meta_step", "peers", "memory", "adaptation_latency_s"}
 
@@ -215,9 +161,6 @@ class Context:
         self.quick = quick
         self.workdir = pathlib.Path(workdir)
         self.an4_root = an4_root
-        self.an4_json = None
-        self.cache = {}
-        self.extra = {}
         self._setup = None
 
     def an4_setup(self):
@@ -284,7 +227,7 @@ def run_section(name, ctx, command, mode):
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
-        if name in NEEDS_AN4 and not (name == "adaptation_latency_s" and an4_adaptation_module()):
+        if name in NEEDS_AN4:
             ctx.an4_setup()
         result = RUNNERS[name](ctx)
     except common.SkipSection as exc:
@@ -296,13 +239,8 @@ def run_section(name, ctx, command, mode):
             "traceback": traceback.format_exc()[-4000:],
         }
     result = dict(result)
-    if result.get("command") and result["command"] != command:
-        result["inner_command"] = result["command"]  # e.g. an4_adaptation.py's own CLI
-    imported = "machine" in result
     result.update(command=command, mode=mode)
-    if not imported:
-        result["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    # a section measured elsewhere (an imported AN4 study) keeps its own machine and times
+    result["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result.setdefault("machine", machine)
     result.setdefault("started_at", started)
     result.setdefault("elapsed_s", round(time.perf_counter() - t0, 2))
@@ -317,7 +255,7 @@ def main(argv=None):
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a few minutes: fewer repeats and k")
-    mode.add_argument("--full", action="store_true", help="the reported numbers (~2.5 h, 1.5 h of it the AN4 study)")
+    mode.add_argument("--full", action="store_true", help="the reported numbers")
     parser.add_argument("--only", help=f"comma-separated sections among {', '.join(SECTIONS)}; "
                         "merged into the existing JSON")
     parser.add_argument("--skip", help="comma-separated sections to leave out (the others "
@@ -325,9 +263,6 @@ def main(argv=None):
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="RESULTS.json path")
     parser.add_argument("--md", help="RESULTS.md path (default: beside --out, .md)")
     parser.add_argument("--an4-root", help="AN4 corpus root (default: $SBMETA_AN4_ROOT)")
-    parser.add_argument("--an4-json", help="take the an4 section (and the adaptation latency) "
-                        "from this finished `benchmarks/an4_adaptation.py` result instead of "
-                        "running it")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
     args = parser.parse_args(argv)
 
@@ -348,8 +283,6 @@ def main(argv=None):
         parts = ["--quick" if quick else "--full"]
         if args.merge:
             parts += ["--only", name]
-        if args.an4_json and name in ("an4", "adaptation_latency_s"):
-            parts += ["--an4-json", args.an4_json]
         return common.command_line(parts)
 
     logging.basicConfig(level=logging.WARNING)
@@ -368,23 +301,12 @@ def _run(args, sections, quick, mode_name, out, md, command_for):
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="sbmeta-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(quick, workdir, os.environ.get("SBMETA_AN4_ROOT"))
-    ctx.an4_json = args.an4_json
     results["machine"] = common.machine_info()
     t_all = time.perf_counter()
     try:
-        # an4 first: adaptation_latency_s may be taken from its result
-        order = sorted(sections, key=lambda s: (s != "an4", SECTIONS.index(s)))
-        for name in order:
+        for name in sections:
             print(f"[bench] {name} ({mode_name}) ...", flush=True)
             results[name] = run_section(name, ctx, command_for(name), mode_name)
-            for extra, value in ctx.extra.items():  # computed on the way (an4)
-                if extra not in sections and extra in SECTIONS:
-                    value = dict(value)
-                    if value.get("command"):
-                        value["inner_command"] = value["command"]
-                    results[extra] = dict(value, command=command_for(name), mode=mode_name,
-                                          machine=results[name]["machine"])
-            ctx.extra.clear()
             status = results[name].get("status")
             print(f"[bench] {name}: {status} in {results[name]['elapsed_s']} s", flush=True)
             write(results, out, md)

@@ -33,27 +33,10 @@ Andrychowicz et al., who drop the second derivatives of the optimizee).
 
 Cost
 ----
-One AN4 task's meta-gradient (recipes/AN4 CRDNN, 1.3M adapted coordinates,
-4 support + 4 query utterances), one thread, seconds and peak resident
-memory of the process, measured with ``strategy.task_backward`` (median of 3
-after a warm-up):
-
-=================================  =========  =========
-inner steps                        1          3
-=================================  =========  =========
-fomaml                             1.2 s
-maml (second order)                3.2 s      8.4 s / 2.6 GB
-meta_lstm, first order, hidden 4   2.4 s      6.2 s / 2.2 GB
-meta_lstm, second order, hidden 4  4.4 s      12.1 s / 3.2 GB
-meta_lstm, first order, hidden 8   4.4 s      12.2 s / 2.7 GB
-meta_lstm, second order, hidden 8  6.2 s      18.3 s / 3.7 GB
-=================================  =========  =========
-
-The LSTM over all coordinates costs about 0.5 s forward and 0.7 s backward
-per step at hidden size 4 (1.3 s and 2.6 s at 8), whatever the order; the
+The LSTM runs over every adapted coordinate at each inner step, and the
 first-order meta-gradient keeps the update rule's graph, so its memory is
-MAML's. At test time the optimizer runs without a graph (about 0.5 s a step
-on top of the gradient).
+MAML's; at test time the optimizer runs without a graph. The documentation's
+benchmarks page gives seconds and memory per task against MAML and FOMAML.
 
 Keys (hparams): ``meta_lstm_hidden`` (4), ``meta_lstm_preprocess_p`` (10.0).
 """

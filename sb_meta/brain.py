@@ -287,8 +287,8 @@ class MetaBrain(sb.Brain):
 
         Second-order inner loops run with cuDNN disabled on GPU (cuDNN RNNs
         have no double backward) and with oneDNN (mkldnn) disabled on CPU:
-        differentiating oneDNN's LSTM backward measured 10-20x slower than
-        the composite LSTM on the AN4 CRDNN (see benchmarks/RESULTS.md).
+        differentiating oneDNN's fused LSTM backward is far slower than the
+        composite LSTM's (the benchmarks measure by how much).
         oneDNN is switched off only while recurrent layers run
         (:func:`onednn_off_in_rnns`): convolutions keep oneDNN, whose double
         backward is made of ordinary (fast) convolutions. First-order loops

@@ -95,6 +95,9 @@ def build_parser():
         prog="sb-meta",
         description="Meta-learning and transfer-learning adaptation for SpeechBrain ASR.",
     )
+    from sb_meta import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--verbose", action="store_true",
                         help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -31,11 +31,7 @@ Not supported: third derivatives and forward-mode AD (``torch.func.jvp``,
 float32 log-space CTC: at 150 frames its error is a few 1e-4 of its largest
 entry, the same order as the error of native CTC's float32 gradient.
 
-Timing (CPU, 2 threads, batch 8, 150 frames, 30 labels per target, float32,
-``benchmarks/bench_ctc.py``): native forward+backward 1.4 ms; here first
-order 1.5 ms, second order (forward, grad with ``create_graph``, backward
-through the grad) 5.1 ms; a naive log-space CTC differentiated twice by
-autograd 36 ms.
+What it costs against torch's native CTC: ``benchmarks/bench_ctc.py``.
 
 Authors
  * sb-meta contributors

@@ -66,7 +66,7 @@ META_KEYS = {
     "valid_adapt": False,
 }
 
-#: One line per meta key (the README's table is checked against this).
+#: One line per meta key (the documentation's table is checked against this).
 META_KEY_HELP = {
     "meta_strategy": "the learning algorithm (`sb-meta plugins` lists them)",
     "inner_steps": "gradient steps of the inner loop",
@@ -89,8 +89,8 @@ META_KEY_HELP = {
 
 
 def meta_keys_table():
-    """The README's table of meta keys, generated from :data:`META_KEYS` and
-    :data:`META_KEY_HELP` (a test keeps the README equal to it).
+    """The documentation's table of meta keys, generated from :data:`META_KEYS` and
+    :data:`META_KEY_HELP` (a test keeps docs/meta-training.md equal to it).
 
     Example
     -------
@@ -376,8 +376,8 @@ class GradientStrategy(Strategy):
     ``w`` x the gradient of the joint objective (the unadapted model's loss on
     every task's support and query utterances, :meth:`pooled_backward`)
     added, pulling meta-training toward a model that is good *before*
-    adaptation too rather than trading unadapted accuracy for adaptability
-    (on AN4 it kept part of that accuracy: the README's study). Reptile's
+    adaptation too rather than trading unadapted accuracy for adaptability.
+    Reptile's
     pseudo-gradient is about ``inner_lr x inner_steps`` gradients, so the same
     balance needs a weight that much smaller there.
     """
@@ -401,9 +401,9 @@ class GradientStrategy(Strategy):
         one batch, gradients accumulated with weight ``utterances of the task
         / pooled utterances``): for a per-utterance mean loss (CTC, MSE) this
         is the objective and gradient of the single pooled batch, on the same
-        speaker-sized batches the meta-learners see, and on CPU it is several
-        times faster (one 32-utterance CRDNN batch measured 3-5x slower than
-        four 8-utterance ones, from padding and cache misses). Layers that
+        speaker-sized batches the meta-learners see, and on CPU it is faster
+        (a large padded batch costs more than the same utterances in small
+        ones: padding and cache misses; see the benchmarks). Layers that
         couple the utterances of a batch (BatchNorm statistics) see per-task
         batches; ``joint_pooled: True`` in the hparams forwards the whole pool
         as one batch instead. Returns the pooled loss (detached).

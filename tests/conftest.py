@@ -1,4 +1,13 @@
-"""Shared fixtures.
+"""Shared fixtures of the three test groups (as SpeechBrain groups its tests):
+
+* ``tests/unit/``: one function or class at a time, toy models; ``make test-fast``;
+* ``tests/integration/``: tiny trained models through the public API and the CLI,
+  exports, preparation scripts, plugins installed for real;
+* ``tests/e2e/``: end-to-end trainings of the recipes (their CI runs), the demo,
+  the README's commands and the wheel installed outside the checkout.
+
+Helpers the tests share live in the ``helpers`` package beside this file (put on
+``sys.path`` here); no test file imports another.
 
 Real corpora are reached through environment variables (``.ci/run`` exports
 them). When a variable is unset the tests that need it skip, saying why; when
@@ -7,9 +16,15 @@ it is set but the data is not there, they fail.
 
 import os
 import pathlib
+import sys
 
 import pytest
 import torch
+
+HERE = pathlib.Path(__file__).resolve().parent
+for path in (HERE, HERE.parent):  # the helpers package; the repository (studies/, benchmarks/)
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 def _corpus_root(var, must_contain):
@@ -45,6 +60,16 @@ def speechocean762_root():
 def librispeech_root():
     """A LibriSpeech root in native layout ($SBMETA_LIBRISPEECH_ROOT)."""
     return _corpus_root("SBMETA_LIBRISPEECH_ROOT", [])
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """A tiny corpus of ``sb-meta synth`` (6 speakers x 5 utterances), made once."""
+    from sb_meta.data.synth import generate_corpus
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_corpus(out, speakers=6, utts_per_speaker=5, seed=1, progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -222,10 +222,9 @@ def prepare(hparams):
     """Write (or reuse) the AN4 manifests and return them by split.
 
     The dev speakers and the channel corruptions follow ``data_seed``, not the
-    training ``seed``: a second training seed sharing the prepare folder used to
-    rewrite its manifests with other dev speakers (training speakers of the first
-    run, under every result computed on that folder). YAMLs without the key keep
-    the old behaviour.
+    training ``seed``, so runs with several training seeds share one split and
+    one prepare folder (another split would put one run's dev speakers among
+    another's training speakers). A YAML without ``data_seed`` uses ``seed``.
     """
     folder = pathlib.Path(hparams["prepare_folder"])
     data_seed = hparams.get("data_seed", hparams["seed"])

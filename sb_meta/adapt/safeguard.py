@@ -1,10 +1,8 @@
 """A guard for supervised adaptation: keep it only when held-out support utterances say it helps.
 
 A step size and step count chosen on other speakers can still overfit one
-speaker's few utterances: on AN4, 25 full-model steps at 0.1 on 5 utterances
-lowered the 6 dev speakers' WER from 9.9% to 8.6% but raised one test
-speaker's from 16.8% to 25.3%. :func:`guarded_adapt` first adapts once per
-held-out support utterance (leave-one-out: on the other k - 1), with the same
+speaker's few utterances (the AN4 study shows such a case). :func:`guarded_adapt`
+first adapts once per held-out support utterance (leave-one-out: on the other k - 1), with the same
 settings, and counts the word errors on the held-out utterances before and
 after; the adaptation on all k utterances is kept only when it removed more
 errors than it added, otherwise the model is returned unchanged. It costs

@@ -17,7 +17,7 @@ Channels
     G.711-like narrow band: band-pass 300-3400 Hz, 8 kHz sampling, 8-bit
     mu-law companding, back to 16 kHz.
 ``noise<SNR>`` (e.g. ``noise10``, ``noise5``)
-    additive pink noise at that signal-to-noise ratio in dB, measured on the
+    additive pink noise at that signal-to-noise ratio in dB, computed over the
     utterance's active samples.
 ``reverb``
     a synthetic room (direct path, early reflections and an exponentially

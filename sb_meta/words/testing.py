@@ -78,7 +78,7 @@ def make_tone_words(folder, words=6, speakers=3, per_speaker=3, seed=0, name="wo
     return path
 
 
-#: a tiny word encoder in the layout of recipes/AN4Words/hparams/*.yaml
+#: a tiny word encoder in the layout of ``recipes/AN4Words/hparams/*.yaml``
 TINY_WORD_YAML = """\
 seed: 0
 sample_rate: 16000

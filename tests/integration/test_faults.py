@@ -1,0 +1,167 @@
+"""Bad input and faults, command by command, table-driven: every case ends in one
+line naming the culprit and exit code 2, and nothing already written is lost.
+
+Cases that need a real kill are elsewhere: tests/integration/test_export.py (kill -9 during an
+export) and tests/integration/test_resume_and_ddp.py (kill -9 while a checkpoint is written).
+"""
+
+import json
+import pathlib
+import shutil
+
+import pytest
+
+
+from helpers import tiny_asr as h
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from sb_meta.export import export_brain
+
+    tmp = tmp_path_factory.mktemp("faults")
+    csv = h.make_corpus(tmp / "corpus", speakers=(("s0", 5), ("s1", 4), ("s2", 2)))
+    brain, yaml_path = h.train_tiny_brain(tmp / "exp", csv, strategy="fomaml", epochs=1)
+    model = export_brain(brain, tmp / "model", hparams_file=yaml_path)
+    return {"tmp": tmp, "csv": csv, "model": model, "rows": h.read_rows(csv), "exp": tmp / "exp"}
+
+
+def write_csv(path, rows, fields=("ID", "duration", "wav", "spk_id", "wrd")):
+    lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make(world, tmp, case):
+    """(argv, expected message) of one case; may create files in ``tmp``."""
+    m, csv, rows = str(world["model"]), str(world["csv"]), world["rows"]
+    adapt = ["adapt", "--model", m, "--support", csv, "--task", "s0", "--k", "2", "--steps", "1",
+             "--out", str(tmp / "out")]
+
+    def with_(**kw):
+        argv = list(adapt)
+        for k, v in kw.items():
+            flag = "--" + k.replace("_", "-")
+            i = argv.index(flag)
+            argv[i + 1] = str(v)
+        return argv
+
+    if case == "model folder missing":
+        return with_(model=tmp / "nope"), "does not exist"
+    if case == "model folder empty":
+        (tmp / "empty").mkdir()
+        return with_(model=tmp / "empty"), "no hyperparams.yaml"
+    if case == "model folder of garbage":
+        (tmp / "junk").mkdir()
+        (tmp / "junk" / "hyperparams.yaml").write_text("::: not yaml [")
+        return with_(model=tmp / "junk"), "hyperparams.yaml is not"
+    if case == "an experiment folder as the model":
+        (tmp / "xp").mkdir()
+        (tmp / "xp" / "hyperparams.yaml").write_text("lr: 1\nmodules: {}\n")
+        return with_(model=tmp / "xp"), "lacks ['modules.encoder'"
+    if case == "truncated checkpoint":
+        shutil.copytree(world["model"], tmp / "cut")
+        data = (tmp / "cut" / "model.ckpt").read_bytes()
+        (tmp / "cut" / "model.ckpt").write_bytes(data[: len(data) // 3])
+        return with_(model=tmp / "cut"), "model.ckpt is unreadable"
+    if case == "support csv missing":
+        return with_(support=tmp / "none.csv"), "none.csv does not exist"
+    if case == "support csv without wrd":
+        return with_(support=write_csv(tmp / "s.csv", rows, ("ID", "duration", "wav", "spk_id"))), "missing column 'wrd'"
+    if case == "duplicate IDs":
+        dup = [dict(r) for r in rows]
+        dup[1]["ID"] = dup[0]["ID"]
+        return with_(support=write_csv(tmp / "s.csv", dup)), f"duplicate ID"
+    if case == "empty wav field":
+        bad = [dict(r) for r in rows]
+        bad[0]["wav"] = ""
+        return with_(support=write_csv(tmp / "s.csv", bad)), "empty 'wav'"
+    if case == "audio file missing":
+        bad = [dict(r, wav=str(tmp / "gone.wav")) if r["spk_id"] == "s0" else r for r in rows]
+        return with_(support=write_csv(tmp / "s.csv", bad)), "gone.wav does not exist"
+    if case == "unreadable audio":
+        (tmp / "bad.wav").write_bytes(b"RIFF0000WAVEjunk")
+        bad = [dict(r, wav=str(tmp / "bad.wav")) if r["spk_id"] == "s0" else r for r in rows]
+        return with_(support=write_csv(tmp / "s.csv", bad)), "cannot read"
+    if case == "unknown characters":
+        bad = [dict(r, wrd="ABQZ") if r["spk_id"] == "s0" else r for r in rows]
+        return with_(support=write_csv(tmp / "s.csv", bad)), "characters the model does not know: ['Q', 'Z']"
+    if case == "empty transcript":
+        bad = [dict(r, wrd=" ") if r["spk_id"] == "s0" else r for r in rows]
+        return with_(support=write_csv(tmp / "s.csv", bad)), "empty transcript"
+    if case == "k too large":
+        return with_(k=9), "--k 9 support utterances requested but spk_id='s0' has 5"
+    if case == "unknown task":
+        return with_(task="nobody"), "no utterance of spk_id='nobody'"
+    if case == "unknown strategy":
+        return adapt + ["--strategy", "mamll"], "unknown strategy 'mamll'"
+    if case == "steps 0":
+        return with_(steps=0), "--steps must be >= 1"
+    if case == "out is a file":
+        (tmp / "f").write_text("x")
+        return with_(out=tmp / "f"), "exists and is not a folder"
+    if case == "out is an experiment folder":
+        shutil.copytree(world["exp"], tmp / "exp_copy")
+        return with_(out=tmp / "exp_copy"), "not an sb-meta export"
+    if case == "out is an earlier export, no --force":
+        shutil.copytree(world["model"], tmp / "earlier")
+        return with_(out=tmp / "earlier"), "--force"
+    if case == "evaluate --out is a file":
+        (tmp / "report").write_text("x")
+        return (["evaluate", "--model", m, "--data", csv, "--k", "0,1", "--repeats", "1", "--quiet",
+                 "--out", str(tmp / "report")], "exists and is a file")
+    if case == "transcribe a missing file":
+        return ["transcribe", "--model", m, str(tmp / "gone.wav")], "gone.wav does not exist"
+    raise AssertionError(case)
+
+
+CASES = [
+    "model folder missing", "model folder empty", "model folder of garbage",
+    "an experiment folder as the model", "truncated checkpoint", "support csv missing",
+    "support csv without wrd", "duplicate IDs", "empty wav field", "audio file missing",
+    "unreadable audio", "unknown characters", "empty transcript", "k too large", "unknown task",
+    "unknown strategy", "steps 0", "out is a file", "out is an experiment folder",
+    "out is an earlier export, no --force", "evaluate --out is a file", "transcribe a missing file",
+]
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_line_and_loses_nothing(world, tmp_path, case, capsys):
+    from sb_meta.cli import main
+
+    argv, message = make(world, tmp_path, case)
+    before = snapshot(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err
+    expected = 1 if case == "transcribe a missing file" else 2
+    assert code == expected, err
+    assert message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    after = snapshot(tmp_path)
+    assert {p: b for p, b in after.items() if p in before} == before  # nothing lost or changed
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_verbose_shows_the_traceback(world, tmp_path):
+    from sb_meta.cli import main
+
+    argv, _ = make(world, tmp_path, "steps 0")
+    with pytest.raises(ValueError, match="--steps must be >= 1"):
+        main(["--verbose"] + argv)
+
+
+def test_a_good_command_still_works_after_the_bad_ones(world, tmp_path, capsys):
+    from sb_meta.cli import main
+
+    argv, _ = make(world, tmp_path, "steps 0")
+    argv[argv.index("--steps") + 1] = "1"
+    assert main(argv) == 0
+    info = json.loads((tmp_path / "out" / "sbmeta.json").read_text())
+    assert info["adaptations"][-1]["steps"] == 1

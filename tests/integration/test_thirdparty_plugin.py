@@ -1,0 +1,85 @@
+"""A plugin distributed on its own (examples/sbmeta-l2sp), installed for real
+with pip into a temporary target: discovered through its entry point, listed
+with its distribution by ``sb-meta plugins``, and used by name only by a brain
+and by a recipe."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers.recipes import ROOT, run_recipe
+
+EXAMPLE = ROOT / "examples" / "sbmeta-l2sp"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``pip install --no-deps --target <tmp> examples/sbmeta-l2sp``; returns the environment
+    of a Python that has the target on its path."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    source = build / "sbmeta-l2sp"  # a copy: building leaves build/ and *.egg-info beside the sources
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-input",
+           "--target", str(target), str(source)]
+    if importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel"):
+        cmd.insert(4, "--no-build-isolation")  # build offline with what is installed
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", TMPDIR=str(build))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (target / "sbmeta_l2sp" / "__init__.py").is_file()
+    assert list(target.glob("sbmeta_l2sp-0.1.0.dist-info/entry_points.txt"))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1")
+
+
+def run(code, env):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_not_there_without_the_installation():
+    from sb_meta.plugins import PluginRegistry
+
+    assert "l2sp" not in PluginRegistry().strategies
+
+
+def test_listed_with_its_distribution_and_a_brain_uses_it_by_name(installed):
+    code = """
+import doctest, torch, sbmeta_l2sp
+from sb_meta.cli import main
+main(['plugins', '--json']); print('@@'); main(['plugins']); print('@@')
+assert doctest.testmod(sbmeta_l2sp).failed == 0          # its own documented behaviour
+from sb_meta.testing import make_toy_brain, toy_dataset
+brain = make_toy_brain({"meta_strategy": "l2sp", "l2sp_alpha": 10.0, "k_support": 2, "k_query": 2,
+                        "meta_batch_tasks": 2})
+start = {n: p.detach().clone() for n, p in brain.base_params().items()}
+brain.fit(range(1, 3), brain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=6)), progressbar=False)
+moved = sum(float((p - start[n]).pow(2).sum()) for n, p in brain.base_params().items())
+free = make_toy_brain({"meta_strategy": "finetune", "k_support": 2, "k_query": 2, "meta_batch_tasks": 2})
+free.fit(range(1, 3), free.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=6)), progressbar=False)
+moved_free = sum(float((p - start[n]).pow(2).sum()) for n, p in free.base_params().items())
+print(type(brain.strategy).__module__, moved < moved_free)
+"""
+    listing, text, ran = run(code, installed).split("@@\n")
+    rows = {r["name"]: r for r in json.loads(listing)["plugins"]}
+    assert rows["l2sp"]["kind"] == "strategy"
+    assert rows["l2sp"]["distribution"] == "sbmeta-l2sp 0.1.0"
+    assert rows["l2sp"]["module"] == "sbmeta_l2sp" and rows["maml"]["distribution"].startswith("sb-meta ")
+    assert "[sbmeta-l2sp 0.1.0]" in next(line for line in text.splitlines() if " l2sp " in line)
+    # the penalty toward the starting weights keeps them closer than plain fine-tuning
+    assert ran.split() == ["sbmeta_l2sp", "True"]
+
+
+def test_a_recipe_uses_it_by_name(installed, synth_corpus, tmp_path):
+    out = tmp_path / "exp"
+    run_recipe(synth_corpus, out, "--meta_strategy=l2sp", env=installed)
+    log = (out / "train_log.txt").read_text()
+    assert "train outer_l2sp_penalty:" in log
+    assert json.loads((out / "pretrained" / "sbmeta.json").read_text())["strategy"] == "l2sp"
