@@ -19,8 +19,9 @@ Steps, in order (each reuses what an earlier run of the same command left)::
     python studies/speechocean762/study.py report
 
 Budgets are in epochs or optimizer steps; the records also give the minutes
-they took: ``train_cpu_minutes`` is the training process's CPU time while it
-trained (validation excluded), ``wall_minutes`` the whole command's wall clock.
+they took on the studies' one clock (``studies/common.py``: the training
+process's CPU minutes while it trained), and ``wall_minutes``, the whole
+command's wall clock.
 Every run here was pinned to one core with one thread
 (``OMP_NUM_THREADS=1 taskset -c N``).
 """
@@ -36,6 +37,11 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from studies import common  # noqa: E402
+
 OUT = pathlib.Path(os.environ.get("SBMETA_SO762_OUT", REPO / "results" / "so762"))  # trained models, raw results
 DOCS = REPO / "docs" / "studies" / "speechocean762"
 RECIPES = REPO / "recipes"
@@ -48,38 +54,17 @@ BASE = {"meta_strategy": "joint", "plain_batches": True, "train_augmentation": T
         "lr": 0.002, "train_budget_clock": "cpu", "ckpt_interval_minutes": 10}
 AN4_EPOCHS = 72
 
-
-def say(msg):
-    print(f"[so762 {datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+say = common.say("so762")
+write_json = common.write_json
+machine = common.machine
 
 
 def corpus_root(var):
-    root = os.environ.get(var)
-    if not root or not pathlib.Path(root).is_dir():
-        raise SystemExit(f"study: set {var} to the corpus folder")
-    return str(pathlib.Path(root).resolve())
-
-
-def write_json(path, data):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def machine():
-    import platform
-
-    import torch
-
-    return {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-            "affinity": sorted(os.sched_getaffinity(0)), "torch": torch.__version__}
+    return common.corpus_root(var)
 
 
 def _argv(yaml, overrides):
-    return [str(yaml)] + [f"--{k}={v}" if not isinstance(v, list) else f"--{k}=[{','.join(map(str, v))}]"
-                          for k, v in overrides.items() if v is not None]
+    return common.recipe_argv(yaml, overrides)
 
 
 def train(recipe, yaml, folder, overrides):
@@ -113,7 +98,7 @@ def train(recipe, yaml, folder, overrides):
     record = training_record(brain, folder, command, time.time() - t0)
     write_json(record_path, record)
     say(f"{folder.name}: test WER {record['test']['wer']:.2f} after {record['epochs']} epochs, "
-        f"{record['optimizer_steps']} steps, {record['train_cpu_minutes']} CPU-min")
+        f"{record['optimizer_steps']} steps, {record['train_minutes']} CPU-min")
     return record
 
 
@@ -126,7 +111,8 @@ def training_record(brain, folder, command, wall_seconds):
         "machine": machine(),
         "epochs": int(brain.hparams.epoch_counter.current),
         "optimizer_steps": int(brain.optimizer_step),
-        "train_cpu_minutes": round(brain.train_clock.cpu_seconds / 60, 2),
+        "train_minutes": round(brain.train_clock.cpu_seconds / 60, 2),
+        "clock": common.CLOCK,
         "wall_minutes": round(wall_seconds / 60, 2),
         "parameters": sum(p.numel() for n, p in brain.modules.named_parameters() if not n.startswith("sbmeta_")),
         "test": {"wer": brain.test_stats["WER"], "cer": brain.test_stats["CER"],
@@ -160,7 +146,8 @@ def record_from_folder(folder, command):
                                                     datetime.timezone.utc).isoformat(timespec="seconds"),
         "epochs": len(epochs),
         "optimizer_steps_kept_checkpoint": kept_step,
-        "train_cpu_minutes": float(minutes.group(1)) if minutes else None,
+        "train_minutes": float(minutes.group(1)) if minutes else None,
+        "clock": common.CLOCK,
         "test": {"wer": float(wer.group(1)) if wer else None, "cer": float(cer.group(1)) if cer else None,
                  "checkpoint": "best dev WER", "decoding": "greedy"},
         "train_log": lines,
@@ -569,7 +556,7 @@ def _bases_table():
         init = "AN4 (`an4_base`)" if "init_from" in rec["command"] and name != "an4_base" else "random weights"
         if name == "an4_base":
             cells = {d: f"AN4 test: {_pct(rec['test']['wer'])}" if d == "greedy" else "-" for d in cells}
-        lines.append(f"| `{name}` | {init} | {rec['epochs']} | {steps} | {_pct(rec.get('train_cpu_minutes'))} "
+        lines.append(f"| `{name}` | {init} | {rec['epochs']} | {steps} | {_pct(rec.get('train_minutes', rec.get('train_cpu_minutes')))} "
                      f"| {_pct(min(devs) if devs else None)} | {cells['greedy']} | {cells['lexicon']} |")
     return "\n".join(lines)
 
