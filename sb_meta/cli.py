@@ -153,7 +153,8 @@ def _add_later_commands(sub):
 
 
 #: errors a user causes (bad input, configuration, files): one line, exit code 2
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, ImportError,
+               RuntimeError)
 
 
 def main(argv=None):

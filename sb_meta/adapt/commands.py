@@ -20,6 +20,7 @@ import pathlib
 import sys
 
 from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES, check_cmvn
+from sb_meta.trust import add_trust_option
 
 __all__ = ["add_commands", "compress_options"]
 
@@ -81,7 +82,7 @@ def _cmd_adapt(args):
     chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     data_root = args.data_root or pathlib.Path(args.support).parent
     addons, addon_config = _addon_settings(args)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, trust=args.trust_model)
     wavs = [resolve_wav(r["wav"], data_root) for r in chosen]
     settings = dict(
         strategy=args.strategy,
@@ -255,7 +256,7 @@ def _lexicon_options(p):
 def _cmd_transcribe(args):
     from sb_meta.adapt import load_model
 
-    model = _with_lexicon(load_model(args.model, device=args.device), args)
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     failed = 0
     for path in args.files:
         try:
@@ -285,7 +286,7 @@ def _cmd_evaluate(args):
     if args.unsupervised:  # each method also without transcripts, on the same draws
         methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
                     for m in methods]
-    model = _with_lexicon(load_model(args.model, device=args.device), args)
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     results = evaluate_kshot(
         model,
         args.data,
@@ -368,6 +369,7 @@ def add_commands(subparsers):
                    help="before the update, re-estimate the input statistics on the support audio and "
                         "blend them into the training ones with weight W in (0, 1] (feature-space, then "
                         "model-space adaptation)")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
@@ -375,6 +377,7 @@ def add_commands(subparsers):
     p.add_argument("--device", default=None)
     p.add_argument("files", nargs="+", help="audio files")
     _lexicon_options(p)
+    add_trust_option(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = subparsers.add_parser(
@@ -403,4 +406,5 @@ def add_commands(subparsers):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, wer_vs_k.png)")
     _lexicon_options(p)
+    add_trust_option(p)
     p.set_defaults(func=_cmd_evaluate)

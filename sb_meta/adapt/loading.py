@@ -5,7 +5,9 @@ sb-meta's exports (their ``sbmeta.json`` names the interface, the trained
 modules and the meta-learned state) and models sb-meta did not write, laid
 out like SpeechBrain's published ones (the interface is then read from the
 YAML: a ``decoder`` module means ``EncoderDecoderASR``). Loading is offline.
-Every failure names the file at fault.
+Every failure names the file at fault. A folder is code (hyperpyyaml builds
+what its YAML names): one that names code outside what :mod:`sb_meta.trust`
+allows is refused unless ``trust=True``.
 """
 
 import json
@@ -17,6 +19,7 @@ import torch
 from sb_meta.adapt.model import AdaptableASR
 from sb_meta.export.folder import META_FILE
 from sb_meta.export.plan import HPARAMS_FILE, load_interface
+from sb_meta.trust import check_model_folder
 
 __all__ = ["load_model", "detect_interface"]
 
@@ -81,7 +84,7 @@ def _diagnose(folder, yaml_text, exc):
     return f"{type(exc).__name__}: {exc}"
 
 
-def load_model(source, savedir=None, device=None, adapters=None):
+def load_model(source, savedir=None, device=None, adapters=None, trust=False):
     """Load a SpeechBrain pretrained ASR folder as an :class:`AdaptableASR`.
 
     Arguments
@@ -96,6 +99,11 @@ def load_model(source, savedir=None, device=None, adapters=None):
         ``"cpu"``, ``"cuda:0"``...; default SpeechBrain's choice.
     adapters : str or pathlib.Path, optional
         A folder written by :meth:`AdaptableASR.export_adapters` for this base model.
+    trust : bool
+        Load the folder even when its ``hyperparams.yaml`` names code outside
+        what :mod:`sb_meta.trust` allows (a model folder is code: only for
+        sources you trust). Default: such a folder is refused before anything
+        in it runs.
 
     Returns
     -------
@@ -109,6 +117,9 @@ def load_model(source, savedir=None, device=None, adapters=None):
     ValueError
         For a folder that is not a SpeechBrain ASR model, a corrupt file (named),
         or adapters made for another base model.
+    sb_meta.trust.UntrustedModelError
+        (a ``ValueError``) For a folder whose YAML names code sb-meta does not
+        run without ``trust=True`` (naming the tag and its line).
 
     Example
     -------
@@ -141,6 +152,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
         interface = (info or {}).get("interface") or detect_interface(yaml_text, str(hp))
         if info is not None:
             detect_interface(yaml_text, str(hp))
+        if not trust:
+            check_model_folder(local, yaml_text, str(hp), info)
         savedir = savedir if savedir is not None else local
     elif local.exists():
         raise ValueError(f"{local} is a file; give the model's folder")
@@ -156,7 +169,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
 
     if hub:
         try:
-            yaml_text = fetched(HPARAMS_FILE).read_text(encoding="utf-8")
+            hub_yaml = fetched(HPARAMS_FILE)
+            yaml_text = hub_yaml.read_text(encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise FileNotFoundError(
                 f"cannot load model {src!r}: it is not a local folder and not in the local "
@@ -168,6 +182,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
             info = json.loads(fetched(META_FILE).read_text(encoding="utf-8"))
         except Exception:  # noqa: BLE001 - a plain SpeechBrain model has none
             info = None
+        if not trust:
+            check_model_folder(hub_yaml.parent, yaml_text, f"{src}/{HPARAMS_FILE}", info)
     try:
         asr = load_interface(interface, src, savedir=savedir, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named

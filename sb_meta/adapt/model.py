@@ -632,7 +632,8 @@ class AdaptableASR:
             raise ValueError("this model carries no adapters to merge")
         with tempfile.TemporaryDirectory() as tmp:
             self.export(f"{tmp}/merged")
-            merged = load_model(f"{tmp}/merged", device=self.device)
+            # this model's own export, from a folder already loaded (and checked or trusted)
+            merged = load_model(f"{tmp}/merged", device=self.device, trust=True)
         merged.source = self.source
         return merged
 

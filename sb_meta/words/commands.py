@@ -25,6 +25,7 @@ import random
 import sys
 
 from sb_meta.adapt.commands import _int_list
+from sb_meta.trust import add_trust_option
 
 __all__ = ["add_commands"]
 
@@ -79,7 +80,7 @@ def _cmd_enrol(args):
 
     check_destination(args.out, force=args.force)
     examples, names = _examples(args)
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     enrolled = model.enrol(examples, names=names)
     out = enrolled.export(args.out, force=args.force)
     counts = ", ".join(f"{w} ({len(v)})" for w, v in examples.items())
@@ -92,7 +93,7 @@ def _cmd_enrol(args):
 def _cmd_classify(args):
     from sb_meta.words.model import load_word_model
 
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     failed = 0
     for path in args.files:
         try:
@@ -112,7 +113,7 @@ def _cmd_evaluate(args):
     from sb_meta.words.model import load_word_model
 
     rows = _manifest_rows(args.data)
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     report = evaluate_word_model(model, rows, n_way=args.way, shots=args.shots, n_query=args.query,
                                  episodes=args.episodes, seed=args.seed,
                                  allow_seen_classes=args.allow_seen_classes)
@@ -155,12 +156,14 @@ def add_commands(subparsers):
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="new folder for the enrolled model")
     p.add_argument("--force", action="store_true", help="replace an earlier sb-meta export at --out")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_enrol)
 
     p = sub.add_parser("classify", help="classify recordings (prints path<TAB>word<TAB>probability)")
     p.add_argument("--model", required=True, help="word model folder with enrolled words")
     p.add_argument("--device", default=None)
     p.add_argument("files", nargs="+")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("evaluate", help="N-way k-shot accuracy with a 95%% confidence interval")
@@ -175,6 +178,7 @@ def add_commands(subparsers):
                    help="evaluate even on classes the encoder was trained on")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("synth", help="generate a single-word synthetic corpus (many words x many voices)")
