@@ -61,16 +61,24 @@ def detect_interface(yaml_text, where):
     return interface
 
 
-def _diagnose(folder, yaml_text, exc):
-    """A message naming the unreadable file behind a failed load, if one is."""
+def _diagnose(folder, yaml_text, exc, yaml_path=HPARAMS_FILE):
+    """A message naming the unreadable file behind a failed load, if one is: the path
+    the YAML's ``pretrainer.paths`` names when it names one (SpeechBrain reads that file,
+    unless ``<loadable>.ckpt`` is in the folder already), else ``<loadable>.ckpt``."""
+    from hyperpyyaml import resolve_references
     from ruamel.yaml import YAML
 
     try:
-        loadables = list(YAML().load(yaml_text)["pretrainer"]["loadables"])
+        pretrainer = YAML().load(resolve_references(yaml_text).getvalue())["pretrainer"]
+        loadables, paths = list(pretrainer["loadables"]), dict(pretrainer.get("paths") or {})
     except Exception:  # noqa: BLE001 - no better diagnosis
-        loadables = []
+        loadables, paths = [], {}
     for name in loadables:
         path = pathlib.Path(folder) / f"{name}.ckpt"
+        if not path.is_file() and name in paths:
+            where = "" if pathlib.Path(str(paths[name])).is_absolute() else " (relative to the working directory)"
+            return (f"{paths[name]}{where}, which {yaml_path} names as pretrainer.paths.{name}, "
+                    f"is missing, and so is {path}")
         if not path.is_file():
             return f"{path} is missing"
         if path.stat().st_size == 0:
@@ -188,7 +196,7 @@ def load_model(source, savedir=None, device=None, adapters=None, trust=False):
         asr = load_interface(interface, src, savedir=savedir, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
         raise ValueError(f"cannot load the SpeechBrain model in {src}: "
-                         f"{_diagnose(savedir or src, yaml_text, exc)}") from exc
+                         f"{_diagnose(savedir or src, yaml_text, exc, f'{src}/{HPARAMS_FILE}')}") from exc
     meta_state = None
     if info and info.get("meta_state"):
         path = fetched(info["meta_state"]["file"])

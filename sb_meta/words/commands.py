@@ -26,6 +26,7 @@ import sys
 
 from sb_meta.adapt.commands import _int_list
 from sb_meta.trust import add_trust_option
+from sb_meta.utils import check_output
 
 __all__ = ["add_commands"]
 
@@ -79,6 +80,7 @@ def _cmd_enrol(args):
     from sb_meta.words.model import load_word_model
 
     check_destination(args.out, force=args.force)
+    check_output(args.out, [args.model, args.manifest])
     examples, names = _examples(args)
     model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     enrolled = model.enrol(examples, names=names)
@@ -112,6 +114,8 @@ def _cmd_evaluate(args):
     from sb_meta.words.evaluation import evaluate_word_model, format_results
     from sb_meta.words.model import load_word_model
 
+    if args.out:
+        check_output(args.out, [args.data, args.model])
     rows = _manifest_rows(args.data)
     model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     report = evaluate_word_model(model, rows, n_way=args.way, shots=args.shots, n_query=args.query,
@@ -130,6 +134,7 @@ def _cmd_evaluate(args):
 def _cmd_synth(args):
     from sb_meta.data.synth import generate_word_corpus
 
+    check_output(args.out)
     summary = generate_word_corpus(args.out, words=args.words, voices=args.voices, lang=args.lang,
                                    seed=args.seed, channel=not args.no_channel, progress=not args.quiet,
                                    exclude=[w for w in (args.exclude or "").split(",") if w.strip()])
