@@ -160,7 +160,10 @@ def callable_verdict(name, rules=None):
     else:
         import pydoc
 
-        obj = pydoc.locate(name)  # imports modules of trusted packages only (checked above)
+        try:
+            obj = pydoc.locate(name)  # imports modules of trusted packages only (checked above)
+        except Exception:  # noqa: BLE001 - e.g. an optional dependency missing: hyperpyyaml reports it
+            return None
     if obj is None:
         return None  # hyperpyyaml reports what does not exist
     if inspect.ismodule(obj):

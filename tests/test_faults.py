@@ -114,6 +114,49 @@ def make(world, tmp, case):
                  "--out", str(tmp / "report")], "exists and is a file")
     if case == "transcribe a missing file":
         return ["transcribe", "--model", m, str(tmp / "gone.wav")], "gone.wav does not exist"
+    # issue 29: untrusted folders, inputs as outputs, divergence, and the smaller ones
+    if case in ("a model folder that runs code", "transcribe with a model folder that runs code"):
+        shutil.copytree(world["model"], tmp / "evil")
+        with open(tmp / "evil" / "hyperparams.yaml", "a") as f:
+            f.write(f'__evil: !apply:os.system ["touch {tmp / "pwned"}"]\n')
+        line = len((tmp / "evil" / "hyperparams.yaml").read_text().splitlines())
+        argv = (with_(model=tmp / "evil") if case.startswith("a model") else
+                ["transcribe", "--model", str(tmp / "evil"), rows[0]["wav"]])
+        return argv, f"hyperparams.yaml line {line}: !apply:os.system"
+    if case == "adapt --out is the model":
+        shutil.copytree(world["model"], tmp / "base")
+        return with_(model=tmp / "base", out=tmp / "base") + ["--force"], "is the input"
+    if case == "a diverging step size":
+        return with_(steps=3) + ["--lr", "5"], "adaptation diverged with step size lr 5"
+    if case == "evaluate --lr nan":
+        return (["evaluate", "--model", m, "--data", csv, "--k", "0,1", "--repeats", "1", "--quiet",
+                 "--lr", "nan", "--out", str(tmp / "report")], "--lr must be a finite number > 0, got nan")
+    if case == "--out under a file":
+        (tmp / "f").write_text("x")
+        return with_(out=tmp / "f" / "sub"), "is a file"
+    if case == "a relative wav path found nowhere":
+        bad = [dict(r, wav="wav/nowhere.wav") if r["spk_id"] == "s0" else r for r in rows]
+        return with_(support=write_csv(tmp / "s.csv", bad)), "and then from the manifest's folder"
+    if case == "a file the YAML names is missing":
+        shutil.copytree(world["model"], tmp / "moved")
+        (tmp / "moved" / "sbmeta.json").unlink()
+        (tmp / "moved" / "model.ckpt").unlink()
+        with open(tmp / "moved" / "hyperparams.yaml", "a") as f:
+            f.write("  paths:\n    model: weights/asr.ckpt\n")
+        return with_(model=tmp / "moved"), "weights/asr.ckpt (relative to the working directory), which"
+    if case == "channels --out is the input folder":
+        (tmp / "corp").mkdir()
+        shutil.copy(csv, tmp / "corp" / "test.csv")
+        return (["channels", "--manifests", str(tmp / "corp"), "--out", str(tmp / "corp"),
+                 "--channels", "telephone", "--quiet"], "contains the input")
+    if case == "channels --out holds a manifest it did not write":
+        (tmp / "o").mkdir()
+        (tmp / "o" / "data.csv").write_text("mine\n")
+        return (["channels", "--manifests", csv, "--out", str(tmp / "o"), "--channels", "clean", "--quiet"],
+                "did not write it")
+    if case == "summary of a folder without manifests":
+        (tmp / "nothing").mkdir()
+        return ["summary", str(tmp / "nothing")], "holds none of the manifests"
     raise AssertionError(case)
 
 
@@ -124,6 +167,11 @@ CASES = [
     "unreadable audio", "unknown characters", "empty transcript", "k too large", "unknown task",
     "unknown strategy", "steps 0", "out is a file", "out is an experiment folder",
     "out is an earlier export, no --force", "evaluate --out is a file", "transcribe a missing file",
+    "a model folder that runs code", "transcribe with a model folder that runs code",
+    "adapt --out is the model", "a diverging step size", "evaluate --lr nan", "--out under a file",
+    "a relative wav path found nowhere", "a file the YAML names is missing",
+    "channels --out is the input folder", "channels --out holds a manifest it did not write",
+    "summary of a folder without manifests",
 ]
 
 
@@ -146,6 +194,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(world, tmp_path, case, ca
     after = snapshot(tmp_path)
     assert {p: b for p, b in after.items() if p in before} == before  # nothing lost or changed
     assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "pwned").exists()  # nothing a model folder names ran
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
