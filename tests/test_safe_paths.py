@@ -217,3 +217,63 @@ def test_no_writer_joins_an_unchecked_name_onto_its_folder():
     problems = [f"{p.relative_to(ROOT)}:{line}: {text}" for p in files for line, text in unchecked_joins(p)]
     assert not problems, ("file writes that join a name not passed through sb_meta.utils.safe_name "
                           "(or marked '# safe-path: why'):\n  " + "\n  ".join(problems))
+
+
+HOSTILE = ["../x", "../../../../victim", "/abs", "a/b", "..", ".", "", "x" * 300, "a\\b", "nul\0byte"]
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in pathlib.Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=repr)
+def test_channels_keep_every_hostile_id_inside_out_or_refuse_it(tmp_path, name, capsys):
+    """The issue's case: an utterance ID of ``../../../../victim`` replaced a file outside --out."""
+    import csv
+
+    import numpy as np
+    import soundfile
+
+    from sb_meta.cli import main
+
+    wav = tmp_path / "in" / "a.wav"
+    wav.parent.mkdir()
+    soundfile.write(str(wav), 0.1 * np.sin(np.arange(8000) / 5.0), 16000)
+    (tmp_path / "victim.wav").write_bytes(b"precious")
+    with open(tmp_path / "in" / "m.csv", "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["ID", "duration", "wav", "spk_id", "wrd"])
+        rows.writerow([name, 0.5, wav, "s0", "A"])
+    before = _files(tmp_path)
+    out = tmp_path / "o" / "deeper"
+    code = main(["channels", "--manifests", str(tmp_path / "in" / "m.csv"), "--out", str(out),
+                 "--channels", "clean", "--quiet"])
+    err = capsys.readouterr().err
+    after = _files(tmp_path)
+    assert {p: b for p, b in after.items() if p in before} == before  # nothing outside --out changed
+    assert all(out in p.parents for p in set(after) - set(before))
+    if code == 0:
+        assert len(list((out / "wav" / "clean").iterdir())) == 1
+    else:
+        assert code == 2 and len(err.strip().splitlines()) == 1 and ("ID" in err or "line 2" in err), err
+        assert not (out / "wav").exists()  # refused before any audio was written
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=repr)
+def test_an_export_keeps_hostile_loadable_names_inside_its_folder_or_refuses_them(tmp_path, name):
+    """Loadable names come from a model's YAML: a loaded folder could name ``../x``."""
+    import torch
+    from ruamel.yaml.comments import CommentedMap
+
+    from sb_meta.export.plan import ExportPlan, write_export
+
+    plan = ExportPlan(interface="speechbrain.inference.ASR.EncoderASR", yaml=CommentedMap(a=1),
+                      loadables={name: torch.nn.Linear(1, 1)}, info={}, files={name: b"x"})
+    dest = tmp_path / "exports" / "model"
+    try:
+        write_export(plan, dest, verify=False)
+    except ValueError as exc:
+        assert "name a file" in str(exc) or "too long" in str(exc)
+        assert not dest.exists()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(dest in p.parents for p in files), files

@@ -192,10 +192,12 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
     if previous == key and all(p.is_file() for p in result.values()):
         return result
     _check_ours(out, result.values(), previous)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(dict(key, complete=False), indent=2) + "\n")  # ours, even if interrupted
     rows_by_split = {s: read_manifest(p, required=("ID", "duration", "wav", "spk_id", "wrd"))
                      for s, p in manifests.items()}
+    files = {(c, row["ID"]): out / "wav" / safe_name(c, "channel") / safe_name(row["ID"], "utterance ID", ".wav")
+             for rows in rows_by_split.values() for row in rows for c in channels}  # every name checked first
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(dict(key, complete=False), indent=2) + "\n")  # ours, even if interrupted
     total = sum(len(r) for r in rows_by_split.values()) * len(channels)
     bar = tqdm(total=total, desc="channels", unit="utt", disable=not progress)
     for split, rows in rows_by_split.items():
@@ -204,7 +206,7 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
             wav = read_audio_checked(row["wav"], SAMPLE_RATE)
             for channel in channels:
                 uid = f"{row['ID']}@{channel}"
-                path = out / "wav" / safe_name(channel, "channel") / safe_name(row["ID"], "utterance ID", ".wav")
+                path = files[channel, row["ID"]]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256(f"{seed}/{row['ID']}/{channel}".encode()).digest()
                 y = apply_channel(wav, channel, seed=int.from_bytes(digest[:8], "little"))
