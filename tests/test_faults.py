@@ -214,3 +214,109 @@ def test_a_good_command_still_works_after_the_bad_ones(world, tmp_path, capsys):
     assert main(argv) == 0
     info = json.loads((tmp_path / "out" / "sbmeta.json").read_text())
     assert info["adaptations"][-1]["steps"] == 1
+
+
+# -- issue 29: the smaller faults that left the user guessing --------------------------------
+
+BOOM_PLUGIN = '''
+from sb_meta.plugins import hookimpl
+from sb_meta.strategy import AddOn
+
+
+class Boom(AddOn):
+    """Raises inside its loss hook."""
+    name = "boom"
+    options = {"boom_kind": "bug"}
+
+    @hookimpl
+    def sbmeta_loss(self, predictions, phase):
+        if self.option("boom_kind") == "bug":
+            return 1 / 0
+        raise ValueError("boom_kind must be 'bug'")
+
+
+@hookimpl
+def sbmeta_addons():
+    return [Boom]
+'''
+
+
+@pytest.mark.parametrize("kind", ["bug", "config"])
+def test_a_hook_that_raises_is_named_in_one_line(tmp_path, kind):
+    from sb_meta.plugins import PluginHookError
+    from sb_meta.testing import make_toy_brain, toy_dataset
+
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(BOOM_PLUGIN)
+    brain = make_toy_brain({"meta_strategy": "fomaml", "plugins": [str(plugin)], "meta_addons": ["boom"],
+                            "boom_kind": kind, "k_support": 2, "k_query": 2, "meta_batch_tasks": 2})
+    loader = brain.make_episode_loader(toy_dataset(n_tasks=4, utts_per_task=4))
+    error = PluginHookError if kind == "bug" else ValueError  # a configuration error keeps its type
+    detail = "ZeroDivisionError: division by zero" if kind == "bug" else "boom_kind must be 'bug'"
+    with pytest.raises(error) as err:
+        brain.fit(range(1, 2), loader, progressbar=False)
+    assert str(err.value) == f"plugin 'boom', hook sbmeta_loss, phase inner: {detail}"
+
+
+def test_silent_support_audio_is_warned_about(world, tmp_path, caplog):
+    import numpy as np
+    import soundfile
+
+    from sb_meta.cli import main
+
+    rows = [dict(r) for r in world["rows"] if r["spk_id"] == "s0"]
+    for r in rows:
+        r["wav"] = str(tmp_path / f"{r['ID']}.wav")
+        soundfile.write(r["wav"], np.zeros(16000, dtype=np.float32), 16000)
+    support = write_csv(tmp_path / "s.csv", rows)
+    with caplog.at_level("WARNING", logger="sb_meta.adapt.support"):
+        assert main(["adapt", "--model", str(world["model"]), "--support", str(support), "--k", "2",
+                     "--steps", "1", "--lr", "0.01", "--out", str(tmp_path / "out")]) == 0
+    silent = [m for m in caplog.messages if "is silent" in m]
+    assert len(silent) == 2 and all("support utterance s0_" in m for m in silent)
+
+
+def test_relative_wav_paths_are_also_read_from_the_manifest_folder(world, tmp_path, monkeypatch):
+    from sb_meta.cli import main
+
+    corpus = pathlib.Path(world["csv"]).parent
+    rows = [dict(r, wav=str(pathlib.Path(r["wav"]).relative_to(corpus))) for r in world["rows"]]
+    support = write_csv(corpus / "relative.csv", rows)
+    monkeypatch.chdir(tmp_path)  # not the manifest's folder
+    try:
+        assert main(["adapt", "--model", str(world["model"]), "--support", str(support), "--task", "s0",
+                     "--k", "2", "--steps", "1", "--lr", "0.01", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        support.unlink()
+
+
+def test_exports_are_as_readable_as_the_umask_allows(world, tmp_path):
+    import os
+
+    from sb_meta.cli import main
+
+    old = os.umask(0o022)
+    try:
+        assert main(["adapt", "--model", str(world["model"]), "--support", str(world["csv"]), "--task", "s0",
+                     "--k", "2", "--steps", "1", "--lr", "0.01", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in (tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes anywhere: an unwritable folder cannot be made")
+def test_an_unwritable_out_is_refused_before_any_work(world, tmp_path, capsys):
+    from sb_meta.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(["adapt", "--model", str(world["model"]), "--support", str(world["csv"]), "--task", "s0",
+                     "--k", "2", "--steps", "1", "--out", str(locked / "out")])
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and "is not writable" in err and len(err.strip().splitlines()) == 1
