@@ -241,7 +241,8 @@ class MetaBrain(sb.Brain):
         for plugin in self._plugins:
             impl = impls.get(id(plugin))
             if impl is not None:
-                out.append((plugin, functools.partial(_call_named, plugin, name, impl.function, impl.argnames)))
+                call = functools.partial(_call_named, plugin, name, impl.function, impl.argnames)
+                out.append((plugin, call))
         return out
 
     def addon_hook(self, name, **kwargs):

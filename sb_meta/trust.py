@@ -189,7 +189,8 @@ def _refuse(where, line, what, why):
 
 #: how the refusal names what is allowed
 OUTSIDE = ("calls code outside what sb-meta lets a model folder run (speechbrain, torch, torchaudio, "
-           "sentencepiece, sb-meta and its plugins, less their file, download, code-loading and shell functions)")
+           "sentencepiece, sb-meta and its plugins, less their file, download, code-loading and shell "
+           "functions)")
 
 
 def _check_tuple(text, where, line):
@@ -299,7 +300,8 @@ def check_yaml(text, where="hyperparams.yaml", rules=None):
         return
     _walk(root, functools.partial(_as_written, where=where, rules=rules))
     # the line of each top-level key as written: where the second pass's findings are reported
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in (root.value if isinstance(root, MappingNode) else [])}
+    pairs = root.value if isinstance(root, MappingNode) else []
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in pairs}
     try:
         from hyperpyyaml import resolve_references
 
@@ -316,9 +318,11 @@ def check_yaml(text, where="hyperparams.yaml", rules=None):
                 _refuse(where, line, f"<...{attr}>", "reaches an attribute sb-meta does not allow")
         elif tag.startswith(_CALL_TAGS):
             _check_call(node, tag, where, line, rules)
+        elif tag == "!tuple":  # resolved so once hyperpyyaml registered its implicit resolver
+            _check_tuple(str(node.value), where, line)
         elif tag.startswith("tag:yaml.org,2002:"):
             _check_core(node, tag, where, line)
-        elif tag not in ("!tuple", "!PLACEHOLDER"):
+        elif tag != "!PLACEHOLDER":
             _refuse(where, line, tag, "is not a tag a SpeechBrain model folder uses")
 
     if resolved is not None:

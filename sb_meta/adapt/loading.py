@@ -76,7 +76,8 @@ def _diagnose(folder, yaml_text, exc, yaml_path=HPARAMS_FILE):
     for name in loadables:
         path = pathlib.Path(folder) / f"{name}.ckpt"
         if not path.is_file() and name in paths:
-            where = "" if pathlib.Path(str(paths[name])).is_absolute() else " (relative to the working directory)"
+            relative = not pathlib.Path(str(paths[name])).is_absolute()
+            where = " (relative to the working directory)" if relative else ""
             return (f"{paths[name]}{where}, which {yaml_path} names as pretrainer.paths.{name}, "
                     f"is missing, and so is {path}")
         if not path.is_file():

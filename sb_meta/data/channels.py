@@ -194,8 +194,9 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
     _check_ours(out, result.values(), previous)
     rows_by_split = {s: read_manifest(p, required=("ID", "duration", "wav", "spk_id", "wrd"))
                      for s, p in manifests.items()}
+    # every name checked before anything is written
     files = {(c, row["ID"]): out / "wav" / safe_name(c, "channel") / safe_name(row["ID"], "utterance ID", ".wav")
-             for rows in rows_by_split.values() for row in rows for c in channels}  # every name checked first
+             for rows in rows_by_split.values() for row in rows for c in channels}
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(dict(key, complete=False), indent=2) + "\n")  # ours, even if interrupted
     total = sum(len(r) for r in rows_by_split.values()) * len(channels)

@@ -207,8 +207,12 @@ class WordModel:
         """Write this model (with its enrolled words) as a SpeechBrain folder."""
         from ruamel.yaml import YAML
 
+        from sb_meta.trust import unneeded_untrusted_keys
+
         body = "".join(line for line in self.yaml_text.splitlines(True) if not line.startswith("#"))
         doc = YAML().load(body)
+        for key in unneeded_untrusted_keys(body):  # code of a folder loaded with trust=True, unused
+            doc.pop(key)
         set_classifier(doc, self.head)
         mods = self.classifier.mods
         loadables = {
