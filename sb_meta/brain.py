@@ -15,6 +15,7 @@ which does not work with ``torch.autograd.grad``.
 """
 
 import contextlib
+import functools
 import logging
 
 import speechbrain as sb
@@ -24,12 +25,16 @@ from sb_meta.checkpointing import RNGState, TrainClock, set_aside_incomplete_che
 from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
-from sb_meta.plugins import PluginManager, PluginRegistry
+from sb_meta.plugins import PluginHookError, PluginManager, PluginRegistry
 from sb_meta.strategy import GradientStrategy, MetaConfig, check_options
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetaBrain", "RNGState", "TrainClock"]
+__all__ = ["MetaBrain", "RNGState", "TrainClock", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(ValueError):
+    """Training reached a non-finite loss or weight; it stops there, before anything is saved."""
 
 META_PREFIX = "sbmeta_"
 #: where plugin-owned modules live in ``brain.modules``
@@ -78,6 +83,31 @@ def onednn_off_in_rnns(modules):
         for h in handles:
             h.remove()
         torch._C._set_mkldnn_enabled(outer)  # also after an exception inside an RNN
+
+
+#: errors whose type says what went wrong (bad configuration, missing files): a failing hook keeps
+#: the type and its message gains the plugin and the hook; any other error becomes a PluginHookError
+_KEPT_ERRORS = (ValueError, LookupError, FileNotFoundError, FileExistsError, PermissionError, ImportError)
+
+
+def _call_named(plugin, hook, function, argnames, kwargs):
+    """``function`` (``plugin``'s implementation of ``hook``) with the arguments it declares;
+    an exception it raises names the plugin, the hook and the phase, in one line."""
+    try:
+        return function(**{k: kwargs[k] for k in argnames})
+    except Exception as exc:
+        if getattr(exc, "_sbmeta_hook", False):  # a hook called inside this one already said so
+            raise
+        phase = kwargs.get("phase")
+        where = f"plugin {getattr(plugin, 'name', type(plugin).__name__)!r}, hook {hook}" + (
+            f", phase {Phase(phase).value}" if phase is not None else "")
+        if isinstance(exc, _KEPT_ERRORS) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (f"{where}: {exc.args[0]}",)
+            exc._sbmeta_hook = True
+            raise
+        error = PluginHookError(f"{where}: {type(exc).__name__}: {exc}")
+        error._sbmeta_hook = True
+        raise error from exc
 
 
 class MetaBrain(sb.Brain):
@@ -211,7 +241,8 @@ class MetaBrain(sb.Brain):
         for plugin in self._plugins:
             impl = impls.get(id(plugin))
             if impl is not None:
-                out.append((plugin, lambda kw, f=impl.function, a=impl.argnames: f(**{k: kw[k] for k in a})))
+                call = functools.partial(_call_named, plugin, name, impl.function, impl.argnames)
+                out.append((plugin, call))
         return out
 
     def addon_hook(self, name, **kwargs):
@@ -444,12 +475,54 @@ class MetaBrain(sb.Brain):
         self._all_reduce_gradients(batch)
         if should_step:
             self.optimizers_step()
+            self._check_weights_finite()
             self._sync_statistics()
         self.on_fit_batch_end(batch, None, loss, should_step)
         self.train_clock.stop()
         self.train_clock.start()  # loading the next batch is training time too
         self._check_budget()
         return loss.detach().cpu()
+
+    # ------------------------------------------------------------ divergence
+    def check_loss_isfinite(self, loss):
+        """Stop training at the first non-finite loss (SpeechBrain's own check skips up to
+        ``nonfinite_patience`` of them and then stops without saying where or why)."""
+        if not torch.isfinite(loss).all():
+            self._diverged(f"the loss is {float(loss.detach().float().mean())}", self.optimizer_step + 1)
+
+    def _check_weights_finite(self):
+        """Stop training when the outer step left a non-finite weight (one reduction per step)."""
+        params = [p for p in self.modules.parameters() if p.requires_grad]
+        if not params:
+            return
+        total = torch.stack([p.detach().sum(dtype=torch.float64) for p in params]).sum()
+        if not torch.isfinite(total):  # NaN or inf somewhere: find where, once
+            bad = next(n for n, p in self.modules.named_parameters() if not torch.isfinite(p).all())
+            self._diverged(f"the weights of {bad} are no longer finite", self.optimizer_step)
+
+    def _diverged(self, what, step):
+        """Raise :class:`TrainingDivergedError` naming the step, the learning rate and the
+        last good checkpoint (every checkpoint is saved after these checks passed)."""
+        optimizer = getattr(self, "optimizer", None)
+        lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+        counter = getattr(self.hparams, "epoch_counter", None) if self.hparams is not None else None
+        epoch = getattr(counter, "current", None)
+        last = self.checkpointer.find_checkpoint() if self.checkpointer is not None else None
+        kept = (f"the last good checkpoint is {last.path}" if last is not None
+                else "no checkpoint was saved before it")
+        where = f"outer step {step}" + (f" (epoch {epoch})" if epoch else "")
+        rate = f", with learning rate {lr:g}" if lr is not None else ""
+        raise TrainingDivergedError(
+            f"training diverged at {where}: {what}{rate}; training stopped and {kept}: "
+            "lower the learning rate and train again"
+        )
+
+    def update_average(self, loss, avg_loss):
+        """SpeechBrain's running mean, except that a non-finite loss makes it NaN (SpeechBrain
+        skips it, and a stage of nothing but NaN losses would be logged as 0.00)."""
+        if not torch.isfinite(loss).all():
+            return float("nan")
+        return super().update_average(loss, avg_loss)
 
     def _plain_task(self, batch):
         """The task a plain batch's hooks see: its utterances and their manifest rows."""

@@ -36,7 +36,9 @@ def _cmd_plugins(args):
 def _cmd_synth(args):
     from sb_meta.data.manifest import format_summary_table
     from sb_meta.data.synth import generate_corpus
+    from sb_meta.utils import check_output
 
+    check_output(args.out)
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
     generate_corpus(
         args.out,
@@ -156,7 +158,8 @@ def _add_later_commands(sub):
 
 
 #: errors a user causes (bad input, configuration, files): one line, exit code 2
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, ImportError,
+               RuntimeError)
 
 
 def main(argv=None):

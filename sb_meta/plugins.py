@@ -51,6 +51,10 @@ class PluginLoadError(PluginError, ImportError):
     """A plugin that could not be imported or is malformed."""
 
 
+class PluginHookError(PluginError, RuntimeError):
+    """A plugin's hook raised; the message names the plugin, the hook and the phase."""
+
+
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager with sb-meta's hook specifications, where every function or
     method named ``sbmeta_*`` is a hook implementation (decorated or not, as

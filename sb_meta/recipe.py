@@ -31,6 +31,8 @@ import sys
 
 import speechbrain as sb
 
+from sb_meta.plugins import PluginError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -118,7 +120,8 @@ def _override_dict(overrides):
 
 
 #: errors a user causes (configuration, data, files): reported without a traceback
-USER_ERRORS = (RecipeError, KeyError, ValueError, FileNotFoundError, FileExistsError, ImportError)
+USER_ERRORS = (RecipeError, KeyError, ValueError, FileNotFoundError, FileExistsError, PermissionError,
+               ImportError, PluginError)
 
 
 def run_main(main, argv=None):

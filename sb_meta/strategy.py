@@ -499,9 +499,11 @@ class GradientStrategy(Strategy):
             stack.enter_context(self.brain.inner_loop_context(create_graph))
             if not update_statistics:
                 stack.enter_context(frozen_statistics(self.brain.modules))
+            self.inner_losses = []  # the support loss before each step, for divergence checks
             for step in range(steps):
                 loss = self.loss(fast, batches[step % len(batches)], phase, task)
                 self.last_inner_loss = loss.detach()
+                self.inner_losses.append(self.last_inner_loss)
                 if update_statistics and step == 0:
                     # snapshot after the first forward: its update is kept
                     stack.enter_context(frozen_statistics(self.brain.modules))

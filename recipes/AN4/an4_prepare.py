@@ -413,7 +413,7 @@ def download_an4(data_folder, url=AN4_URL):
                 "exist there (left over from an earlier attempt?); remove them and retry"
             )
         for part in sorted(top.iterdir()):
-            os.replace(part, data_folder / part.name)
+            os.replace(part, data_folder / part.name)  # safe-path: an entry of the unpacked archive
     finally:
         shutil.rmtree(unpack_dir, ignore_errors=True)
     return data_folder

@@ -497,7 +497,7 @@ def prepare_an4words(data_folder, aligner_folder, save_folder, aligner=None, pro
     splits = {name: [s for s in kept if s["spk_id"] in spk and s["word"] in cls]
               for name, spk, cls in zip(SPLITS, speakers, classes)}
     for name, rows in splits.items():
-        write_segments(save_folder / f"{name}.csv", rows)
+        write_segments(save_folder / f"{name}.csv", rows)  # safe-path: one of SPLITS
     write_segments(save_folder / "segments.csv", segments, SEGMENT_COLUMNS)
     report = quality_report(segments, failed, splits, classes, speakers, options)
     report["record"] = record

@@ -184,7 +184,7 @@ def extra_sources(hparams, eval_classes):
             logger.info("%s: left out %d segments of validation/test classes %s", path,
                         len(rows) - len(kept), dropped)
         columns = list(rows[0]) if rows else ["ID", "duration", "wav", "start", "stop", "word", "spk_id"]
-        out.append(write_segments(pathlib.Path(hparams["output_folder"]) / f"extra_train_{i}.csv", kept,
+        out.append(write_segments(pathlib.Path(hparams["output_folder"]) / f"extra_train_{int(i)}.csv", kept,
                                   columns))
     return out
 

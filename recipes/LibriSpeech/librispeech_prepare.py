@@ -32,6 +32,7 @@ import re
 import sys
 
 from sb_meta.data.manifest import format_summary_table, read_manifest, write_manifest
+from sb_meta.utils import safe_name
 from sb_meta.data.validate import (
     AUDIO_WITHOUT_TRANSCRIPT,
     DUPLICATE_ID,
@@ -124,7 +125,7 @@ def prepare_librispeech(
         "splits": splits,
         "skip_bad": bool(skip_bad),
     }
-    manifests = {s: save_folder / f"{s}.csv" for s in splits}
+    manifests = {s: save_folder / safe_name(s, "split", suffix=".csv") for s in splits}
     # Taken before the corpus is read: a change made while preparing is seen next time.
     corpus = corpus_fingerprint(root, corpus_files(root, splits))
     if skip_prep_if_exists:

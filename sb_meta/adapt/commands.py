@@ -20,6 +20,8 @@ import pathlib
 import sys
 
 from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES, check_cmvn
+from sb_meta.trust import add_trust_option
+from sb_meta.utils import check_output
 
 __all__ = ["add_commands", "compress_options"]
 
@@ -37,6 +39,14 @@ def _name_list(text):
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _check_step_size(lr):
+    """``--lr``, when given, is a finite number > 0 (refused before any work)."""
+    import math
+
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {lr}")
+
+
 def _cmd_adapt(args):
     from sb_meta.adapt import load_model
     from sb_meta.data.manifest import read_manifest
@@ -47,6 +57,7 @@ def _cmd_adapt(args):
         raise ValueError(f"--k must be >= 1, got {args.k}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps} (nothing would be adapted)")
+    _check_step_size(args.lr)
     if args.adapters_only and not args.peft:
         raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
     if args.compress and args.adapters_only:
@@ -59,6 +70,7 @@ def _cmd_adapt(args):
                          "guard --unsupervised adaptation")
     check_cmvn(args.cmvn, args.unsupervised)  # before the model is loaded
     check_destination(args.out, force=args.force)  # refuse before any work
+    check_output(args.out, [args.model, args.support])
     needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
     rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
     if args.task is not None:
@@ -80,9 +92,9 @@ def _cmd_adapt(args):
     rows = sorted(rows, key=lambda r: r["ID"])
     chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     data_root = args.data_root or pathlib.Path(args.support).parent
+    wavs = [resolve_wav(r["wav"], data_root, args.support) for r in chosen]
     addons, addon_config = _addon_settings(args)
-    model = load_model(args.model, device=args.device)
-    wavs = [resolve_wav(r["wav"], data_root) for r in chosen]
+    model = load_model(args.model, device=args.device, trust=args.trust_model)
     settings = dict(
         strategy=args.strategy,
         steps=args.steps,
@@ -255,7 +267,7 @@ def _lexicon_options(p):
 def _cmd_transcribe(args):
     from sb_meta.adapt import load_model
 
-    model = _with_lexicon(load_model(args.model, device=args.device), args)
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     failed = 0
     for path in args.files:
         try:
@@ -280,12 +292,14 @@ def _cmd_evaluate(args):
         write_report,
     )
 
+    _check_step_size(args.lr)
     check_report_folder(args.out)  # before the evaluation, not after it
+    check_output(args.out, [args.model, args.data])
     methods = methods_from(args.methods or args.strategies)
     if args.unsupervised:  # each method also without transcripts, on the same draws
         methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
                     for m in methods]
-    model = _with_lexicon(load_model(args.model, device=args.device), args)
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     results = evaluate_kshot(
         model,
         args.data,
@@ -351,7 +365,8 @@ def add_commands(subparsers):
                         "comma-separated, e.g. prune:0.5,int8")
     p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     p.add_argument("--data-root", default=None,
-                   help="replaces $data_root in wav paths (default: the manifest's folder)")
+                   help="replaces $data_root in wav paths (default: the manifest's folder); other "
+                        "relative paths are read from the working directory, then from the manifest's folder")
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True,
                    help="new folder for the adapted model (an earlier sb-meta export there is "
@@ -370,6 +385,7 @@ def add_commands(subparsers):
                    help="before the update, re-estimate the input statistics on the support audio and "
                         "blend them into the training ones with weight W in (0, 1] (feature-space, then "
                         "model-space adaptation)")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_adapt)
 
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
@@ -377,6 +393,7 @@ def add_commands(subparsers):
     p.add_argument("--device", default=None)
     p.add_argument("files", nargs="+", help="audio files")
     _lexicon_options(p)
+    add_trust_option(p)
     p.set_defaults(func=_cmd_transcribe)
 
     p = subparsers.add_parser(
@@ -400,9 +417,12 @@ def add_commands(subparsers):
     p.add_argument("--adapt-params", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="query utterances per batch")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None,
+                   help="replaces $data_root in wav paths (default: the manifest's folder); other "
+                        "relative paths are read from the working directory, then from the manifest's folder")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, wer_vs_k.png)")
     _lexicon_options(p)
+    add_trust_option(p)
     p.set_defaults(func=_cmd_evaluate)

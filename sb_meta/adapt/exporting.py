@@ -8,6 +8,7 @@ they were loaded.
 """
 
 import copy
+import logging
 
 import torch
 
@@ -23,12 +24,22 @@ from sb_meta.export.plan import (
 
 __all__ = ["adapted_plan", "model_yaml"]
 
+logger = logging.getLogger(__name__)
+
 
 def model_yaml(text, source="the model's hyperparams.yaml"):
-    """The model's ``hyperparams.yaml`` as a ruamel document, pretrainer paths dropped."""
+    """The model's ``hyperparams.yaml`` as a ruamel document, pretrainer paths dropped,
+    and the keys that name code sb-meta does not trust but the model does not need
+    (:func:`sb_meta.trust.unneeded_untrusted_keys`; a folder loaded with ``trust=True``)."""
     from ruamel.yaml import YAML
 
+    from sb_meta.trust import unneeded_untrusted_keys
+
     doc = YAML().load(text)
+    for key in unneeded_untrusted_keys(text) if hasattr(doc, "pop") else []:
+        logger.warning("the export leaves out %s's key %r: it names code sb-meta does not trust "
+                       "and the model does not use it", source, key)
+        doc.pop(key)
     pretrainer = doc.get("pretrainer") if hasattr(doc, "get") else None
     if not isinstance(pretrainer, dict) or "loadables" not in pretrainer:
         raise ValueError(f"{source} has no `pretrainer:` with `loadables:`; it cannot be exported")

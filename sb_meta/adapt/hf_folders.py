@@ -207,7 +207,7 @@ def _write(folder, text, checkpoints, seed):
     hp = load_hyperpyyaml(text)
     (folder / "hyperparams.yaml").write_text(text, encoding="utf-8")
     for name, key in checkpoints.items():
-        torch.save(hp[key].state_dict(), folder / f"{name}.ckpt")
+        torch.save(hp[key].state_dict(), folder / f"{name}.ckpt")  # safe-path: names are this module's constants
     return folder
 
 

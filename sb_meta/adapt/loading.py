@@ -8,7 +8,9 @@ YAML: a ``whisper`` module means ``WhisperASR``, a ``decoder`` module
 ``EncoderDecoderASR``). Loading is offline. Models built on Hugging Face
 ``transformers`` (wav2vec2, HuBERT, WavLM, Whisper) need the ``hf`` extra;
 their wrapper's ``source`` must be a local folder or in the local cache.
-Every failure names the file at fault.
+Every failure names the file at fault. A folder is code (hyperpyyaml builds
+what its YAML names): one that names code outside what :mod:`sb_meta.trust`
+allows is refused unless ``trust=True``.
 """
 
 import json
@@ -21,6 +23,7 @@ from sb_meta.adapt.hf import require_transformers, uses_transformers
 from sb_meta.adapt.model import AdaptableASR
 from sb_meta.export.folder import META_FILE
 from sb_meta.export.plan import HPARAMS_FILE, load_interface
+from sb_meta.trust import check_model_folder
 
 __all__ = ["load_model", "detect_interface"]
 
@@ -70,16 +73,25 @@ def detect_interface(yaml_text, where):
     return interface
 
 
-def _diagnose(folder, yaml_text, exc):
-    """A message naming the unreadable file behind a failed load, if one is."""
+def _diagnose(folder, yaml_text, exc, yaml_path=HPARAMS_FILE):
+    """A message naming the unreadable file behind a failed load, if one is: the path
+    the YAML's ``pretrainer.paths`` names when it names one (SpeechBrain reads that file,
+    unless ``<loadable>.ckpt`` is in the folder already), else ``<loadable>.ckpt``."""
+    from hyperpyyaml import resolve_references
     from ruamel.yaml import YAML
 
     try:
-        loadables = list(YAML().load(yaml_text)["pretrainer"]["loadables"])
+        pretrainer = YAML().load(resolve_references(yaml_text).getvalue())["pretrainer"]
+        loadables, paths = list(pretrainer["loadables"]), dict(pretrainer.get("paths") or {})
     except Exception:  # noqa: BLE001 - no better diagnosis
-        loadables = []
+        loadables, paths = [], {}
     for name in loadables:
         path = pathlib.Path(folder) / f"{name}.ckpt"
+        if not path.is_file() and name in paths:
+            relative = not pathlib.Path(str(paths[name])).is_absolute()
+            where = " (relative to the working directory)" if relative else ""
+            return (f"{paths[name]}{where}, which {yaml_path} names as pretrainer.paths.{name}, "
+                    f"is missing, and so is {path}")
         if not path.is_file():
             return f"{path} is missing"
         if path.stat().st_size == 0:
@@ -93,7 +105,7 @@ def _diagnose(folder, yaml_text, exc):
     return f"{type(exc).__name__}: {exc}"
 
 
-def load_model(source, savedir=None, device=None, adapters=None):
+def load_model(source, savedir=None, device=None, adapters=None, trust=False):
     """Load a SpeechBrain pretrained ASR folder as an :class:`AdaptableASR`.
 
     Arguments
@@ -108,6 +120,11 @@ def load_model(source, savedir=None, device=None, adapters=None):
         ``"cpu"``, ``"cuda:0"``...; default SpeechBrain's choice.
     adapters : str or pathlib.Path, optional
         A folder written by :meth:`AdaptableASR.export_adapters` for this base model.
+    trust : bool
+        Load the folder even when its ``hyperparams.yaml`` names code outside
+        what :mod:`sb_meta.trust` allows (a model folder is code: only for
+        sources you trust). Default: such a folder is refused before anything
+        in it runs.
 
     Returns
     -------
@@ -121,6 +138,9 @@ def load_model(source, savedir=None, device=None, adapters=None):
     ValueError
         For a folder that is not a SpeechBrain ASR model, a corrupt file (named),
         or adapters made for another base model.
+    sb_meta.trust.UntrustedModelError
+        (a ``ValueError``) For a folder whose YAML names code sb-meta does not
+        run without ``trust=True`` (naming the tag and its line).
 
     Example
     -------
@@ -153,6 +173,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
         interface = (info or {}).get("interface") or detect_interface(yaml_text, str(hp))
         if info is not None:
             detect_interface(yaml_text, str(hp))
+        if not trust:
+            check_model_folder(local, yaml_text, str(hp), info)
         savedir = savedir if savedir is not None else local
     elif local.exists():
         raise ValueError(f"{local} is a file; give the model's folder")
@@ -170,7 +192,8 @@ def load_model(source, savedir=None, device=None, adapters=None):
 
     if hub:
         try:
-            yaml_text = fetched(HPARAMS_FILE).read_text(encoding="utf-8")
+            hub_yaml = fetched(HPARAMS_FILE)
+            yaml_text = hub_yaml.read_text(encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise FileNotFoundError(
                 f"cannot load model {src!r}: it is not a local folder and not in the local "
@@ -184,11 +207,13 @@ def load_model(source, savedir=None, device=None, adapters=None):
             info = json.loads(fetched(META_FILE).read_text(encoding="utf-8"))
         except Exception:  # noqa: BLE001 - a plain SpeechBrain model has none
             info = None
+        if not trust:
+            check_model_folder(hub_yaml.parent, yaml_text, f"{src}/{HPARAMS_FILE}", info)
     try:
         asr = load_interface(interface, src, savedir=savedir, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
         raise ValueError(f"cannot load the SpeechBrain model in {src}: "
-                         f"{_diagnose(savedir or src, yaml_text, exc)}") from exc
+                         f"{_diagnose(savedir or src, yaml_text, exc, f'{src}/{HPARAMS_FILE}')}") from exc
     meta_state = None
     if info and info.get("meta_state"):
         path = fetched(info["meta_state"]["file"])

@@ -18,6 +18,7 @@ model is exported (``sbmeta_before_export``).
 import copy
 import contextlib
 import logging
+import math
 import tempfile
 
 import speechbrain as sb
@@ -27,14 +28,64 @@ from sb_meta.adapt.hf import adaptable_hf_modules
 from sb_meta.adapt.objective import AdaptBrain, trainable_view
 from sb_meta.adapt.support import ctc_min_frames, load_audio, make_batches, prepare_support
 from sb_meta.contract import Phase
+from sb_meta.functional import frozen_statistics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptableASR", "AdaptationError"]
+__all__ = ["AdaptableASR", "AdaptationError", "check_divergence", "LOSS_GROWTH_LIMIT", "WEIGHT_GROWTH_LIMIT"]
 
 
 class AdaptationError(RuntimeError):
     """Test-time adaptation failed (e.g. diverged to non-finite weights)."""
+
+
+#: Adaptation has diverged, and nothing is kept, when the support loss after a step exceeds
+#: this multiple of its value before the first step (gradient steps that work lower it; a step
+#: size too large for the model makes it explode within a few steps)...
+LOSS_GROWTH_LIMIT = 10.0
+#: ... or when an adapted weight is non-finite or exceeds this multiple of the largest weight
+#: of the model before adaptation (weights that far out decode nothing useful even where the
+#: loss has not caught up yet)
+WEIGHT_GROWTH_LIMIT = 100.0
+
+
+def check_divergence(losses, fast, base_largest, step_size):
+    """Raise :class:`AdaptationError` in one line naming the step size when an
+    adaptation diverged (see :data:`LOSS_GROWTH_LIMIT`, :data:`WEIGHT_GROWTH_LIMIT`).
+
+    Arguments
+    ---------
+    losses : list of float
+        The support loss before the first step and after each step.
+    fast : dict of str to torch.Tensor
+        The adapted weights.
+    base_largest : float
+        The largest absolute weight of the model before adaptation.
+    step_size : str
+        How the step size is named in the message (``"--lr 5"``).
+
+    Example
+    -------
+    >>> check_divergence([9.6, 30.0, 2.6e6], {}, 1.0, "lr 5")
+    Traceback (most recent call last):
+    ...
+    sb_meta.adapt.model.AdaptationError: adaptation diverged with step size lr 5: the support loss went from 9.6 before the first step to 2.6e+06 after step 2 (over 10x); nothing was adapted or exported: use a smaller step size
+    """
+    hint = "nothing was adapted or exported: use a smaller step size"
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss) or (i and loss > LOSS_GROWTH_LIMIT * max(losses[0], 1e-8)):
+            raise AdaptationError(
+                f"adaptation diverged with step size {step_size}: the support loss went from "
+                f"{losses[0]:.3g} before the first step to {loss:.3g} after step {i} "
+                f"(over {LOSS_GROWTH_LIMIT:g}x); {hint}")
+    bound = WEIGHT_GROWTH_LIMIT * max(base_largest, 1e-8)
+    for name, w in fast.items():
+        largest = float(w.detach().abs().max()) if w.numel() else 0.0
+        if not math.isfinite(largest) or largest > bound:
+            raise AdaptationError(
+                f"adaptation diverged with step size {step_size}: {name} reached {largest:.3g}, over "
+                f"{WEIGHT_GROWTH_LIMIT:g}x the model's largest weight before adaptation "
+                f"({base_largest:.3g}); {hint}")
 
 
 @contextlib.contextmanager
@@ -427,6 +478,13 @@ class AdaptableASR:
         Returns
         -------
         AdaptableASR
+
+        Raises
+        ------
+        AdaptationError
+            When the adaptation diverged (:func:`check_divergence`): the support
+            loss grew past :data:`LOSS_GROWTH_LIMIT` times its start, or a weight
+            past :data:`WEIGHT_GROWTH_LIMIT` times the model's largest; nothing is kept.
         """
         from sb_meta.episodes import Task
         from sb_meta.functional import select_params
@@ -448,8 +506,8 @@ class AdaptableASR:
             adapt_params = [adapt_params]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if lr is not None and not float(lr) > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if lr is not None and not (math.isfinite(float(lr)) and float(lr) > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         view = self.view
         from sb_meta.adapt import unsupervised as unsup
 
@@ -512,6 +570,9 @@ class AdaptableASR:
                     f"(such as {carried['names'][:3]})"
                 )
         bv = brain.hparams.sbmeta_view
+        with torch.no_grad():  # the scale divergence is judged against
+            base_largest = max((float(p.abs().max()) for p in brain.trainable_params().values() if p.numel()),
+                               default=1.0)
         batches = make_batches(wavs, tokens, names, bv, size)
         if "ctc" in bv.losses and tokens is not None:
             self._check_lengths(brain, batches, size, tokens, names, records)
@@ -537,6 +598,19 @@ class AdaptableASR:
                     fast = brain.strategy.adapt(batches, steps=steps, lr=lr, names=names_to_adapt,
                                                 task=the_task, phase=Phase.ADAPT)
         params = brain.trainable_params()
+        support_loss = None
+        losses = [float(x) for x in getattr(brain.strategy, "inner_losses", None) or []]
+        if unsupervised in (None, "pseudo") and losses:  # gradient steps on a support loss
+            terms = dict(brain._term_sums)  # the add-ons' loss-term means cover the steps only
+            with torch.no_grad(), frozen_statistics(brain.modules):  # the loss after the last step too
+                after = brain.strategy.loss(fast, batches[steps % len(batches)], Phase.ADAPT, the_task)
+            brain._term_sums = terms
+            losses.append(float(after))
+            support_loss = {"before": losses[0], "after": losses[-1]}
+            step_size = f"lr {float(lr):g}" if lr is not None else (
+                "the meta-learned step sizes" if uses_state else f"lr {brain.meta_config['inner_lr']:g} "
+                "(the model's inner_lr)")
+            check_divergence(losses, fast, base_largest, step_size)
         with torch.no_grad():
             for n, w in fast.items():
                 if not torch.isfinite(w).all():
@@ -556,6 +630,8 @@ class AdaptableASR:
             "support": records,
             "last_inner_loss": float(final_loss) if final_loss is not None else None,
         }
+        if support_loss is not None:
+            record["support_loss"] = support_loss
         if unsup_log is not None:
             record["unsupervised"] = unsup_log
         if cmvn is not None:
@@ -634,7 +710,8 @@ class AdaptableASR:
             raise ValueError("this model carries no adapters to merge")
         with tempfile.TemporaryDirectory() as tmp:
             self.export(f"{tmp}/merged")
-            merged = load_model(f"{tmp}/merged", device=self.device)
+            # this model's own export, from a folder already loaded (and checked or trusted)
+            merged = load_model(f"{tmp}/merged", device=self.device, trust=True)
         merged.source = self.source
         return merged
 

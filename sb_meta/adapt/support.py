@@ -3,10 +3,16 @@
 Every problem names the utterance (its ID, or its position) and the file.
 """
 
+import logging
 import os
 import pathlib
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+#: a support waveform whose samples all stay below this (full scale is 1) is silent: warned about
+SILENCE_PEAK = 1e-4
 
 __all__ = ["load_audio", "encode_transcript", "prepare_support", "make_batches", "ctc_min_frames",
            "alphabet"]
@@ -143,6 +149,9 @@ def prepare_support(items, transcripts, ids, normalizer, tokenizer, blank_index=
             if wav.dim() != 1 or wav.numel() == 0:
                 raise ValueError(f"{name}: expected a non-empty 1-D waveform, got shape {tuple(wav.shape)}")
             audio = f"<waveform, {wav.numel()} samples>"
+        if float(wav.abs().max()) < SILENCE_PEAK:
+            logger.warning("%s is silent (no sample above %g): it says nothing about the speaker "
+                           "or channel, and adapting on it only teaches the model silence", name, SILENCE_PEAK)
         wavs.append(wav)
         names.append(name)
         records.append({"id": uid, "audio": audio, "transcript": transcripts[i]})

@@ -42,6 +42,8 @@ import re
 
 import torch
 
+from sb_meta.utils import check_output, safe_name
+
 __all__ = ["CHANNELS", "apply_channel", "snr_db", "prepare_channels", "check_channel"]
 
 SAMPLE_RATE = 16000
@@ -127,6 +129,28 @@ def _fingerprint(paths, channels):
     return h.hexdigest()
 
 
+def _stamp(path):
+    """The record of an earlier run in ``path`` (``channels.json``), or None."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _check_ours(out, manifests, previous):
+    """Refuse to replace files an earlier run of this function did not write."""
+    ours = set(previous.get("files", [p.name for p in manifests])) if previous is not None else set()
+    foreign = [p for p in manifests if p.exists() and p.name not in ours]
+    if previous is None and (out / "wav").exists():
+        foreign.append(out / "wav")
+    if foreign:
+        raise FileExistsError(
+            f"{foreign[0]} exists and sb-meta channels did not write it; nothing was written: "
+            "give --out a new or empty folder (or one an earlier `sb-meta channels` wrote)"
+        )
+
+
 def prepare_channels(manifests, out, channels, seed=0, progress=True):
     """Write every utterance of ``manifests`` through every channel.
 
@@ -135,7 +159,10 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
     manifests : dict
         ``split -> manifest path`` (``ID``, ``duration``, ``wav``, ``spk_id``, ``wrd``...).
     out : str or pathlib.Path
-        Folder for ``wav/<channel>/<ID>.wav`` and the new manifests ``<split>.csv``.
+        Folder for ``wav/<channel>/<ID>.wav`` and the new manifests ``<split>.csv``
+        (IDs and channels made file names by :func:`sb_meta.utils.safe_name`). It
+        may not be, nor contain, an input manifest, and files there that an earlier
+        run did not write are never replaced (``channels.json`` records what it wrote).
     channels : list of str
         Channel names.
     seed : int
@@ -156,13 +183,22 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
 
     channels = [check_channel(c) for c in channels]
     out = pathlib.Path(out)
+    check_output(out, list(manifests.values()))
     stamp = out / "channels.json"
-    key = {"channels": channels, "seed": seed, "inputs": _fingerprint(manifests.values(), channels)}
-    result = {split: out / f"{split}.csv" for split in manifests}
-    if stamp.is_file() and json.loads(stamp.read_text()) == key and all(p.is_file() for p in result.values()):
+    result = {split: out / safe_name(split, "split", suffix=".csv") for split in manifests}
+    key = {"channels": channels, "seed": seed, "inputs": _fingerprint(manifests.values(), channels),
+           "files": sorted(p.name for p in result.values())}
+    previous = _stamp(stamp)
+    if previous == key and all(p.is_file() for p in result.values()):
         return result
+    _check_ours(out, result.values(), previous)
     rows_by_split = {s: read_manifest(p, required=("ID", "duration", "wav", "spk_id", "wrd"))
                      for s, p in manifests.items()}
+    # every name checked before anything is written
+    files = {(c, row["ID"]): out / "wav" / safe_name(c, "channel") / safe_name(row["ID"], "utterance ID", ".wav")
+             for rows in rows_by_split.values() for row in rows for c in channels}
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(dict(key, complete=False), indent=2) + "\n")  # ours, even if interrupted
     total = sum(len(r) for r in rows_by_split.values()) * len(channels)
     bar = tqdm(total=total, desc="channels", unit="utt", disable=not progress)
     for split, rows in rows_by_split.items():
@@ -171,7 +207,7 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
             wav = read_audio_checked(row["wav"], SAMPLE_RATE)
             for channel in channels:
                 uid = f"{row['ID']}@{channel}"
-                path = out / "wav" / channel / f"{row['ID']}.wav"
+                path = files[channel, row["ID"]]
                 path.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256(f"{seed}/{row['ID']}/{channel}".encode()).digest()
                 y = apply_channel(wav, channel, seed=int.from_bytes(digest[:8], "little"))

@@ -75,7 +75,7 @@ def _private_library_path():
         src = pathlib.Path(espeakng_loader.get_library_path())
         folder = tempfile.mkdtemp(prefix="sbmeta-espeak-")
         atexit.register(shutil.rmtree, folder, True)
-        dst = pathlib.Path(folder) / f"sbmeta-{src.name}"
+        dst = pathlib.Path(folder) / f"sbmeta-{src.name}"  # safe-path: a file of the espeak package
         shutil.copyfile(src, dst)
         _STATE["lib_copy"] = str(dst)
     return _STATE["lib_copy"]

@@ -346,9 +346,12 @@ def summarize_manifest(path, task_column="spk_id"):
 def format_summary_table(folder, splits=("train", "valid", "test"), task_column="spk_id"):
     """Return a plain-text table summarising the manifests of ``folder``.
 
-    Splits whose CSV is absent are left out.
+    Splits whose CSV is absent are left out; a folder with none of them is an
+    error (``FileNotFoundError`` naming the folder and the files looked for).
     """
     folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"manifest folder {folder} does not exist or is not a folder")
     lines = [f"{'split':<8}{task_column + 's':>10}{'utterances':>12}{'hours':>9}"]
     for split in splits:
         csv_path = folder / f"{split}.csv"
@@ -356,4 +359,9 @@ def format_summary_table(folder, splits=("train", "valid", "test"), task_column=
             continue
         s = summarize_manifest(csv_path, task_column)
         lines.append(f"{split:<8}{s['tasks']:>10}{s['utterances']:>12}{s['hours']:>9.3f}")
+    if len(lines) == 1:
+        raise FileNotFoundError(
+            f"{folder} holds none of the manifests {', '.join(f'{s}.csv' for s in splits)}; give the folder "
+            "that `sb-meta synth` or a recipe's prepare script wrote (or --splits naming its CSVs)"
+        )
     return "\n".join(lines)

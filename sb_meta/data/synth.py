@@ -35,7 +35,7 @@ from sb_meta.data.espeak import (  # noqa: F401 - synthesize / list_voices are p
     synthesize,
 )
 from sb_meta.data.manifest import write_manifest
-from sb_meta.utils import atomic_open
+from sb_meta.utils import atomic_open, safe_name
 
 __all__ = ["generate_corpus", "generate_word_corpus", "list_voices", "available_languages",
            "make_speakers", "synthesize", "apply_channel"]
@@ -429,13 +429,13 @@ def generate_corpus(
     bar = tqdm(total=speakers * utts_per_speaker, desc="synthesising", unit="utt", disable=not progress)
     try:
         for spk, split in zip(specs, split_of):
-            spk_dir = out_dir / "wav" / spk.spk_id
+            spk_dir = out_dir / "wav" / safe_name(spk.spk_id, "speaker")
             spk_dir.mkdir(parents=True, exist_ok=True)
             for u in range(utts_per_speaker):
                 text = _utterance_text(wordlists[spk.lang], spk, u)
                 wav = _render(spk, text, u)
                 uid = f"{spk.spk_id}_{u:0{width}d}"
-                path = spk_dir / f"{uid}.wav"
+                path = spk_dir / safe_name(uid, "utterance ID", suffix=".wav")
                 soundfile.write(str(path), wav, SAMPLE_RATE, subtype="PCM_16")
                 rows[split].append(
                     {
@@ -454,7 +454,7 @@ def generate_corpus(
 
     summary = {}
     for split in SPLITS:
-        write_manifest(out_dir / f"{split}.csv", rows[split], extra_columns=["lang", "voice"])
+        write_manifest(out_dir / f"{split}.csv", rows[split], extra_columns=["lang", "voice"])  # safe-path: SPLITS
         seconds = sum(round(r["duration"], 3) for r in rows[split])
         summary[split] = {
             "speakers": len({r["spk_id"] for r in rows[split]}),
@@ -546,11 +546,12 @@ def generate_word_corpus(out_dir, words=200, voices=40, lang="en", seed=0, valid
         for split in SPLITS:
             rows = []
             for spk in voice_split[split]:
-                (out_dir / "wav" / spk.spk_id).mkdir(parents=True, exist_ok=True)
+                spk_dir = out_dir / "wav" / safe_name(spk.spk_id, "speaker")
+                spk_dir.mkdir(parents=True, exist_ok=True)
                 for word in word_split[split]:
                     wav = _render(spk, word, chosen.index(word))
                     uid = f"{spk.spk_id}_{re.sub(r'[^a-z0-9]+', '_', word)}"
-                    path = out_dir / "wav" / spk.spk_id / f"{uid}.wav"
+                    path = spk_dir / safe_name(uid, "utterance ID", suffix=".wav")
                     soundfile.write(str(path), wav, SAMPLE_RATE, subtype="PCM_16")
                     rows.append({"ID": uid, "duration": f"{len(wav) / SAMPLE_RATE:.3f}", "wav": str(path),
                                  "start": 0, "stop": len(wav), "word": word.upper(),

@@ -32,6 +32,7 @@ tasks and draws (:mod:`sb_meta.evaluation.statistics`).
 
 import hashlib
 import logging
+import math
 import os
 import pathlib
 import random
@@ -104,9 +105,33 @@ def error_rates(hyps, refs, ids=None):
     return float(wer.summarize("error_rate")), float(cer.summarize("error_rate"))
 
 
-def resolve_wav(path, data_root):
-    """A manifest's ``wav`` entry with SpeechBrain's ``$data_root`` replaced."""
-    return str(path).replace("$data_root", str(data_root)) if data_root is not None else str(path)
+def resolve_wav(path, data_root, manifest=None):
+    """A manifest's ``wav`` entry with SpeechBrain's ``$data_root`` replaced.
+
+    A relative path is read from the working directory, as SpeechBrain reads
+    it; when no such file is there but one is beside ``manifest`` (the
+    manifest's folder), that one. When neither exists the
+    ``FileNotFoundError`` names both places.
+
+    Example
+    -------
+    >>> resolve_wav("$data_root/a.wav", "/corpus")
+    '/corpus/a.wav'
+    >>> resolve_wav("no/such.wav", None, manifest="/m/test.csv")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: audio file no/such.wav does not exist: relative paths are read from the working directory (.../no/such.wav) and then from the manifest's folder (/m/no/such.wav)
+    """
+    text = str(path).replace("$data_root", str(data_root)) if data_root is not None else str(path)
+    if manifest is None or os.path.isabs(text) or not text.strip() or os.path.exists(text):
+        return text
+    beside = pathlib.Path(manifest).parent / text
+    if beside.exists():
+        return str(beside)
+    raise FileNotFoundError(
+        f"audio file {text} does not exist: relative paths are read from the working directory "
+        f"({pathlib.Path(text).absolute()}) and then from the manifest's folder ({beside})"
+    )
 
 
 def _parse_ks(ks):
@@ -187,6 +212,8 @@ def evaluate_kshot(
 
     from sb_meta.data.manifest import read_manifest
 
+    if lr is not None and not (math.isfinite(float(lr)) and float(lr) > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r} (every draw would fail)")
     if isinstance(model, (str, os.PathLike)):
         from sb_meta.adapt import load_model
 
@@ -208,12 +235,17 @@ def evaluate_kshot(
     if not rows:
         raise ValueError(f"manifest {manifest_csv} has no utterance")
     data_root = manifest_csv.parent if data_root is None else data_root
-    by_id, groups = {}, {}
+    by_id, groups, missing = {}, {}, {}
     for row in rows:
         uid = str(row["ID"])
         if uid in by_id:
             raise ValueError(f"manifest {manifest_csv} has a duplicate ID {uid!r}")
-        by_id[uid] = dict(row, wav=resolve_wav(row["wav"], data_root))
+        try:
+            wav = resolve_wav(row["wav"], data_root, manifest_csv)
+        except FileNotFoundError as exc:
+            wav = str(row["wav"])
+            missing[uid] = str(exc)
+        by_id[uid] = dict(row, wav=wav)
         groups.setdefault(str(row[task_column]), []).append(uid)
     if tasks is not None:
         unknown = sorted(set(map(str, tasks)) - set(groups))
@@ -226,7 +258,7 @@ def evaluate_kshot(
     for uid in sorted(u for ids in groups.values() for u in ids):
         row = by_id[uid]
         if not pathlib.Path(row["wav"]).is_file():
-            problems.append(f"{uid}: audio file {row['wav']} does not exist")
+            problems.append(f"{uid}: " + missing.get(uid, f"audio file {row['wav']} does not exist"))
             continue
         try:
             model.encode_transcript(row["wrd"], name=uid)

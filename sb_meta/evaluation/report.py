@@ -268,7 +268,9 @@ def plot_task_changes(results, path):
 def check_report_folder(out_dir):
     """Raise before any work when ``out_dir`` cannot hold a report.
 
-    It must be a folder, or not exist yet with a writable parent.
+    It must be a folder, or not exist yet with a writable parent; report files
+    already there are replaced only when they are an earlier report's (its
+    ``results.json`` is an evaluation's).
 
     Example
     -------
@@ -286,6 +288,24 @@ def check_report_folder(out_dir):
     parent = out_dir if out_dir.exists() else next(p for p in out_dir.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write the report folder {out_dir}: {parent} is not writable")
+    present = [out_dir / n for n in REPORT_FILES if (out_dir / n).exists()]
+    if present and not _is_report(out_dir / "results.json"):
+        raise FileExistsError(
+            f"{present[0]} exists and is not part of an earlier sb-meta report; nothing was written: "
+            "give --out a new or empty folder (or an earlier report's)"
+        )
+
+
+#: the files :func:`write_report` writes
+REPORT_FILES = ("results.json", "report.md", "wer_vs_k.png", "per_task.png")
+
+
+def _is_report(path):
+    try:
+        data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"config", "summary"} <= set(data)
 
 
 def write_report(results, out_dir):

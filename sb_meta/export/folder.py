@@ -186,12 +186,20 @@ def _replace_dir(new, dest):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask():
+    """The process's umask (reading it means setting it: set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_folder(dest, force=False):
     """Yield a temporary folder that replaces ``dest`` when the block succeeds.
 
     See the module documentation for when an existing ``dest`` may be
-    replaced. The temporary folder is removed if the block raises.
+    replaced. The temporary folder is removed if the block raises. The new
+    folder gets the permissions the umask gives a new folder (``mkdir``'s).
     """
     dest = pathlib.Path(dest).absolute()
     check_destination(dest, force)
@@ -200,6 +208,7 @@ def atomic_folder(dest, force=False):
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{os.getpid()}-", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from other users
         check_destination(dest, force)  # nothing appeared meanwhile
         _replace_dir(tmp, dest)
     except BaseException:

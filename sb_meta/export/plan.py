@@ -21,6 +21,7 @@ import torch
 from sb_meta.contract import ASRPredictions
 from sb_meta.export.folder import META_FILE, atomic_folder
 from sb_meta.export.yaml import dump
+from sb_meta.utils import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +226,11 @@ def write_export(plan, folder, force=False, verify=True, device=None):
         (tmp / HPARAMS_FILE).write_text(text, encoding="utf-8")
         written = [HPARAMS_FILE, META_FILE]
         for name, obj in plan.loadables.items():
-            save_loadable(obj, tmp / f"{name}.ckpt")
-            written.append(f"{name}.ckpt")
+            file = safe_name(name, "loadable", suffix=".ckpt")  # names from a model's YAML
+            save_loadable(obj, tmp / file)
+            written.append(file)
         for name, data in plan.files.items():
-            (tmp / name).write_bytes(data)
+            (tmp / safe_name(name, "file")).write_bytes(data)
             written.append(name)
         info = dict(plan.info, files=sorted(set(written)), format=FORMAT, interface=plan.interface)
         (tmp / META_FILE).write_text(json.dumps(jsonable(info), indent=2) + "\n", encoding="utf-8")

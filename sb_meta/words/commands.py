@@ -25,6 +25,8 @@ import random
 import sys
 
 from sb_meta.adapt.commands import _int_list
+from sb_meta.trust import add_trust_option
+from sb_meta.utils import check_output
 
 __all__ = ["add_commands"]
 
@@ -78,8 +80,9 @@ def _cmd_enrol(args):
     from sb_meta.words.model import load_word_model
 
     check_destination(args.out, force=args.force)
+    check_output(args.out, [args.model, args.manifest])
     examples, names = _examples(args)
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     enrolled = model.enrol(examples, names=names)
     out = enrolled.export(args.out, force=args.force)
     counts = ", ".join(f"{w} ({len(v)})" for w, v in examples.items())
@@ -92,7 +95,7 @@ def _cmd_enrol(args):
 def _cmd_classify(args):
     from sb_meta.words.model import load_word_model
 
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     failed = 0
     for path in args.files:
         try:
@@ -111,8 +114,10 @@ def _cmd_evaluate(args):
     from sb_meta.words.evaluation import evaluate_word_model, format_results
     from sb_meta.words.model import load_word_model
 
+    if args.out:
+        check_output(args.out, [args.data, args.model])
     rows = _manifest_rows(args.data)
-    model = load_word_model(args.model, device=args.device)
+    model = load_word_model(args.model, device=args.device, trust=args.trust_model)
     report = evaluate_word_model(model, rows, n_way=args.way, shots=args.shots, n_query=args.query,
                                  episodes=args.episodes, seed=args.seed,
                                  allow_seen_classes=args.allow_seen_classes)
@@ -129,6 +134,7 @@ def _cmd_evaluate(args):
 def _cmd_synth(args):
     from sb_meta.data.synth import generate_word_corpus
 
+    check_output(args.out)
     summary = generate_word_corpus(args.out, words=args.words, voices=args.voices, lang=args.lang,
                                    seed=args.seed, channel=not args.no_channel, progress=not args.quiet,
                                    exclude=[w for w in (args.exclude or "").split(",") if w.strip()])
@@ -155,12 +161,14 @@ def add_commands(subparsers):
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="new folder for the enrolled model")
     p.add_argument("--force", action="store_true", help="replace an earlier sb-meta export at --out")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_enrol)
 
     p = sub.add_parser("classify", help="classify recordings (prints path<TAB>word<TAB>probability)")
     p.add_argument("--model", required=True, help="word model folder with enrolled words")
     p.add_argument("--device", default=None)
     p.add_argument("files", nargs="+")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("evaluate", help="N-way k-shot accuracy with a 95%% confidence interval")
@@ -175,6 +183,7 @@ def add_commands(subparsers):
                    help="evaluate even on classes the encoder was trained on")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    add_trust_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("synth", help="generate a single-word synthetic corpus (many words x many voices)")

@@ -40,6 +40,7 @@ import torch
 from sb_meta.export.folder import META_FILE, atomic_folder
 from sb_meta.export.plan import FORMAT, HPARAMS_FILE, jsonable, now, probe_batch, save_loadable, versions
 from sb_meta.export.yaml import closure, dump, load_resolved
+from sb_meta.utils import safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ def write_word_folder(folder, doc, loadables, info, reference=None, force=False,
         (tmp / HPARAMS_FILE).write_text(text, encoding="utf-8")
         written = [HPARAMS_FILE, META_FILE]
         for name, obj in loadables.items():
-            save_loadable(obj, tmp / f"{name}.ckpt")
-            written.append(f"{name}.ckpt")
+            file = safe_name(name, "loadable", suffix=".ckpt")
+            save_loadable(obj, tmp / file)
+            written.append(file)
         full = dict(info, files=sorted(written), format=FORMAT, interface=INTERFACE, kind=KIND)
         (tmp / META_FILE).write_text(json.dumps(jsonable(full), indent=2) + "\n", encoding="utf-8")
         if verify:

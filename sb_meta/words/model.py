@@ -207,8 +207,12 @@ class WordModel:
         """Write this model (with its enrolled words) as a SpeechBrain folder."""
         from ruamel.yaml import YAML
 
+        from sb_meta.trust import unneeded_untrusted_keys
+
         body = "".join(line for line in self.yaml_text.splitlines(True) if not line.startswith("#"))
         doc = YAML().load(body)
+        for key in unneeded_untrusted_keys(body):  # code of a folder loaded with trust=True, unused
+            doc.pop(key)
         set_classifier(doc, self.head)
         mods = self.classifier.mods
         loadables = {
@@ -229,8 +233,11 @@ def _name(rec):
     return str(rec) if not torch.is_tensor(rec) else "<waveform>"
 
 
-def load_word_model(folder, device=None):
+def load_word_model(folder, device=None, trust=False):
     """Load a word model folder (see :mod:`sb_meta.words.export`).
+
+    A folder whose ``hyperparams.yaml`` names code outside what
+    :mod:`sb_meta.trust` allows is refused unless ``trust=True``.
 
     Raises
     ------
@@ -256,6 +263,11 @@ def load_word_model(folder, device=None):
     missing = [f for f in info.get("files", []) if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"the word model in {folder} is incomplete: missing {missing}")
+    if not trust:
+        from sb_meta.trust import check_model_folder
+
+        hp = folder / HPARAMS_FILE
+        check_model_folder(folder, hp.read_text(encoding="utf-8") if hp.is_file() else "", str(hp), info)
     try:
         classifier = load_interface(INTERFACE, folder, savedir=folder, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with the folder named

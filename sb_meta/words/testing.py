@@ -20,6 +20,8 @@ import pathlib
 
 import numpy as np
 
+from sb_meta.utils import safe_name
+
 __all__ = ["make_tone_words", "TINY_WORD_YAML", "WORD_COLUMNS"]
 
 WORD_COLUMNS = ("ID", "duration", "wav", "start", "stop", "word", "spk_id")
@@ -66,11 +68,11 @@ def make_tone_words(folder, words=6, speakers=3, per_speaker=3, seed=0, name="wo
                 wav = np.concatenate([np.zeros(lead), word, np.zeros(tail)])
                 wav = (wav + 0.01 * rng.standard_normal(len(wav))).astype(np.float32)
                 uid = f"s{s}_w{w}_{r}"
-                path = folder / "wav" / f"{uid}.wav"
+                path = folder / "wav" / safe_name(uid, "utterance ID", suffix=".wav")
                 soundfile.write(str(path), wav, sr)
                 rows.append({"ID": uid, "duration": f"{len(word) / sr:.3f}", "wav": str(path),
                              "start": lead, "stop": lead + len(word), "word": f"W{w}", "spk_id": f"s{s}"})
-    path = folder / name
+    path = folder / safe_name(name, "manifest")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(WORD_COLUMNS))
         writer.writeheader()
