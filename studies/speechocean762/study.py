@@ -520,6 +520,25 @@ def cmd_children(args):
     return results
 
 
+#: speed perturbation of adult speech as a child proxy: the adults-only base fine-tuned on adult
+#: speech sped up by 5-20% (pitch and formants rise with it) against the same fine-tuning at
+#: the recipe's usual speeds
+PERTURB = {"child_proxy": [105, 110, 115, 120], "control": [95, 100, 105]}
+PERTURB_EPOCHS = 4
+
+
+def cmd_perturb(args):
+    """The adults-only base fine-tuned on perturbed adult speech, and its control."""
+    root = corpus_root("SBMETA_SPEECHOCEAN762_ROOT")
+    base = model_folder(args.base)
+    records = {}
+    for name, speeds in PERTURB.items():
+        ov = dict(BASE, data_folder=root, prepare_folder=manifests(), init_from=base, train_age_group="adult",
+                  number_of_epochs=PERTURB_EPOCHS, lr=0.0005, warmup_steps=0, perturb_speeds=speeds)
+        records[name] = train("SpeechOcean762", "crdnn_ctc_meta.yaml", OUT / "base" / f"{args.base}_{name}", ov)
+    return records
+
+
 # --------------------------------------------------------------------- report
 def _pct(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}"
@@ -644,6 +663,8 @@ def build_parser():
     c = sub.add_parser("children", help="domain adaptation of the adults-only base to children")
     c.add_argument("--model", default="base_an4_adult")
     c.add_argument("--decoder", choices=("greedy", "lexicon"), default="lexicon")
+    pp = sub.add_parser("perturb", help="the adults-only base fine-tuned on sped-up adult speech, and a control")
+    pp.add_argument("--base", default="base_an4_adult")
     sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and results.md")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
@@ -666,7 +687,7 @@ def build_parser():
     return p
 
 
-COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "report": cmd_report, "score": cmd_score, "select": cmd_select,
+COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "perturb": cmd_perturb, "report": cmd_report, "score": cmd_score, "select": cmd_select,
             "evaluate": cmd_evaluate}
 
 
