@@ -17,6 +17,10 @@ keys of its own:
   age group's speakers only: an adults-only base makes the adult-to-child shift;
 - ``train_utterances``: keep only this many training utterances (drawn with
   ``data_seed``): domain adaptation from a few transcribed utterances;
+- ``untranscribed_children``: add this many child utterances of the training
+  speakers to an adults-only training set without their transcripts (no
+  recognition loss; an add-on such as ``dann`` with ``dann_column: age_group``
+  learns from their audio);
 - ``init_from`` with a character model of another corpus (e.g. an AN4 export)
   keeps that model's label order and gives characters it lacks unused output
   rows (see :func:`sb_meta.recipe.prepare_tokenizer`).
@@ -27,6 +31,7 @@ import random
 import sys
 
 import speechbrain as sb
+import torch
 
 from sb_meta.data.manifest import read_manifest, write_manifest
 from sb_meta.recipe import RecipeError, run_main
@@ -37,11 +42,47 @@ sys.path.insert(0, str(HERE))
 from speechocean762_prepare import EXTRA_COLUMNS, prepare_speechocean762  # noqa: E402
 
 an4 = load_script(HERE.parent / "AN4" / "train.py", "sbmeta_recipe_an4")
-dataio_prepare = an4.dataio_prepare
+
+
+def dataio_prepare(hparams, csvs):
+    """The AN4 recipe's datasets, each batch also carrying ``transcribed`` (1.0, or 0.0 for
+    the untranscribed utterances ``untranscribed_children`` adds)."""
+    datasets = an4.dataio_prepare(hparams, csvs)
+    items = list(datasets.values())
+    untranscribed = hparams.get("untranscribed_ids") or set()
+
+    @sb.utils.data_pipeline.takes("id")
+    @sb.utils.data_pipeline.provides("transcribed")
+    def transcribed_pipeline(uid):
+        return torch.tensor(0.0 if uid in untranscribed else 1.0)
+
+    sb.dataio.dataset.add_dynamic_item(items, transcribed_pipeline)
+    sb.dataio.dataset.set_output_keys(items, ["id", "sig", "wrd", "tokens", "tokens_bos", "tokens_eos", "transcribed"])
+    return datasets
 
 
 class ASR(an4.ASR):
-    """The AN4 recipe's brain (CRDNN or Transformer, CTC head, optional attention decoder)."""
+    """The AN4 recipe's brain (CRDNN or Transformer, CTC head, optional attention decoder).
+
+    Untranscribed training utterances (``untranscribed_children``) give no recognition
+    loss: their CTC term is weighted 0, so only the add-ons' terms (e.g. ``dann``'s domain
+    loss on the encoder features) learn from their audio.
+    """
+
+    def compute_objectives(self, predictions, batch, stage):
+        weights = getattr(batch, "transcribed", None)
+        if stage != sb.Stage.TRAIN or weights is None or bool((weights > 0).all()) or \
+                predictions.seq_log_probs is not None:
+            return super().compute_objectives(predictions, batch, stage)
+        tokens, tokens_lens = batch.tokens
+        weights = weights.to(predictions.log_probs.device)
+        if predictions.extra.get("augmented"):
+            replicate = self.hparams.wav_augment.replicate_labels
+            tokens, tokens_lens, weights = replicate(tokens), replicate(tokens_lens), replicate(weights)
+        per_utt = self.hparams.ctc_cost(predictions.log_probs, tokens, predictions.lengths, tokens_lens,
+                                        reduction="batch")
+        # a batch of untranscribed utterances only still keeps the graph (a zero loss)
+        return (per_utt * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def prepare(hparams):
@@ -71,6 +112,21 @@ def prepare(hparams):
     if count is not None:
         name = csvs["train"].stem + f"_{int(count)}utt_seed{data_seed}.csv"
         csvs["train"] = _select(csvs["train"], name, count=int(count), seed=data_seed)
+    extra = hparams.get("untranscribed_children")
+    if extra:
+        if group != "adult":
+            raise RecipeError("untranscribed_children adds child audio to an adults-only training set: "
+                              "set train_age_group: adult")
+        children = _select(folder / "train.csv", f"train_child_{int(extra)}utt_seed{data_seed}.csv",
+                           group="child", count=int(extra), seed=data_seed)
+        # the ids dataio_prepare marks untranscribed (their transcripts stay in the manifest,
+        # which the pipeline needs, but no loss reads them)
+        hparams["untranscribed_ids"] = {r["ID"] for r in read_manifest(children)}
+        merged = csvs["train"].with_name(csvs["train"].stem + f"_plus{int(extra)}untranscribed.csv")
+        sb.utils.distributed.run_on_main(
+            write_manifest, args=[merged, read_manifest(csvs["train"]) + read_manifest(children)],
+            kwargs={"extra_columns": EXTRA_COLUMNS})
+        csvs["train"] = merged
     return csvs
 
 

@@ -539,6 +539,25 @@ def cmd_perturb(args):
     return records
 
 
+#: domain-adversarial fine-tuning from untranscribed child audio: the adults-only base on
+#: adult speech plus 100 untranscribed training-child utterances, dann on age_group (two
+#: weights, chosen on the dev children); its control is perturb's (the same fine-tuning on
+#: adult speech alone)
+DANN_WEIGHTS = (0.1, 1.0)
+
+
+def cmd_dann(args):
+    root = corpus_root("SBMETA_SPEECHOCEAN762_ROOT")
+    base = model_folder(args.base)
+    records = {}
+    for w in DANN_WEIGHTS:
+        ov = dict(BASE, data_folder=root, prepare_folder=manifests(), init_from=base, train_age_group="adult",
+                  number_of_epochs=PERTURB_EPOCHS, lr=0.0005, warmup_steps=0, untranscribed_children=100,
+                  meta_addons=["dann"], dann_column="age_group", dann_weight=w)
+        records[w] = train("SpeechOcean762", "crdnn_ctc_meta.yaml", OUT / "base" / f"{args.base}_dann{w:g}", ov)
+    return records
+
+
 # --------------------------------------------------------------------- report
 def _pct(x, digits=1):
     return "-" if x is None else f"{x:.{digits}f}"
@@ -665,6 +684,8 @@ def build_parser():
     c.add_argument("--decoder", choices=("greedy", "lexicon"), default="lexicon")
     pp = sub.add_parser("perturb", help="the adults-only base fine-tuned on sped-up adult speech, and a control")
     pp.add_argument("--base", default="base_an4_adult")
+    dn = sub.add_parser("dann", help="the adults-only base fine-tuned with dann on untranscribed child audio")
+    dn.add_argument("--base", default="base_an4_adult")
     sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and results.md")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
@@ -687,7 +708,7 @@ def build_parser():
     return p
 
 
-COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "perturb": cmd_perturb, "report": cmd_report, "score": cmd_score, "select": cmd_select,
+COMMANDS = {"an4-base": cmd_an4_base, "base": cmd_base, "meta": cmd_meta, "children": cmd_children, "perturb": cmd_perturb, "dann": cmd_dann, "report": cmd_report, "score": cmd_score, "select": cmd_select,
             "evaluate": cmd_evaluate}
 
 

@@ -90,3 +90,48 @@ def test_init_from_another_corpus_keeps_its_label_order(speechocean762_root, crd
     got = [ours.ind2lab[i] for i in range(len(ours))]
     assert got[z] == "Z"  # the first unused slot
     assert [i for i, (a, b) in enumerate(zip(got, labels)) if a != b] == [z]
+
+
+def test_untranscribed_children_give_no_recognition_loss():
+    """The CTC term of an untranscribed utterance is weighted 0: the loss neither reads
+    its transcript nor counts it; with every utterance transcribed it is the mean CTC."""
+    import functools
+    import types
+
+    import torch
+
+    from sb_meta import ASRPredictions
+    from sb_meta.losses import ctc_loss
+
+    torch.manual_seed(0)
+    brain = recipe.ASR.__new__(recipe.ASR)  # only compute_objectives is exercised
+    brain.hparams = types.SimpleNamespace(ctc_cost=functools.partial(ctc_loss, blank_index=0))
+    log_probs = torch.randn(2, 12, 6).log_softmax(-1)
+    lens = torch.ones(2)
+    pred = ASRPredictions(log_probs, lens, None, None, extra={})
+
+    def loss(tokens, transcribed):
+        batch = types.SimpleNamespace(tokens=(tokens, torch.ones(2)), transcribed=torch.tensor(transcribed))
+        return recipe.ASR.compute_objectives(brain, pred, batch, recipe.sb.Stage.TRAIN)
+
+    a = loss(torch.tensor([[1, 2, 3], [4, 5, 1]]), [1.0, 0.0])
+    b = loss(torch.tensor([[1, 2, 3], [2, 2, 2]]), [1.0, 0.0])
+    alone = ctc_loss(log_probs[:1], torch.tensor([[1, 2, 3]]), lens[:1], torch.ones(1), blank_index=0)
+    assert torch.allclose(a, b) and torch.allclose(a, alone)
+
+
+def test_dann_learns_from_untranscribed_child_audio(speechocean762_root, tmp_path):
+    """An adults-only run with child audio added untranscribed and ``dann`` on ``age_group``."""
+    hp = _hparams(speechocean762_root, tmp_path, train_age_group="adult", untranscribed_children=4)
+    csvs = recipe.prepare(hp)
+    rows = read_manifest(csvs["train"])
+    assert len(hp["untranscribed_ids"]) == 4
+    assert {r["age_group"] for r in rows if r["ID"] in hp["untranscribed_ids"]} == {"child"}
+    assert {r["age_group"] for r in rows if r["ID"] not in hp["untranscribed_ids"]} == {"adult"}
+    with pytest.raises(RecipeError, match="set train_age_group: adult"):
+        recipe.prepare(_hparams(speechocean762_root, tmp_path, untranscribed_children=4))
+    out = tmp_path / "exp"
+    _train([f"--data_folder={speechocean762_root}", f"--output_folder={out}", "--meta_strategy=joint",
+            "--plain_batches=True", "--train_age_group=adult", "--untranscribed_children=4",
+            "--meta_addons=[dann]", "--dann_column=age_group", *DEBUG])
+    assert "outer_dann_domain" in (out / "train_log.txt").read_text()
