@@ -2,17 +2,17 @@
 
 Four families of SpeechBrain recognizers are told apart by the modules they hold:
 
-==============  ==========================================  ==========================================
-family          recognised by                               default adapter targets (``peft_targets``)
-==============  ==========================================  ==========================================
-``crdnn``       anything else (CRDNN, RNN encoders)         ``*DNN*`` and ``*ctc_lin*`` linear layers
-``transformer`` SpeechBrain's Transformer / Conformer       attention output and feed-forward
-                (``speechbrain.lobes.models.transformer``)  projections, and the CTC head
-``ssl``         a Hugging Face wav2vec2 / HuBERT / WavLM    attention q/k/v/out (not WavLM's) and
-                (``speechbrain.integrations.huggingface``)  feed-forward projections, the CTC head
-``whisper``     a Hugging Face Whisper                      attention q/k/v/out and ``fc1``/``fc2``
-                                                            of encoder and decoder layers
-==============  ==========================================  ==========================================
+===============  ==========================================  ==========================================
+family           recognised by                               default adapter targets (``peft_targets``)
+===============  ==========================================  ==========================================
+``crdnn``        anything else (CRDNN, RNN encoders)         ``*DNN*`` and ``*ctc_lin*`` linear layers
+``transformer``  SpeechBrain's Transformer / Conformer       attention output and feed-forward
+                 (``speechbrain.lobes.models.transformer``)  projections, and the CTC head
+``ssl``          a Hugging Face wav2vec2 / HuBERT / WavLM    attention q/k/v/out (not WavLM's) and
+                 (``speechbrain.integrations.huggingface``)  feed-forward projections, the CTC head
+``whisper``      a Hugging Face Whisper                      attention q/k/v/out and ``fc1``/``fc2``
+                                                             of encoder and decoder layers
+===============  ==========================================  ==========================================
 
 SpeechBrain's ``RelPosMHAXL`` (Conformer) and ``torch.nn.MultiheadAttention``
 (Transformer ``regularMHA``) keep their query/key/value projection as one
