@@ -599,6 +599,68 @@ def _bases_table():
     return "\n".join(lines)
 
 
+def _curve(folder):
+    """``(epoch, optimizer steps, dev WER, dev CER)`` per epoch from a run's ``train_log.txt``."""
+    import re
+
+    log = pathlib.Path(folder) / "train_log.txt"
+    pts = []
+    for ln in (log.read_text().splitlines() if log.is_file() else []):
+        m = re.search(r"epoch: (\d+).*train steps: (\d+).*valid WER: ([0-9.e+-]+), valid CER: ([0-9.e+-]+)", ln)
+        if m:
+            pts.append((int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))))
+    return pts
+
+
+def _unfinished_table():
+    """Bases whose training has not finished: where each stopped (resumable by its own command)."""
+    import re
+
+    lines = []
+    for folder in sorted((OUT / "base").glob("base_*")):
+        if (folder / "record.json").is_file() or not _curve(folder):
+            continue
+        epoch, steps, wer, cer = _curve(folder)[-1]
+        command = (folder / "command.txt").read_text().strip() if (folder / "command.txt").is_file() else "?"
+        planned = re.search(r"number_of_epochs=(\d+)", command)
+        lines.append(f"| `{folder.name}` | {epoch} of {planned.group(1) if planned else '?'} | {steps} "
+                     f"| {wer:.2f} | {cer:.2f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| unfinished base | epochs done | optimizer steps | last dev WER | last dev CER |",
+                      "|---|---|---|---|---|"] + lines)
+
+
+def _plot_curves(path):
+    """Dev WER and CER of every speechocean762 base against its optimizer steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for folder in sorted((OUT / "base").glob("base_*")):
+        pts = _curve(folder)
+        if not pts:
+            continue
+        line = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", markersize=3, label=f"{folder.name} WER")
+        ax.plot([p[1] for p in pts], [p[3] for p in pts], linestyle="--", color=line[0].get_color(), alpha=0.6,
+                label=f"{folder.name} CER")
+        drawn = True
+    if not drawn:
+        return False
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("dev error rate (%), greedy")
+    ax.set_ylim(0, 105)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("speechocean762 bases: the 16 dev speakers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def _eval_table(results, families=None):
     lines = ["| method | chosen on dev | k | unadapted -> adapted WER | relative [95% CI] | worse speakers |",
              "|---|---|---|---|---|---|"]
@@ -626,7 +688,9 @@ def cmd_report(args):
     DOCS.mkdir(parents=True, exist_ok=True)
     parts = ["# speechocean762: generated tables", "",
              f"Written by `python studies/speechocean762/study.py report` from `results/so762/`.", "",
-             "## Bases", "", _bases_table(), ""]
+             "## Bases", "", _bases_table(), "", _unfinished_table(), ""]
+    if _plot_curves(DOCS / "bases_dev_curve.png"):
+        parts += ["![dev WER and CER of the bases against optimizer steps](bases_dev_curve.png)", ""]
     for decoder in DECODERS:
         for folder in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
             name, label = folder.parent.parent.name, folder.parent.name
