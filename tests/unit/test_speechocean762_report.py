@@ -1,0 +1,72 @@
+"""The speechocean762 study's report renders every section from the records its steps
+write (constructed here, no training), and every study command its docs show parses."""
+
+import json
+import pathlib
+import re
+import shlex
+
+from studies.speechocean762 import study
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def epoch_line(epoch, steps, wer, cer):
+    return (f"epoch: {epoch}, lr: 1.00e-03 - train loss: 1.00, train minutes: {5.0 * epoch:.2f}, "
+            f"train steps: {steps} - valid loss: 1.50, valid WER: {wer}, valid CER: {cer}")
+
+
+def summary(base, adapted, worse=()):
+    return {"base_wer_mean": base, "wer_mean": adapted, "relative": (base - adapted) / base,
+            "relative_ci": [0.01, 0.2], "worse_tasks": list(worse), "tasks": 4}
+
+
+def test_the_report_renders_bases_unfinished_runs_and_evaluations(tmp_path, monkeypatch):
+    out, docs = tmp_path / "so762", tmp_path / "docs"
+    monkeypatch.setattr(study, "OUT", out)
+    monkeypatch.setattr(study, "DOCS", docs)
+    finished = out / "base" / "base_an4"
+    log = [epoch_line(1, 465, 95.0, 60.0), epoch_line(2, 930, 90.0, 50.0)]
+    write(finished / "train_log.txt", "\n".join(log) + "\n")
+    write(finished / "record.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml --init_from=a",
+                                     "epochs": 2, "optimizer_steps": 930, "train_minutes": 10.0,
+                                     "test": {"wer": 88.0, "cer": 49.0}, "train_log": log})
+    write(out / "score" / "base_an4.json",
+          {d: {"test": {g: {"wer": w, "cer": w / 2} for g, w in (("all", 80.0), ("child", 85.0), ("adult", 75.0))}}
+           for d in ("greedy", "lexicon")})
+    running = out / "base" / "base_an4_adult"
+    write(running / "train_log.txt", epoch_line(1, 292, 99.0, 80.0) + "\n")
+    write(running / "command.txt", "python recipes/SpeechOcean762/train.py x.yaml --number_of_epochs=24\n")
+    summ = {"full": {"0": summary(80.0, 80.0), "5": summary(80.0, 72.0, ["s1"])}}
+    write(out / "eval" / "lexicon" / "base_an4" / "speaker_k5" / "results.json",
+          {"summary": summ, "tasks": ["s1", "s2", "s3", "s4"],
+           "config": {"repeats": 2, "selection": {"full": {"full_lr0.02_s3": {"dev_wer": 70.0},
+                                                            "full_lr0.05_s3": {"dev_wer": 75.0}}}},
+           "cost": {"adaptations": 8, "adaptations_per_cpu_minute": 12.5}})
+    study.cmd_report(None)
+    text = (docs / "results.md").read_text()
+    assert "| `base_an4` | AN4 (`an4_base`) | 2 | 930 | 10.0 | 90.0 | 80.0 / 85.0 / 75.0 | 80.0 / 85.0 / 75.0 |" in text
+    assert "| `base_an4_adult` | 1 of 24 | 292 | 99.00 | 80.00 |" in text
+    assert (docs / "bases_dev_curve.png").stat().st_size > 0
+    assert "| full | full_lr0.02_s3 | 5 | 80.00 -> 72.00 | +10.0% [+1.0, +20.0] | 1/4 |" in text
+    assert (docs / "speaker_k5" / "base_an4" / "results.json").is_file()
+
+
+def test_every_speechocean762_command_the_docs_show_parses():
+    """A step renamed or an option dropped would leave the write-up showing commands that no
+    longer run."""
+    parser = study.build_parser()
+    shown = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        if doc.name == "report.md":
+            continue
+        text = doc.read_text().replace("\\\n", " ")
+        shown += re.findall(r"python studies/speechocean762/study\.py ([^`\n]+)", text)
+    for line in shown:
+        args = parser.parse_args(shlex.split(line, comments=True))
+        assert args.command in study.COMMANDS, line
