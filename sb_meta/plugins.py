@@ -34,6 +34,12 @@ from sb_meta import hookspecs
 ENTRY_POINT_GROUP = "sb_meta.plugins"
 HOOK_PREFIX = "sbmeta_"
 hookimpl = pluggy.HookimplMarker("sb_meta")
+#: hooks called on plugin modules, once, when a registry is built; every
+#: other hook is per-brain: called only on a brain's strategy and add-ons
+REGISTRY_HOOKS = ("sbmeta_strategies", "sbmeta_addons")
+#: pluggy's ordering markers, which per-brain hooks cannot honour: they run on
+#: the strategy, then the add-ons in ``meta_addons`` order
+ORDER_MARKERS = ("tryfirst", "trylast", "wrapper", "hookwrapper")
 
 
 class PluginError(Exception):
@@ -72,9 +78,11 @@ class PluginManager(pluggy.PluginManager):
     sb_meta.plugins.PluginLoadError: plugin 'typo' implements 'sbmeta_los', which is not an sb-meta hook (did you mean 'sbmeta_loss'?); ...
     """
 
-    def __init__(self):
+    def __init__(self, per_brain=False):
         super().__init__("sb_meta")
         self.add_hookspecs(hookspecs)
+        #: whether plugins are a brain's strategy and add-ons (else plugin modules)
+        self.per_brain = per_brain
 
     def parse_hookimpl_opts(self, plugin, name):
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -88,11 +96,19 @@ class PluginManager(pluggy.PluginManager):
         return opts
 
     def register(self, plugin, name=None):
-        check_hook_names(plugin, name or getattr(plugin, "__name__", repr(plugin)))
+        who = name or getattr(plugin, "__name__", repr(plugin))
+        check_hook_names(plugin, who)
         try:
-            return super().register(plugin, name=name)
+            registered = super().register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {name!r}: {exc}") from None
+            lines = (line.strip() for line in str(exc).splitlines())
+            raise PluginLoadError(f"plugin {who!r}: {'; '.join(x for x in lines if x)}") from None
+        try:
+            check_hook_placement(self, plugin, who)
+        except PluginLoadError:
+            self.unregister(plugin)
+            raise
+        return registered
 
 
 def check_hook_names(obj, who):
@@ -115,6 +131,50 @@ def check_hook_names(obj, who):
                 f"plugin {who!r} implements {name!r}, which is not an sb-meta hook{hint}; "
                 f"hooks are: {', '.join(known)}"
             )
+
+
+def check_hook_placement(pm, plugin, who):
+    """Raise :class:`PluginLoadError` for a hook ``plugin`` (registered with
+    ``pm``) implements where it would never be called, or with an ordering
+    marker it would not honour.
+
+    Per-brain hooks are called only on a brain's strategy and add-ons (methods
+    of the classes ``sbmeta_strategies`` / ``sbmeta_addons`` return), in a
+    fixed order, so a plugin module implementing one, or an implementation
+    marked ``tryfirst``, ``trylast``, ``wrapper`` or ``hookwrapper``, would be
+    silently ignored; :data:`REGISTRY_HOOKS` are called on plugin modules only.
+
+    Example
+    -------
+    >>> class Early:
+    ...     @hookimpl(tryfirst=True)
+    ...     def sbmeta_loss(self, loss):
+    ...         return None
+    >>> PluginManager(per_brain=True).register(Early, name="early")
+    Traceback (most recent call last):
+    ...
+    sb_meta.plugins.PluginLoadError: plugin 'early': sbmeta_loss is marked tryfirst, which per-brain hooks ignore (they run on the strategy, then the add-ons in meta_addons order); remove the marker
+    """
+    for caller in pm.get_hookcallers(plugin) or []:
+        name = caller.name
+        for impl in (i for i in caller.get_hookimpls() if i.plugin is plugin):
+            if name in REGISTRY_HOOKS and pm.per_brain:
+                raise PluginLoadError(
+                    f"plugin {who!r}: {name} is called only on plugin modules, never on a strategy or "
+                    "add-on; define it as a module-level function of the plugin"
+                )
+            if name not in REGISTRY_HOOKS and not pm.per_brain:
+                raise PluginLoadError(
+                    f"plugin {who!r} implements the per-brain hook {name} at module level, where it is "
+                    "never called; make it a method of the AddOn or Strategy subclass that the plugin's "
+                    "sbmeta_addons / sbmeta_strategies returns"
+                )
+            marked = [m for m in ORDER_MARKERS if pm.per_brain and getattr(impl, m, False)]
+            if marked:
+                raise PluginLoadError(
+                    f"plugin {who!r}: {name} is marked {marked[0]}, which per-brain hooks ignore (they "
+                    "run on the strategy, then the add-ons in meta_addons order); remove the marker"
+                )
 
 
 @dataclass
@@ -228,7 +288,8 @@ class PluginRegistry:
                         raise TypeError(f"{hook} returned {cls!r}, not a {base.__name__} subclass")
                     if not getattr(cls, "name", None):
                         raise TypeError(f"{cls.__qualname__} has no 'name'")
-                    check_hook_names(cls, f"{name}: {cls.__qualname__}")
+                    # its hooks: known, where they are called, no ordering marker
+                    PluginManager(per_brain=True).register(cls, name=f"{name}: {cls.__qualname__}")
                     if cls.name in table:
                         prev = table[cls.name]
                         raise PluginLoadError(
