@@ -290,6 +290,8 @@ class PluginRegistry:
                         raise TypeError(f"{cls.__qualname__} has no 'name'")
                     # its hooks: known, where they are called, no ordering marker
                     PluginManager(per_brain=True).register(cls, name=f"{name}: {cls.__qualname__}")
+                    if base is AddOn:
+                        self._check_declaration(cls, name)
                     if cls.name in table:
                         prev = table[cls.name]
                         raise PluginLoadError(
@@ -299,6 +301,33 @@ class PluginRegistry:
                     table[cls.name] = PluginInfo(
                         cls.name, kind, cls, name, cls.__module__, dist
                     )
+
+    def _check_declaration(self, cls, plugin):
+        """Refuse an add-on whose ``kind`` or ``command_options`` are not valid,
+        or whose flags clash with those of an add-on already registered."""
+        from sb_meta.contract import ADDON_KINDS, CommandOption
+
+        who = f"add-on {cls.name!r} of plugin {plugin!r}"
+        if cls.kind is not None and cls.kind not in ADDON_KINDS:
+            raise PluginLoadError(f"{who} has kind {cls.kind!r}; kinds are {', '.join(ADDON_KINDS)} or None")
+        for opt in cls.command_options:
+            if not isinstance(opt, CommandOption):
+                raise PluginLoadError(f"{who}: command_options holds {opt!r}, not a sb_meta.contract.CommandOption")
+            if opt.key is not None and opt.key not in cls.options:
+                raise PluginLoadError(f"{who}: {opt.flag} sets {opt.key!r}, which is not one of its options")
+            for info in self.addons.values():
+                clash = [o for o in info.cls.command_options if o.flag == opt.flag and not _agree(o, opt)]
+                if clash:
+                    raise PluginLoadError(
+                        f"{who} declares {opt.flag} unlike add-on {info.name!r} of plugin {info.plugin!r} "
+                        "(add-ons sharing a flag must all select, or set the same key with the same "
+                        "parse, and none may activate itself by it)"
+                    )
+
+    def addon_names(self, kind):
+        """Names of the registered add-ons of ``kind`` (``"adapter"``, ``"compressor"``), in
+        registration order."""
+        return [name for name, info in self.addons.items() if info.cls.kind == kind]
 
     # ------------------------------------------------------------------ lookup
     def _get(self, table, kind, name):
@@ -324,6 +353,12 @@ class PluginRegistry:
         rows = [i.as_dict() for i in self.strategies.values()]
         rows += [i.as_dict() for i in self.addons.values()]
         return sorted(rows, key=lambda r: (r["kind"] != "strategy", r["name"]))
+
+
+def _agree(a, b):
+    """Whether two add-ons may both declare command options ``a`` and ``b`` of one flag."""
+    return (a.selects == b.selects and a.key == b.key and a.parse is b.parse
+            and not a.activates and not b.activates)
 
 
 def get_registry(extra=()):
