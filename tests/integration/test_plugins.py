@@ -11,6 +11,8 @@ from sb_meta.cli import main
 from sb_meta.plugins import PluginLoadError, PluginRegistry, UnknownPluginError
 from sb_meta.testing import make_toy_brain, toy_dataset
 
+from helpers.distributions import install_fake_distribution
+
 BUILTIN_STRATEGIES = {"maml", "fomaml", "reptile", "metasgd", "anil", "joint", "finetune"}
 
 GOOD_PLUGIN = '''
@@ -49,15 +51,6 @@ def sbmeta_strategies():
 def sbmeta_addons():
     return [L2]
 '''
-
-
-def install_fake_distribution(root, dist, module, source, ep_name):
-    """A real installed distribution: module + .dist-info with an entry point."""
-    (root / f"{module}.py").write_text(source)
-    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[sb_meta.plugins]\n{ep_name} = {module}\n")
 
 
 @pytest.fixture
