@@ -189,7 +189,7 @@ class PluginInfo:
     distribution: str  # "name version", or "yaml" / "local"
 
     def as_dict(self):
-        return {
+        row = {
             "name": self.name,
             "kind": self.kind,
             "plugin": self.plugin,
@@ -198,6 +198,10 @@ class PluginInfo:
             "distribution": self.distribution,
             "doc": (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else "",
         }
+        if self.kind == "addon":  # what it declares it is, and the flags it adds to sb-meta adapt
+            row["addon_kind"] = self.cls.kind
+            row["flags"] = [opt.flag for opt in self.cls.command_options]
+        return row
 
 
 class PluginRegistry:

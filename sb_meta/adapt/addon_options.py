@@ -117,7 +117,7 @@ def addon_settings(args, registry):
     for item in getattr(args, "addon_config", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--addon-config {item!r}: expected KEY=VALUE, e.g. distill_teacher=self")
+            raise ValueError(f"--addon-config {item!r}: expected KEY=VALUE, KEY an option of an active add-on")
         config[key.strip()] = _addon_value(value)
     return addons, config
 
@@ -150,7 +150,7 @@ def check_export(addons, adapters_only, registry):
         raise ValueError(f"--adapters-only exports adapter weights: it needs {_adapter_hint(registry)}")
     compressors = [n for n, c in classes.items() if c.kind == "compressor"]
     if adapters_only and compressors:
-        raise ValueError(f"{compressors[0]} compresses an exported model; --adapters-only exports adapters alone")
+        raise ValueError(f"{compressors[0]} changes the exported model; --adapters-only exports adapters alone")
     alone = [n for n in adapters if not classes[n].folds_into_export]
     if alone and not adapters_only:
         folding = [n for n in registry.addon_names("adapter") if registry.addons[n].cls.folds_into_export]

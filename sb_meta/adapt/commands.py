@@ -224,6 +224,15 @@ def _cmd_evaluate(args):
     return 0
 
 
+def _option_example(registry):
+    """``KEY=VALUE`` for the first scalar option a registered add-on declares (for help texts)."""
+    for info in registry.addons.values():
+        for key, value in info.cls.options.items():
+            if isinstance(value, (bool, int, float, str)):
+                return f"{key}={value}"
+    return "KEY=VALUE"
+
+
 def add_commands(subparsers, registry=None):
     """Add ``adapt``, ``transcribe`` and ``evaluate`` to the ``sb-meta`` parser.
 
@@ -252,11 +261,11 @@ def add_commands(subparsers, registry=None):
                    help="with an adapter add-on (" + (", ".join(adapters) or "none is registered")
                         + "): export the adapter weights alone (a few %% of the model)")
     p.add_argument("--addons", type=_name_list, default=[],
-                   help="comma-separated add-ons active during adaptation and export, in order "
-                        "(e.g. distill,augment; `sb-meta plugins` lists them)")
+                   help="comma-separated add-ons active during adaptation and export, in order (of "
+                        + (", ".join(registry.addons) or "none registered") + "; `sb-meta plugins` lists them)")
     p.add_argument("--addon-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="an add-on option (repeatable), e.g. distill_teacher=self, "
-                        "augment_phases=[adapt]; values are read as YAML")
+                   help="an option of an active add-on (repeatable), e.g. "
+                        + _option_example(registry) + "; values are read as YAML")
     p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     p.add_argument("--data-root", default=None,
                    help="replaces $data_root in wav paths (default: the manifest's folder); other "
