@@ -51,8 +51,7 @@ def _check_step_size(lr):
 
 def _cmd_adapt(args):
     from sb_meta.adapt import load_model
-    from sb_meta.data.manifest import read_manifest
-    from sb_meta.evaluation import _rng, resolve_wav
+    from sb_meta.evaluation import resolve_wav
     from sb_meta.export import check_destination
 
     if args.k < 1:
@@ -68,26 +67,7 @@ def _cmd_adapt(args):
     check_cmvn(args.cmvn, args.unsupervised)  # before the model is loaded
     check_destination(args.out, force=args.force)  # refuse before any work
     check_output(args.out, [args.model, args.support])
-    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
-    rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
-    if args.task is not None:
-        if rows and args.task_column not in rows[0]:
-            raise KeyError(
-                f"manifest {args.support} has no column {args.task_column!r}; "
-                f"columns are {sorted(rows[0])}"
-            )
-        tasks = sorted({r[args.task_column] for r in rows})
-        rows = [r for r in rows if r[args.task_column] == args.task]
-        if not rows:
-            raise ValueError(
-                f"no utterance of {args.task_column}={args.task!r} in {args.support}; "
-                f"values are {tasks[:20]}"
-            )
-    where = f"{args.task_column}={args.task!r}" if args.task is not None else str(args.support)
-    if len(rows) < args.k:
-        raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
-    rows = sorted(rows, key=lambda r: r["ID"])
-    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    chosen, where = _support_rows(args)
     data_root = args.data_root or pathlib.Path(args.support).parent
     wavs = [resolve_wav(r["wav"], data_root, args.support) for r in chosen]
     model = load_model(args.model, device=args.device, trust=args.trust_model)
@@ -119,6 +99,48 @@ def _cmd_adapt(args):
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
+    _print_adaptation(rec, len(chosen))
+    if args.adapters_only:
+        print(f"Exported the adapters only to {out} (load them on the base model with "
+              f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
+    else:
+        print(f"Exported to {out}")
+        for line in describe_export(out, addons, args.registry):
+            print(line)
+    return 0
+
+
+def _support_rows(args):
+    """``(chosen rows, where)``: the ``--k`` support utterances drawn (``--seed``) from
+    ``--support`` (those of ``--task`` only, when given), and how messages name their origin."""
+    from sb_meta.data.manifest import read_manifest
+    from sb_meta.evaluation import _rng
+
+    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
+    rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
+    if args.task is not None:
+        if rows and args.task_column not in rows[0]:
+            raise KeyError(
+                f"manifest {args.support} has no column {args.task_column!r}; "
+                f"columns are {sorted(rows[0])}"
+            )
+        tasks = sorted({r[args.task_column] for r in rows})
+        rows = [r for r in rows if r[args.task_column] == args.task]
+        if not rows:
+            raise ValueError(
+                f"no utterance of {args.task_column}={args.task!r} in {args.support}; "
+                f"values are {tasks[:20]}"
+            )
+    where = f"{args.task_column}={args.task!r}" if args.task is not None else str(args.support)
+    if len(rows) < args.k:
+        raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
+    rows = sorted(rows, key=lambda r: r["ID"])
+    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    return chosen, where
+
+
+def _print_adaptation(rec, n_chosen):
+    """What an adaptation record says beyond its strategy and support: cmvn, guard, unsupervised."""
     if rec.get("cmvn"):
         c = rec["cmvn"]
         print(f"Input statistics re-estimated on {c['frames']} support frames (weight {c['weight']}) "
@@ -133,19 +155,11 @@ def _cmd_adapt(args):
             print(f"Without transcripts: input statistics re-estimated on {u['frames']} frames "
                   f"(mean moved by {u['mean_shift']} on average per feature)")
         elif u["mode"] == "pseudo":
-            print(f"Without transcripts: {u['kept']} of {len(chosen)} utterance(s) confident enough "
+            print(f"Without transcripts: {u['kept']} of {n_chosen} utterance(s) confident enough "
                   "to serve as pseudo-labels" + (f"; {u['stopped']}" if u.get("stopped") else ""))
         else:
             print(f"Without transcripts: entropy {u['entropy'][0]:.3f} -> {min(u['entropy']):.3f}, "
                   f"{u['steps_kept']} step(s) kept ({u['stopped']})")
-    if args.adapters_only:
-        print(f"Exported the adapters only to {out} (load them on the base model with "
-              f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
-    else:
-        print(f"Exported to {out}")
-        for line in describe_export(out, addons, args.registry):
-            print(line)
-    return 0
 
 
 def _with_lexicon(model, args):
@@ -241,6 +255,13 @@ def add_commands(subparsers, registry=None):
     through the ``sb_meta.plugins`` entry points).
     """
     registry = registry if registry is not None else PluginRegistry(strict=False)
+    _add_adapt(subparsers, registry)
+    _add_transcribe(subparsers)
+    _add_evaluate(subparsers, registry)
+
+
+def _add_adapt(subparsers, registry):
+    """``sb-meta adapt``, with the options the add-ons of ``registry`` declare."""
     adapters = registry.addon_names("adapter")
     p = subparsers.add_parser(
         "adapt", help="adapt a model from k support utterances and export the adapted model"
@@ -292,6 +313,9 @@ def add_commands(subparsers, registry=None):
     add_addon_options(p, registry)
     p.set_defaults(func=_cmd_adapt, registry=registry)
 
+
+def _add_transcribe(subparsers):
+    """``sb-meta transcribe``."""
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
     p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
     p.add_argument("--device", default=None)
@@ -300,6 +324,10 @@ def add_commands(subparsers, registry=None):
     add_trust_option(p)
     p.set_defaults(func=_cmd_transcribe)
 
+
+def _add_evaluate(subparsers, registry):
+    """``sb-meta evaluate``, whose methods may name the adapter add-ons of ``registry``."""
+    adapters = registry.addon_names("adapter")
     p = subparsers.add_parser(
         "evaluate", help="k-shot adaptation benchmark: WER/CER per task, strategy and k"
     )
