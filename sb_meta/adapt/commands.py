@@ -60,7 +60,9 @@ def _cmd_adapt(args):
         raise ValueError(f"--steps must be >= 1, got {args.steps} (nothing would be adapted)")
     _check_step_size(args.lr)
     addons, addon_config = addon_settings(args, args.registry)
-    check_export(addons, args.adapters_only, args.registry)
+    known = all(name in args.registry.addons for name in addons)
+    if known:  # else an add-on of the model's own plugins: checked once the model is loaded
+        check_export(addons, args.adapters_only, args.registry)
     if args.guard and args.unsupervised:
         raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
                          "guard --unsupervised adaptation")
@@ -71,6 +73,8 @@ def _cmd_adapt(args):
     data_root = args.data_root or pathlib.Path(args.support).parent
     wavs = [resolve_wav(r["wav"], data_root, args.support) for r in chosen]
     model = load_model(args.model, device=args.device, trust=args.trust_model)
+    if not known:
+        check_export(addons, args.adapters_only, model.registry)
     settings = dict(
         strategy=args.strategy,
         steps=args.steps,
@@ -105,7 +109,7 @@ def _cmd_adapt(args):
               f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
     else:
         print(f"Exported to {out}")
-        for line in describe_export(out, addons, args.registry):
+        for line in describe_export(out, addons, model.registry):
             print(line)
     return 0
 

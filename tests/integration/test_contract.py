@@ -149,6 +149,14 @@ def test_before_export_changes_the_exported_model_and_its_yaml(tmp_path):
     adapted = model.adapt([row["wav"]], [row["wrd"]], steps=1, addons=["zero_bias"], strategy="finetune")
     again = h.speechbrain_asr(adapted.export(tmp_path / "adapted"))
     assert all(float(p.abs().max()) == 0 for n, p in again.mods.named_parameters() if n.endswith("bias"))
+    # and from the command line: an add-on of the model's own (YAML-named) plugins
+    from sb_meta.cli import main
+
+    assert main(["adapt", "--model", str(out), "--support", str(csv), "--k", "1", "--steps", "1",
+                 "--strategy", "finetune", "--addons", "zero_bias", "--trust-model",
+                 "--out", str(tmp_path / "cli")]) == 0
+    cli = h.speechbrain_asr(tmp_path / "cli")
+    assert all(float(p.abs().max()) == 0 for n, p in cli.mods.named_parameters() if n.endswith("bias"))
 
 
 def test_a_misspelt_hook_is_an_error_naming_plugin_and_hook(tmp_path):
