@@ -212,11 +212,12 @@ def _cmd_evaluate(args):
     _check_step_size(args.lr)
     check_report_folder(args.out)  # before the evaluation, not after it
     check_output(args.out, [args.model, args.data])
-    methods = methods_from(args.methods or args.strategies, adapters=args.registry.addon_names("adapter"))
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
+    # adapter names: the installed plugins' and those the model's own YAML names
+    methods = methods_from(args.methods or args.strategies, adapters=model.registry.addon_names("adapter"))
     if args.unsupervised:  # each method also without transcripts, on the same draws
         methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
                     for m in methods]
-    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     results = evaluate_kshot(
         model,
         args.data,
