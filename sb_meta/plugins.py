@@ -364,7 +364,3 @@ def _agree(a, b):
     return (a.selects == b.selects and a.key == b.key and a.parse is b.parse
             and not a.activates and not b.activates)
 
-
-def get_registry(extra=()):
-    """A registry with entry-point plugins plus ``extra`` (YAML-named) ones."""
-    return PluginRegistry(extra=tuple(extra))
