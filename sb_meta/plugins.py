@@ -363,4 +363,3 @@ def _agree(a, b):
     """Whether two add-ons may both declare command options ``a`` and ``b`` of one flag."""
     return (a.selects == b.selects and a.key == b.key and a.parse is b.parse
             and not a.activates and not b.activates)
-
