@@ -33,7 +33,7 @@ def test_the_report_renders_bases_unfinished_runs_and_evaluations(tmp_path, monk
     finished = out / "base" / "base_an4"
     log = [epoch_line(1, 465, 95.0, 60.0), epoch_line(2, 930, 90.0, 50.0)]
     write(finished / "train_log.txt", "\n".join(log) + "\n")
-    write(finished / "record.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml --init_from=a",
+    write(finished / "record.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml --init_from=/r/so762/an4_base/pretrained",
                                      "epochs": 2, "optimizer_steps": 930, "train_minutes": 10.0,
                                      "test": {"wer": 88.0, "cer": 49.0}, "train_log": log})
     write(out / "score" / "base_an4.json",
