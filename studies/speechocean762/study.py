@@ -688,7 +688,9 @@ def _eval_table(results, families=None):
 
 
 def cmd_report(args):
-    """Copy each finished evaluation into docs/studies/speechocean762/ and write results.md."""
+    """Copy each finished evaluation into docs/studies/speechocean762/ and write report.md
+    (the studies' generated page, as for the other studies), with a table of contents of the
+    copied evaluation reports so that the documentation site builds them."""
     import shutil
 
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -697,6 +699,7 @@ def cmd_report(args):
              "## Bases", "", _bases_table(), "", _unfinished_table(), ""]
     if _plot_curves(DOCS / "bases_dev_curve.png"):
         parts += ["![dev WER and CER of the bases against optimizer steps](bases_dev_curve.png)", ""]
+    copied = []
     for decoder in DECODERS:
         for folder in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
             name, label = folder.parent.parent.name, folder.parent.name
@@ -706,6 +709,8 @@ def cmd_report(args):
             for f in ("results.json", "report.md", "wer_vs_k.png", "per_task.png"):
                 if (folder.parent / f).is_file():
                     shutil.copyfile(folder.parent / f, target / f)
+            if (target / "report.md").is_file():
+                copied.append(f"{target.relative_to(DOCS)}/report")
             cost = results.get("cost", {})
             parts += [f"## {label}: `{name}`, {decoder} decoding", "",
                       f"{len(results['tasks'])} test speakers, {results['config']['repeats']} draws; "
@@ -728,8 +733,10 @@ def cmd_report(args):
         target = DOCS / "children" / f"{name}_{decoder}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    (DOCS / "results.md").write_text("\n".join(parts) + "\n")
-    say(f"wrote {DOCS / 'results.md'}")
+    if copied:
+        parts += ["## Each evaluation's report", "", "```{toctree}", ":maxdepth: 1", ""] + copied + ["```", ""]
+    (DOCS / "report.md").write_text("\n".join(parts) + "\n")
+    say(f"wrote {DOCS / 'report.md'}")
 
 
 # --------------------------------------------------------------------- commands
@@ -758,7 +765,7 @@ def build_parser():
     pp.add_argument("--base", default="base_an4_adult")
     dn = sub.add_parser("dann", help="the adults-only base fine-tuned with dann on untranscribed child audio")
     dn.add_argument("--base", default="base_an4_adult")
-    sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and results.md")
+    sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and report.md")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
     s.add_argument("--decoders", default="greedy,lexicon")
