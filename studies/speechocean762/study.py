@@ -163,8 +163,13 @@ def manifests():
 def cmd_an4_base(args):
     """The AN4 CRDNN-CTC base that ``base --init an4`` starts from (the AN4 study's settings)."""
     root = corpus_root("SBMETA_AN4_ROOT")
-    ov = dict(BASE, data_folder=root, number_of_epochs=AN4_EPOCHS, ckpt_interval_minutes=5)
-    return train("AN4", "crdnn_ctc_meta.yaml", OUT / "an4_base", ov)
+    ov = dict(BASE, data_folder=root, number_of_epochs=args.epochs, ckpt_interval_minutes=5)
+    return train("AN4", "crdnn_ctc_meta.yaml", OUT / an4_base_name(args.epochs), ov)
+
+
+def an4_base_name(epochs):
+    """``an4_base`` at the plan's budget, ``an4_base_e<N>`` at another one."""
+    return "an4_base" if epochs == AN4_EPOCHS else f"an4_base_e{epochs}"
 
 
 def base_name(init, age_group=None, tag=None):
@@ -177,9 +182,9 @@ def cmd_base(args):
     ov = dict(BASE, data_folder=root, prepare_folder=manifests(), number_of_epochs=args.epochs,
               train_age_group=args.age_group)
     if args.init == "an4":
-        an4 = OUT / "an4_base" / "pretrained"
+        an4 = OUT / an4_base_name(args.an4_epochs) / "pretrained"
         if not (an4 / "sbmeta.json").is_file():
-            raise SystemExit(f"study: no AN4 base in {an4}; run `study.py an4-base` first")
+            raise SystemExit(f"study: no AN4 base in {an4}; run `study.py an4-base --epochs {args.an4_epochs}` first")
         ov["init_from"] = an4
     ov.update(_pairs(args.set))
     return train("SpeechOcean762", "crdnn_ctc_meta.yaml", OUT / "base" / base_name(args.init, args.age_group, args.tag),
@@ -258,8 +263,8 @@ def family_grid(family, name):
 
 def model_folder(name):
     """``base_*``: a base; ``an4_base``: the AN4 model; anything else: a model meta-trained from the base."""
-    if name == "an4_base":
-        return OUT / "an4_base" / "pretrained"
+    if name.startswith("an4_base"):
+        return OUT / name / "pretrained"
     if name.startswith("base_"):
         return OUT / "base" / name / "pretrained"
     return OUT / "meta" / name / "pretrained"
@@ -572,7 +577,7 @@ def _bases_table():
     lines = ["| model | initialised from | epochs | optimizer steps | training CPU-min | best dev WER (greedy) "
              "| test WER greedy: all / children / adults | test WER lexicon: all / children / adults |",
              "|---|---|---|---|---|---|---|---|"]
-    for folder in [OUT / "an4_base"] + sorted((OUT / "base").glob("base_*")):
+    for folder in sorted(OUT.glob("an4_base*")) + sorted((OUT / "base").glob("base_*")):
         rec_path = folder / "record.json"
         if not rec_path.is_file():
             continue
@@ -591,8 +596,9 @@ def _bases_table():
                 if d in sc:
                     s = sc[d]["test"]
                     cells[d] = " / ".join(_pct(s[g]["wer"]) for g in ("all", "child", "adult"))
-        init = "AN4 (`an4_base`)" if "init_from" in rec["command"] and name != "an4_base" else "random weights"
-        if name == "an4_base":
+        an4 = re.search(r"--init_from=\S*/(an4_base\w*)/pretrained", rec["command"])
+        init = f"AN4 (`{an4.group(1)}`)" if an4 else "random weights"
+        if name.startswith("an4_base"):
             cells = {d: f"AN4 test: {_pct(rec['test']['wer'])}" if d == "greedy" else "-" for d in cells}
         lines.append(f"| `{name}` | {init} | {rec['epochs']} | {steps} | {_pct(rec.get('train_minutes', rec.get('train_cpu_minutes')))} "
                      f"| {_pct(min(devs) if devs else None)} | {cells['greedy']} | {cells['lexicon']} |")
@@ -682,7 +688,9 @@ def _eval_table(results, families=None):
 
 
 def cmd_report(args):
-    """Copy each finished evaluation into docs/studies/speechocean762/ and write results.md."""
+    """Copy each finished evaluation into docs/studies/speechocean762/ and write report.md
+    (the studies' generated page, as for the other studies), with a table of contents of the
+    copied evaluation reports so that the documentation site builds them."""
     import shutil
 
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -691,6 +699,7 @@ def cmd_report(args):
              "## Bases", "", _bases_table(), "", _unfinished_table(), ""]
     if _plot_curves(DOCS / "bases_dev_curve.png"):
         parts += ["![dev WER and CER of the bases against optimizer steps](bases_dev_curve.png)", ""]
+    copied = []
     for decoder in DECODERS:
         for folder in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
             name, label = folder.parent.parent.name, folder.parent.name
@@ -700,6 +709,8 @@ def cmd_report(args):
             for f in ("results.json", "report.md", "wer_vs_k.png", "per_task.png"):
                 if (folder.parent / f).is_file():
                     shutil.copyfile(folder.parent / f, target / f)
+            if (target / "report.md").is_file():
+                copied.append(f"{target.relative_to(DOCS)}/report")
             cost = results.get("cost", {})
             parts += [f"## {label}: `{name}`, {decoder} decoding", "",
                       f"{len(results['tasks'])} test speakers, {results['config']['repeats']} draws; "
@@ -722,18 +733,22 @@ def cmd_report(args):
         target = DOCS / "children" / f"{name}_{decoder}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    (DOCS / "results.md").write_text("\n".join(parts) + "\n")
-    say(f"wrote {DOCS / 'results.md'}")
+    if copied:
+        parts += ["## Each evaluation's report", "", "```{toctree}", ":maxdepth: 1", ""] + copied + ["```", ""]
+    (DOCS / "report.md").write_text("\n".join(parts) + "\n")
+    say(f"wrote {DOCS / 'report.md'}")
 
 
 # --------------------------------------------------------------------- commands
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("an4-base", help="the AN4 base that --init an4 starts from")
+    a = sub.add_parser("an4-base", help="the AN4 base that --init an4 starts from")
+    a.add_argument("--epochs", type=int, default=AN4_EPOCHS)
     b = sub.add_parser("base", help="a speechocean762 base")
     b.add_argument("--init", choices=("scratch", "an4"), required=True)
     b.add_argument("--epochs", type=int, required=True)
+    b.add_argument("--an4-epochs", type=int, default=AN4_EPOCHS, help="the AN4 base's budget (--init an4)")
     b.add_argument("--age-group", choices=("adult", "child"), default=None)
     b.add_argument("--tag", default=None)
     b.add_argument("--set", action="append", help="more recipe overrides, key=value")
@@ -750,7 +765,7 @@ def build_parser():
     pp.add_argument("--base", default="base_an4_adult")
     dn = sub.add_parser("dann", help="the adults-only base fine-tuned with dann on untranscribed child audio")
     dn.add_argument("--base", default="base_an4_adult")
-    sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and results.md")
+    sub.add_parser("report", help="docs/studies/speechocean762/: the finished evaluations and report.md")
     s = sub.add_parser("score", help="speaker-independent WER per age group")
     s.add_argument("--models", required=True)
     s.add_argument("--decoders", default="greedy,lexicon")

@@ -33,7 +33,7 @@ def test_the_report_renders_bases_unfinished_runs_and_evaluations(tmp_path, monk
     finished = out / "base" / "base_an4"
     log = [epoch_line(1, 465, 95.0, 60.0), epoch_line(2, 930, 90.0, 50.0)]
     write(finished / "train_log.txt", "\n".join(log) + "\n")
-    write(finished / "record.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml --init_from=a",
+    write(finished / "record.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml --init_from=/r/so762/an4_base/pretrained",
                                      "epochs": 2, "optimizer_steps": 930, "train_minutes": 10.0,
                                      "test": {"wer": 88.0, "cer": 49.0}, "train_log": log})
     write(out / "score" / "base_an4.json",
@@ -48,13 +48,17 @@ def test_the_report_renders_bases_unfinished_runs_and_evaluations(tmp_path, monk
            "config": {"repeats": 2, "selection": {"full": {"full_lr0.02_s3": {"dev_wer": 70.0},
                                                             "full_lr0.05_s3": {"dev_wer": 75.0}}}},
            "cost": {"adaptations": 8, "adaptations_per_cpu_minute": 12.5}})
+    write(out / "eval" / "lexicon" / "base_an4" / "speaker_k5" / "report.md", "# the evaluation's report\n")
     study.cmd_report(None)
-    text = (docs / "results.md").read_text()
+    text = (docs / "report.md").read_text()
     assert "| `base_an4` | AN4 (`an4_base`) | 2 | 930 | 10.0 | 90.0 | 80.0 / 85.0 / 75.0 | 80.0 / 85.0 / 75.0 |" in text
     assert "| `base_an4_adult` | 1 of 24 | 292 | 99.00 | 80.00 |" in text
     assert (docs / "bases_dev_curve.png").stat().st_size > 0
     assert "| full | full_lr0.02_s3 | 5 | 80.00 -> 72.00 | +10.0% [+1.0, +20.0] | 1/4 |" in text
     assert (docs / "speaker_k5" / "base_an4" / "results.json").is_file()
+    # the copied evaluation report is in the page's table of contents (Sphinx refuses an orphan page)
+    assert (docs / "speaker_k5" / "base_an4" / "report.md").is_file()
+    assert "```{toctree}" in text and "\nspeaker_k5/base_an4/report\n" in text
 
 
 def test_every_speechocean762_command_the_docs_show_parses():
