@@ -34,7 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def variant_options(spec):
     """``compress_folder`` keyword arguments of a variant such as ``prune:0.5+int8``."""
-    from sb_meta.adapt.commands import compress_options
+    from sb_meta_plugins.compress import compress_options
 
     opts = compress_options(spec.replace("+", ","))
     return {"prune": opts.get("compress_prune", 0.0), "scope": opts.get("compress_prune_scope", "global"),

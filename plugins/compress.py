@@ -75,6 +75,7 @@ import torch
 from speechbrain.utils.checkpoints import mark_as_saver, register_checkpoint_hooks
 from torch.nn.utils import prune as torch_prune
 
+from sb_meta.contract import CommandOption
 from sb_meta.plugins import hookimpl
 from sb_meta.strategy import AddOn
 
@@ -82,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Compress",
+    "compress_options",
     "prune_modules",
     "quantize_modules",
     "compress_plan",
@@ -324,16 +326,76 @@ def _is_quantized(module):
 
 
 # --------------------------------------------------------------------------- add-on
+def compress_options(spec):
+    """The ``compress`` add-on's options for a ``--compress`` value.
+
+    ``int8``, ``prune:S`` (global sparsity ``S``), ``prune:S:layer`` (per
+    layer), comma-separated.
+
+    Example
+    -------
+    >>> compress_options("prune:0.8:layer,int8")
+    {'compress_prune': 0.8, 'compress_prune_scope': 'layer', 'compress_int8': True}
+    >>> compress_options("prune:0.5")
+    {'compress_prune': 0.5, 'compress_int8': False}
+    """
+    out = {}
+    for item in [x.strip() for x in str(spec).split(",") if x.strip()]:
+        parts = item.split(":")
+        if parts == ["int8"]:
+            out["compress_int8"] = True
+        elif parts[0] == "prune" and len(parts) in (2, 3):
+            try:
+                out["compress_prune"] = float(parts[1])
+            except ValueError:
+                raise ValueError(f"--compress {item!r}: the sparsity must be a number") from None
+            if len(parts) == 3:
+                out["compress_prune_scope"] = parts[2]
+        else:
+            raise ValueError(
+                f"--compress {item!r} is not understood; use int8, prune:S or prune:S:layer "
+                "(S = fraction of weights set to zero), comma-separated"
+            )
+    if not out:
+        raise ValueError("--compress needs int8, prune:S or prune:S:layer")
+    out.setdefault("compress_int8", False)
+    return out
+
+
 class Compress(AddOn):
     """Magnitude pruning and dynamic int8 quantization of the exported model (compress_prune, compress_int8)."""
 
     name = "compress"
+    kind = "compressor"
     options = {
         "compress_prune": 0.0,
         "compress_prune_scope": "global",
         "compress_int8": True,
         "compress_int8_layers": list(INT8_LAYERS),
     }
+    command_options = (
+        CommandOption(
+            "--compress", metavar="SPEC", parse=compress_options, activates=True,
+            help="compress the exported model (adds the compress add-on): int8, prune:S (global "
+                 "sparsity S, e.g. 0.5), prune:S:layer (per layer), comma-separated, e.g. prune:0.5,int8",
+        ),
+    )
+
+    @classmethod
+    def describe_export(cls, info):
+        """One line per compression the export records (``sbmeta.json``'s ``compression``)."""
+        lines = []
+        for record in info.get("compression") or []:
+            parts = []
+            if record.get("prune"):
+                p = record["prune"]
+                parts.append(f"pruned {100 * p['achieved']:.0f}% of {p['weights']} weights ({p['scope']})")
+            if record.get("int8"):
+                n = sum(len(v) for v in record["int8"].values())
+                parts.append(f"{n} layer(s) in int8")
+            if parts:
+                lines.append("Compressed: " + ", ".join(parts))
+        return lines
 
     def __init__(self, brain, config):
         super().__init__(brain, config)

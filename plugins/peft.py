@@ -76,6 +76,7 @@ import torch
 from speechbrain.nnet.adapters import HoulsbyAdapterLinear, LoRA, replace_module
 
 from sb_meta.adapt.families import CRDNN_TARGETS, default_adapter_targets
+from sb_meta.contract import CommandOption
 from sb_meta.plugins import hookimpl
 from sb_meta.strategy import AddOn
 
@@ -322,6 +323,11 @@ class _AdapterTensors(torch.nn.Module):
             self.register_parameter(name.replace(".", "__"), param)
 
 
+def _name_list(text):
+    """Comma-separated names, as ``--peft-targets`` takes them."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 class PEFTAddOn(AddOn):
     """Base of the PEFT add-ons: module surgery at construction, adapter-only
     inner loop, adapter state access.
@@ -337,9 +343,21 @@ class PEFTAddOn(AddOn):
         The resolved ``peft_*`` configuration (stored with exported adapters).
     """
 
+    kind = "adapter"
     wrapper_type = None
     options = {"peft_targets": None, "peft_rank": 8, "peft_alpha": None, "peft_freeze_base": False}
     option_prefix = "peft_"
+    command_options = (
+        CommandOption("--peft", selects=True,
+                      help="adapt only parameter-efficient adapters added to the model; lora and "
+                           "lhuc are merged into the exported weights unless --adapters-only"),
+        CommandOption("--peft-rank", key="peft_rank", parse=int, help="adapter rank (default 8)"),
+        CommandOption("--peft-targets", key="peft_targets", parse=_name_list,
+                      help="comma-separated module name patterns to adapt with --peft (default by model "
+                           "family: attention and feed-forward projections and the CTC head of Transformer, "
+                           "Conformer, wav2vec2/HuBERT/WavLM and Whisper models; the DNN and CTC output "
+                           "layers of a CRDNN)"),
+    )
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
@@ -495,6 +513,7 @@ class HoulsbyAddOn(PEFTAddOn):
 
     name = "houlsby"
     wrapper_type = HoulsbyAdapterLinear
+    folds_into_export = False
 
     def make_wrapper(self, linear):
         wrapper = HoulsbyAdapterLinear(linear, self.rank)

@@ -14,7 +14,7 @@ def __getattr__(name):
         from sb_meta.brain import MetaBrain
 
         return MetaBrain
-    if name in ("ASRPredictions", "FastWeights", "Phase"):
+    if name in ("ASRPredictions", "FastWeights", "Phase", "CommandOption"):
         from sb_meta import contract
 
         return getattr(contract, name)

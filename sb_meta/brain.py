@@ -168,7 +168,7 @@ class MetaBrain(sb.Brain):
             hparams or {}, [i.cls for i in self.registry.addons.values()], cfg["meta_addons"]
         )
         # hooks run on the strategy first, then the add-ons in meta_addons order
-        self._pm = PluginManager()
+        self._pm = PluginManager(per_brain=True)
         self._plugins = []
         self.addons = []
         for name, cls in zip(cfg["meta_addons"], addon_classes):
@@ -244,10 +244,6 @@ class MetaBrain(sb.Brain):
                 call = functools.partial(_call_named, plugin, name, impl.function, impl.argnames)
                 out.append((plugin, call))
         return out
-
-    def addon_hook(self, name, **kwargs):
-        """Results of hook ``name`` over the strategy and add-ons (in order)."""
-        return [result for _, result in self.call_hook(name, **kwargs)]
 
     def choose_adapted(self, names, phase=Phase.INNER):
         """``names`` after every plugin's ``sbmeta_adapt_params``."""

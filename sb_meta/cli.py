@@ -24,9 +24,11 @@ def _cmd_plugins(args):
     else:
         width = max((len(r["name"]) for r in rows), default=4)
         for r in rows:
+            declared = [x for x in [r.get("addon_kind")] + r.get("flags", []) if x]
             print(
                 f"{r['kind']:<9} {r['name']:<{width}}  {r['module']}.{r['class']}"
-                f"  [{r['distribution']}]  {r['doc']}"
+                f"  [{r['distribution']}]" + (f"  ({', '.join(declared)})" if declared else "")
+                + f"  {r['doc']}"
             )
         for name, msg in registry.broken.items():
             print(f"BROKEN    {name}: {msg}")

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Phase", "ASRPredictions", "FastWeights", "PredictionsError"]
+__all__ = ["Phase", "ASRPredictions", "FastWeights", "PredictionsError", "ADDON_KINDS", "CommandOption"]
+
+#: what an add-on may declare it is (:attr:`sb_meta.strategy.AddOn.kind`)
+ADDON_KINDS = ("adapter", "compressor")
 
 
 class Phase(str, enum.Enum):
@@ -154,3 +157,57 @@ class FastWeights(dict):
     def replace(self, params):
         """A new :class:`FastWeights` with ``params`` and the same state."""
         return FastWeights(params, self.state)
+
+
+@dataclass(frozen=True)
+class CommandOption:
+    """A command-line option an add-on adds to ``sb-meta adapt``.
+
+    Add-ons list them in :attr:`sb_meta.strategy.AddOn.command_options`; the
+    command builds its options from every registered add-on's, so the core
+    names no add-on. Several add-ons may declare the same flag (adapters
+    sharing ``--peft``, their shared ``--peft-rank``) when their declarations
+    agree.
+
+    Attributes
+    ----------
+    flag : str
+        The option, e.g. ``"--compress"``.
+    help : str
+        Its help text.
+    key : str, optional
+        The add-on option (one of its ``options``) the value sets, parsed by
+        ``parse`` as the command line is read.
+    parse : callable, optional
+        ``str -> value`` (default: the string). Without ``key`` it returns a
+        dict of option values, and raises ``ValueError`` naming the flag for a
+        value it does not understand.
+    metavar : str, optional
+        How the help names the value.
+    selects : bool
+        The value is the name of an add-on: every add-on declaring this flag
+        with ``selects`` is one of its choices, and the chosen one is
+        activated first (``--peft lora``).
+    activates : bool
+        Giving the flag activates the add-on declaring it (``--compress int8``).
+
+    Example
+    -------
+    >>> CommandOption("--peft-rank", "adapter rank", key="peft_rank", parse=int).parse("4")
+    4
+    """
+
+    flag: str
+    help: str = ""
+    key: str = None
+    parse: object = str
+    metavar: str = None
+    selects: bool = False
+    activates: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.flag, str) and self.flag.startswith("--") and len(self.flag) > 2):
+            raise ValueError(f"command option {self.flag!r}: a flag is a long option such as '--name'")
+        if self.selects and (self.key is not None or self.activates):
+            raise ValueError(f"command option {self.flag}: a flag that selects an add-on sets no key "
+                             "and activates none itself")

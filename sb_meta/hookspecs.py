@@ -1,13 +1,24 @@
 """The sb-meta plugin contract: every hook, declared once.
 
-A plugin is a module (or object) whose functions or methods named
-``sbmeta_<hook>`` implement hooks below (``@sb_meta.hookimpl`` is optional, as
-``pytest_`` functions are in pytest). Plugins are found through the
-``sb_meta.plugins`` entry-point group (built-ins use the same group) or named
-in YAML under ``plugins:``. Hooks are called with keyword arguments only; an
-implementation declares the arguments it uses, in any order. A function named
-``sbmeta_<something>`` that matches no hook below is an error naming the
-plugin and the hook.
+A plugin is a module, found through the ``sb_meta.plugins`` entry-point
+group (built-ins use the same group) or named in YAML under ``plugins:``.
+Functions or methods named ``sbmeta_<hook>`` implement the hooks below
+(``@sb_meta.hookimpl`` is optional, as ``pytest_`` functions are in pytest).
+Hooks are called with keyword arguments only; an implementation declares the
+arguments it uses, in any order. A function named ``sbmeta_<something>`` that
+matches no hook below is an error naming the plugin and the hook.
+
+Where each hook is implemented is part of the contract, and checked when the
+plugin loads (a hook that would never be called is an error naming the
+plugin, the hook and where it belongs):
+
+* the **registry hooks** :func:`sbmeta_strategies` and :func:`sbmeta_addons`
+  are module-level functions of the plugin, called through pluggy when the
+  registry is built (so pluggy's ``tryfirst``, ``trylast`` and ``wrapper``
+  apply to them);
+* every other hook is a **per-brain hook**: a method of the strategy or
+  add-on class the plugin provides, called on the instances a brain creates,
+  never on the module.
 
 Two kinds of extension are registered through the first two hooks:
 
@@ -18,9 +29,11 @@ Two kinds of extension are registered through the first two hooks:
   strategy: a subclass of :class:`sb_meta.strategy.AddOn` whose methods
   implement the hooks below.
 
-The active strategy and add-ons are registered with each brain; hooks are
-called on them in a fixed order, the strategy first, then the add-ons in the
-order ``meta_addons`` lists them. Each per-brain hook receives ``brain`` (the
+The active strategy and add-ons are registered with each brain; per-brain
+hooks are called on them in a fixed order, the strategy first, then the
+add-ons in the order ``meta_addons`` lists them (so pluggy's ordering markers
+``tryfirst``, ``trylast``, ``wrapper`` and ``hookwrapper`` are refused on
+per-brain hooks rather than silently ignored). Each per-brain hook receives ``brain`` (the
 :class:`sb_meta.MetaBrain`, or the test-time adaptation brain, which is one
 too) and, where it applies, the ``phase`` (:class:`sb_meta.contract.Phase`:
 inner, outer, adapt, eval) and the ``task`` (:class:`sb_meta.episodes.Task`:

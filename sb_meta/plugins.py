@@ -34,6 +34,12 @@ from sb_meta import hookspecs
 ENTRY_POINT_GROUP = "sb_meta.plugins"
 HOOK_PREFIX = "sbmeta_"
 hookimpl = pluggy.HookimplMarker("sb_meta")
+#: hooks called on plugin modules, once, when a registry is built; every
+#: other hook is per-brain: called only on a brain's strategy and add-ons
+REGISTRY_HOOKS = ("sbmeta_strategies", "sbmeta_addons")
+#: pluggy's ordering markers, which per-brain hooks cannot honour: they run on
+#: the strategy, then the add-ons in ``meta_addons`` order
+ORDER_MARKERS = ("tryfirst", "trylast", "wrapper", "hookwrapper")
 
 
 class PluginError(Exception):
@@ -72,9 +78,11 @@ class PluginManager(pluggy.PluginManager):
     sb_meta.plugins.PluginLoadError: plugin 'typo' implements 'sbmeta_los', which is not an sb-meta hook (did you mean 'sbmeta_loss'?); ...
     """
 
-    def __init__(self):
+    def __init__(self, per_brain=False):
         super().__init__("sb_meta")
         self.add_hookspecs(hookspecs)
+        #: whether plugins are a brain's strategy and add-ons (else plugin modules)
+        self.per_brain = per_brain
 
     def parse_hookimpl_opts(self, plugin, name):
         opts = super().parse_hookimpl_opts(plugin, name)
@@ -88,11 +96,19 @@ class PluginManager(pluggy.PluginManager):
         return opts
 
     def register(self, plugin, name=None):
-        check_hook_names(plugin, name or getattr(plugin, "__name__", repr(plugin)))
+        who = name or getattr(plugin, "__name__", repr(plugin))
+        check_hook_names(plugin, who)
         try:
-            return super().register(plugin, name=name)
+            registered = super().register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {name!r}: {exc}") from None
+            lines = (line.strip() for line in str(exc).splitlines())
+            raise PluginLoadError(f"plugin {who!r}: {'; '.join(x for x in lines if x)}") from None
+        try:
+            check_hook_placement(self, plugin, who)
+        except PluginLoadError:
+            self.unregister(plugin)
+            raise
+        return registered
 
 
 def check_hook_names(obj, who):
@@ -117,6 +133,50 @@ def check_hook_names(obj, who):
             )
 
 
+def check_hook_placement(pm, plugin, who):
+    """Raise :class:`PluginLoadError` for a hook ``plugin`` (registered with
+    ``pm``) implements where it would never be called, or with an ordering
+    marker it would not honour.
+
+    Per-brain hooks are called only on a brain's strategy and add-ons (methods
+    of the classes ``sbmeta_strategies`` / ``sbmeta_addons`` return), in a
+    fixed order, so a plugin module implementing one, or an implementation
+    marked ``tryfirst``, ``trylast``, ``wrapper`` or ``hookwrapper``, would be
+    silently ignored; :data:`REGISTRY_HOOKS` are called on plugin modules only.
+
+    Example
+    -------
+    >>> class Early:
+    ...     @hookimpl(tryfirst=True)
+    ...     def sbmeta_loss(self, loss):
+    ...         return None
+    >>> PluginManager(per_brain=True).register(Early, name="early")
+    Traceback (most recent call last):
+    ...
+    sb_meta.plugins.PluginLoadError: plugin 'early': sbmeta_loss is marked tryfirst, which per-brain hooks ignore (they run on the strategy, then the add-ons in meta_addons order); remove the marker
+    """
+    for caller in pm.get_hookcallers(plugin) or []:
+        name = caller.name
+        for impl in (i for i in caller.get_hookimpls() if i.plugin is plugin):
+            if name in REGISTRY_HOOKS and pm.per_brain:
+                raise PluginLoadError(
+                    f"plugin {who!r}: {name} is called only on plugin modules, never on a strategy or "
+                    "add-on; define it as a module-level function of the plugin"
+                )
+            if name not in REGISTRY_HOOKS and not pm.per_brain:
+                raise PluginLoadError(
+                    f"plugin {who!r} implements the per-brain hook {name} at module level, where it is "
+                    "never called; make it a method of the AddOn or Strategy subclass that the plugin's "
+                    "sbmeta_addons / sbmeta_strategies returns"
+                )
+            marked = [m for m in ORDER_MARKERS if pm.per_brain and getattr(impl, m, False)]
+            if marked:
+                raise PluginLoadError(
+                    f"plugin {who!r}: {name} is marked {marked[0]}, which per-brain hooks ignore (they "
+                    "run on the strategy, then the add-ons in meta_addons order); remove the marker"
+                )
+
+
 @dataclass
 class PluginInfo:
     """Where a strategy or add-on came from."""
@@ -129,7 +189,7 @@ class PluginInfo:
     distribution: str  # "name version", or "yaml" / "local"
 
     def as_dict(self):
-        return {
+        row = {
             "name": self.name,
             "kind": self.kind,
             "plugin": self.plugin,
@@ -138,6 +198,10 @@ class PluginInfo:
             "distribution": self.distribution,
             "doc": (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else "",
         }
+        if self.kind == "addon":  # what it declares it is, and the flags it adds to sb-meta adapt
+            row["addon_kind"] = self.cls.kind
+            row["flags"] = [opt.flag for opt in self.cls.command_options]
+        return row
 
 
 class PluginRegistry:
@@ -228,7 +292,10 @@ class PluginRegistry:
                         raise TypeError(f"{hook} returned {cls!r}, not a {base.__name__} subclass")
                     if not getattr(cls, "name", None):
                         raise TypeError(f"{cls.__qualname__} has no 'name'")
-                    check_hook_names(cls, f"{name}: {cls.__qualname__}")
+                    # its hooks: known, where they are called, no ordering marker
+                    PluginManager(per_brain=True).register(cls, name=f"{name}: {cls.__qualname__}")
+                    if base is AddOn:
+                        self._check_declaration(cls, name)
                     if cls.name in table:
                         prev = table[cls.name]
                         raise PluginLoadError(
@@ -238,6 +305,33 @@ class PluginRegistry:
                     table[cls.name] = PluginInfo(
                         cls.name, kind, cls, name, cls.__module__, dist
                     )
+
+    def _check_declaration(self, cls, plugin):
+        """Refuse an add-on whose ``kind`` or ``command_options`` are not valid,
+        or whose flags clash with those of an add-on already registered."""
+        from sb_meta.contract import ADDON_KINDS, CommandOption
+
+        who = f"add-on {cls.name!r} of plugin {plugin!r}"
+        if cls.kind is not None and cls.kind not in ADDON_KINDS:
+            raise PluginLoadError(f"{who} has kind {cls.kind!r}; kinds are {', '.join(ADDON_KINDS)} or None")
+        for opt in cls.command_options:
+            if not isinstance(opt, CommandOption):
+                raise PluginLoadError(f"{who}: command_options holds {opt!r}, not a sb_meta.contract.CommandOption")
+            if opt.key is not None and opt.key not in cls.options:
+                raise PluginLoadError(f"{who}: {opt.flag} sets {opt.key!r}, which is not one of its options")
+            for info in self.addons.values():
+                clash = [o for o in info.cls.command_options if o.flag == opt.flag and not _agree(o, opt)]
+                if clash:
+                    raise PluginLoadError(
+                        f"{who} declares {opt.flag} unlike add-on {info.name!r} of plugin {info.plugin!r} "
+                        "(add-ons sharing a flag must all select, or set the same key with the same "
+                        "parse, and none may activate itself by it)"
+                    )
+
+    def addon_names(self, kind):
+        """Names of the registered add-ons of ``kind`` (``"adapter"``, ``"compressor"``), in
+        registration order."""
+        return [name for name, info in self.addons.items() if info.cls.kind == kind]
 
     # ------------------------------------------------------------------ lookup
     def _get(self, table, kind, name):
@@ -265,6 +359,7 @@ class PluginRegistry:
         return sorted(rows, key=lambda r: (r["kind"] != "strategy", r["name"]))
 
 
-def get_registry(extra=()):
-    """A registry with entry-point plugins plus ``extra`` (YAML-named) ones."""
-    return PluginRegistry(extra=tuple(extra))
+def _agree(a, b):
+    """Whether two add-ons may both declare command options ``a`` and ``b`` of one flag."""
+    return (a.selects == b.selects and a.key == b.key and a.parse is b.parse
+            and not a.activates and not b.activates)

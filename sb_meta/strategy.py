@@ -534,7 +534,11 @@ class AddOn:
 
     Subclasses set ``name``, declare their YAML keys with defaults in
     ``options`` (validated: a misspelt key is an error listing them) and
-    implement hooks as methods named ``sbmeta_<hook>``.
+    implement hooks as methods named ``sbmeta_<hook>``. What an add-on is
+    (``kind``) and the options it adds to ``sb-meta adapt``
+    (``command_options``) are declared here too, so the commands and
+    :class:`sb_meta.evaluation.Method` treat third-party add-ons as they treat
+    the built-ins, naming none of them.
 
     Arguments
     ---------
@@ -547,10 +551,28 @@ class AddOn:
     options = {}
     #: keys starting with this belong to the add-on (default ``<name>_``; "" for none)
     option_prefix = None
+    #: what the add-on is (one of :data:`sb_meta.contract.ADDON_KINDS`, or None):
+    #: ``"adapter"`` adds adapter layers and only they adapt (a method of its own
+    #: name in ``sb-meta evaluate`` and :class:`~sb_meta.evaluation.Method`,
+    #: activated before the others by ``sb-meta adapt``, exported alone with
+    #: ``--adapters-only``); ``"compressor"`` changes the exported model
+    #: (``sb-meta adapt`` runs it after every other add-on)
+    kind = None
+    #: for an adapter: whether its layers fold into the exported weights (a plain
+    #: SpeechBrain folder); if not, it can only be exported alone
+    folds_into_export = True
+    #: options this add-on adds to ``sb-meta adapt`` (:class:`sb_meta.contract.CommandOption`)
+    command_options = ()
 
     def __init__(self, brain, config):
         self.brain = brain
         self.config = config
+
+    @classmethod
+    def describe_export(cls, info):
+        """Lines ``sb-meta adapt`` prints about what this add-on did to an
+        export, read from its ``sbmeta.json`` (``info``); none by default."""
+        return []
 
     def number_option(self, key, minimum=None):
         """:meth:`option` ``key`` as a float (>= ``minimum``), or a ``ValueError`` naming it."""

@@ -72,7 +72,7 @@ def export_adapters(model, folder, force=False):
         When the model carries no adapters.
     """
     if not model.adapters or model._brain is None:
-        raise ValueError("this model carries no adapters; make some with adapt(..., addons=['lora'])")
+        raise ValueError("this model carries no adapters; make some with an adapter add-on, adapt(..., addons=[...])")
     state = {n: t.detach().cpu().clone() for n, t in _adapter_state(model._brain).items()}
     meta = {
         "format": ADAPTERS_FORMAT,

@@ -19,11 +19,13 @@ Example
 import pathlib
 import sys
 
+from sb_meta.adapt.addon_options import add_addon_options, addon_settings, check_export, describe_export
 from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES, check_cmvn
+from sb_meta.plugins import PluginRegistry
 from sb_meta.trust import add_trust_option
 from sb_meta.utils import check_output
 
-__all__ = ["add_commands", "compress_options"]
+__all__ = ["add_commands"]
 
 
 def _int_list(text):
@@ -49,8 +51,7 @@ def _check_step_size(lr):
 
 def _cmd_adapt(args):
     from sb_meta.adapt import load_model
-    from sb_meta.data.manifest import read_manifest
-    from sb_meta.evaluation import _rng, resolve_wav
+    from sb_meta.evaluation import resolve_wav
     from sb_meta.export import check_destination
 
     if args.k < 1:
@@ -58,43 +59,22 @@ def _cmd_adapt(args):
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps} (nothing would be adapted)")
     _check_step_size(args.lr)
-    if args.adapters_only and not args.peft:
-        raise ValueError("--adapters-only exports adapter weights: it needs --peft lora|houlsby|lhuc")
-    if args.compress and args.adapters_only:
-        raise ValueError("--compress compresses an exported model; --adapters-only exports adapters alone")
-    if args.peft == "houlsby" and not args.adapters_only:
-        raise ValueError("--peft houlsby adds layers a SpeechBrain pretrained folder cannot hold: "
-                         "add --adapters-only (or use lora / lhuc, which merge into the weights)")
+    addons, addon_config = addon_settings(args, args.registry)
+    known = all(name in args.registry.addons for name in addons)
+    if known:  # else an add-on of the model's own plugins: checked once the model is loaded
+        check_export(addons, args.adapters_only, args.registry)
     if args.guard and args.unsupervised:
         raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
                          "guard --unsupervised adaptation")
     check_cmvn(args.cmvn, args.unsupervised)  # before the model is loaded
     check_destination(args.out, force=args.force)  # refuse before any work
     check_output(args.out, [args.model, args.support])
-    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
-    rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
-    if args.task is not None:
-        if rows and args.task_column not in rows[0]:
-            raise KeyError(
-                f"manifest {args.support} has no column {args.task_column!r}; "
-                f"columns are {sorted(rows[0])}"
-            )
-        tasks = sorted({r[args.task_column] for r in rows})
-        rows = [r for r in rows if r[args.task_column] == args.task]
-        if not rows:
-            raise ValueError(
-                f"no utterance of {args.task_column}={args.task!r} in {args.support}; "
-                f"values are {tasks[:20]}"
-            )
-    where = f"{args.task_column}={args.task!r}" if args.task is not None else str(args.support)
-    if len(rows) < args.k:
-        raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
-    rows = sorted(rows, key=lambda r: r["ID"])
-    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    chosen, where = _support_rows(args)
     data_root = args.data_root or pathlib.Path(args.support).parent
     wavs = [resolve_wav(r["wav"], data_root, args.support) for r in chosen]
-    addons, addon_config = _addon_settings(args)
     model = load_model(args.model, device=args.device, trust=args.trust_model)
+    if not known:
+        check_export(addons, args.adapters_only, model.registry)
     settings = dict(
         strategy=args.strategy,
         steps=args.steps,
@@ -116,13 +96,55 @@ def _cmd_adapt(args):
         adapted = model.adapt(wavs, texts, unsupervised=args.unsupervised, **settings)
     if args.adapters_only:
         out = adapted.export_adapters(args.out, force=args.force)
-    else:  # lora / lhuc adapters are folded into the weights: a plain SpeechBrain folder
+    else:  # adapters that fold into the weights are folded: a plain SpeechBrain folder
         out = adapted.export(args.out, force=args.force)
     rec = adapted.last_adaptation
     print(
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
+    _print_adaptation(rec, len(chosen))
+    if args.adapters_only:
+        print(f"Exported the adapters only to {out} (load them on the base model with "
+              f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
+    else:
+        print(f"Exported to {out}")
+        for line in describe_export(out, addons, model.registry):
+            print(line)
+    return 0
+
+
+def _support_rows(args):
+    """``(chosen rows, where)``: the ``--k`` support utterances drawn (``--seed``) from
+    ``--support`` (those of ``--task`` only, when given), and how messages name their origin."""
+    from sb_meta.data.manifest import read_manifest
+    from sb_meta.evaluation import _rng
+
+    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
+    rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
+    if args.task is not None:
+        if rows and args.task_column not in rows[0]:
+            raise KeyError(
+                f"manifest {args.support} has no column {args.task_column!r}; "
+                f"columns are {sorted(rows[0])}"
+            )
+        tasks = sorted({r[args.task_column] for r in rows})
+        rows = [r for r in rows if r[args.task_column] == args.task]
+        if not rows:
+            raise ValueError(
+                f"no utterance of {args.task_column}={args.task!r} in {args.support}; "
+                f"values are {tasks[:20]}"
+            )
+    where = f"{args.task_column}={args.task!r}" if args.task is not None else str(args.support)
+    if len(rows) < args.k:
+        raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
+    rows = sorted(rows, key=lambda r: r["ID"])
+    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    return chosen, where
+
+
+def _print_adaptation(rec, n_chosen):
+    """What an adaptation record says beyond its strategy and support: cmvn, guard, unsupervised."""
     if rec.get("cmvn"):
         c = rec["cmvn"]
         print(f"Input statistics re-estimated on {c['frames']} support frames (weight {c['weight']}) "
@@ -137,116 +159,11 @@ def _cmd_adapt(args):
             print(f"Without transcripts: input statistics re-estimated on {u['frames']} frames "
                   f"(mean moved by {u['mean_shift']} on average per feature)")
         elif u["mode"] == "pseudo":
-            print(f"Without transcripts: {u['kept']} of {len(chosen)} utterance(s) confident enough "
+            print(f"Without transcripts: {u['kept']} of {n_chosen} utterance(s) confident enough "
                   "to serve as pseudo-labels" + (f"; {u['stopped']}" if u.get("stopped") else ""))
         else:
             print(f"Without transcripts: entropy {u['entropy'][0]:.3f} -> {min(u['entropy']):.3f}, "
                   f"{u['steps_kept']} step(s) kept ({u['stopped']})")
-    if args.adapters_only:
-        print(f"Exported the adapters only to {out} (load them on the base model with "
-              f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
-    else:
-        print(f"Exported to {out}")
-        _print_compression(out)
-    return 0
-
-
-def _print_compression(folder):
-    """One line per compression the export records (``sbmeta.json``'s ``compression``)."""
-    import json
-
-    from sb_meta.export import META_FILE
-
-    try:
-        info = json.loads((pathlib.Path(folder) / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    for record in info.get("compression") or []:
-        parts = []
-        if record.get("prune"):
-            p = record["prune"]
-            parts.append(f"pruned {100 * p['achieved']:.0f}% of {p['weights']} weights ({p['scope']})")
-        if record.get("int8"):
-            n = sum(len(v) for v in record["int8"].values())
-            parts.append(f"{n} layer(s) in int8")
-        if parts:
-            print("Compressed: " + ", ".join(parts))
-
-
-def compress_options(spec):
-    """The ``compress`` add-on's options for a ``--compress`` value.
-
-    ``int8``, ``prune:S`` (global sparsity ``S``), ``prune:S:layer`` (per
-    layer), comma-separated.
-
-    Example
-    -------
-    >>> compress_options("prune:0.8:layer,int8")
-    {'compress_prune': 0.8, 'compress_prune_scope': 'layer', 'compress_int8': True}
-    >>> compress_options("prune:0.5")
-    {'compress_prune': 0.5, 'compress_int8': False}
-    """
-    out = {}
-    for item in [x.strip() for x in str(spec).split(",") if x.strip()]:
-        parts = item.split(":")
-        if parts == ["int8"]:
-            out["compress_int8"] = True
-        elif parts[0] == "prune" and len(parts) in (2, 3):
-            try:
-                out["compress_prune"] = float(parts[1])
-            except ValueError:
-                raise ValueError(f"--compress {item!r}: the sparsity must be a number") from None
-            if len(parts) == 3:
-                out["compress_prune_scope"] = parts[2]
-        else:
-            raise ValueError(
-                f"--compress {item!r} is not understood; use int8, prune:S or prune:S:layer "
-                "(S = fraction of weights set to zero), comma-separated"
-            )
-    if not out:
-        raise ValueError("--compress needs int8, prune:S or prune:S:layer")
-    out.setdefault("compress_int8", False)
-    return out
-
-
-def _addon_value(text):
-    """A ``--addon-config`` value: YAML scalars and flow lists (``0.5``, ``true``, ``[inner, adapt]``)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        value = YAML(typ="safe").load(text)
-    except YAMLError:
-        return text
-    return text if value is None and text.strip() not in ("null", "~") else value
-
-
-def _addon_settings(args):
-    """``(addons, addon_config)`` from ``--addons``, ``--peft``, ``--compress`` and ``--addon-config``.
-
-    The ``--peft`` add-on comes first and ``compress`` last (it acts on the
-    model the others leave, e.g. with LoRA adapters merged).
-    """
-    addons = list(args.addons or [])
-    if args.peft and args.peft not in addons:
-        addons.insert(0, args.peft)
-    config = {}
-    if args.peft_rank is not None:
-        config["peft_rank"] = args.peft_rank
-    if args.peft_targets:
-        config["peft_targets"] = _name_list(args.peft_targets)
-    if args.compress:
-        config.update(compress_options(args.compress))
-        if "compress" not in addons:
-            addons.append("compress")
-    if "compress" in addons:
-        addons = [a for a in addons if a != "compress"] + ["compress"]
-    for item in args.addon_config:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--addon-config {item!r}: expected KEY=VALUE, e.g. distill_teacher=self")
-        config[key.strip()] = _addon_value(value)
-    return addons, config
 
 
 def _with_lexicon(model, args):
@@ -295,11 +212,12 @@ def _cmd_evaluate(args):
     _check_step_size(args.lr)
     check_report_folder(args.out)  # before the evaluation, not after it
     check_output(args.out, [args.model, args.data])
-    methods = methods_from(args.methods or args.strategies)
+    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
+    # adapter names: the installed plugins' and those the model's own YAML names
+    methods = methods_from(args.methods or args.strategies, adapters=model.registry.addon_names("adapter"))
     if args.unsupervised:  # each method also without transcripts, on the same draws
         methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
                     for m in methods]
-    model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
     results = evaluate_kshot(
         model,
         args.data,
@@ -325,8 +243,31 @@ def _cmd_evaluate(args):
     return 0
 
 
-def add_commands(subparsers):
-    """Add ``adapt``, ``transcribe`` and ``evaluate`` to the ``sb-meta`` parser."""
+def _option_example(registry):
+    """``KEY=VALUE`` for the first scalar option a registered add-on declares (for help texts)."""
+    for info in registry.addons.values():
+        for key, value in info.cls.options.items():
+            if isinstance(value, (bool, int, float, str)):
+                return f"{key}={value}"
+    return "KEY=VALUE"
+
+
+def add_commands(subparsers, registry=None):
+    """Add ``adapt``, ``transcribe`` and ``evaluate`` to the ``sb-meta`` parser.
+
+    The add-on options of ``adapt`` and the add-on method names of
+    ``evaluate`` come from ``registry`` (default: the plugins installed
+    through the ``sb_meta.plugins`` entry points).
+    """
+    registry = registry if registry is not None else PluginRegistry(strict=False)
+    _add_adapt(subparsers, registry)
+    _add_transcribe(subparsers)
+    _add_evaluate(subparsers, registry)
+
+
+def _add_adapt(subparsers, registry):
+    """``sb-meta adapt``, with the options the add-ons of ``registry`` declare."""
+    adapters = registry.addon_names("adapter")
     p = subparsers.add_parser(
         "adapt", help="adapt a model from k support utterances and export the adapted model"
     )
@@ -342,27 +283,15 @@ def add_commands(subparsers):
     p.add_argument("--task-column", default="spk_id")
     p.add_argument("--adapt-params", default=None,
                    help="comma-separated parameter name patterns to adapt, e.g. 'ctc_lin.*'")
-    p.add_argument("--peft", choices=["lora", "houlsby", "lhuc"], default=None,
-                   help="adapt only parameter-efficient adapters added to the model; lora and "
-                        "lhuc are merged into the exported weights unless --adapters-only")
-    p.add_argument("--peft-rank", type=int, default=None, help="adapter rank (default 8)")
-    p.add_argument("--peft-targets", default=None,
-                   help="comma-separated module name patterns to adapt with --peft "
-                        "(default by model family: attention and feed-forward projections and the CTC head "
-                        "of Transformer, Conformer, wav2vec2/HuBERT/WavLM and Whisper models; the DNN "
-                        "and CTC output layers of a CRDNN)")
     p.add_argument("--adapters-only", action="store_true",
-                   help="with --peft: export the adapter weights alone (a few %% of the model)")
+                   help="with an adapter add-on (" + (", ".join(adapters) or "none is registered")
+                        + "): export the adapter weights alone (a few %% of the model)")
     p.add_argument("--addons", type=_name_list, default=[],
-                   help="comma-separated add-ons active during adaptation and export, in order "
-                        "(e.g. distill,augment; `sb-meta plugins` lists them)")
+                   help="comma-separated add-ons active during adaptation and export, in order (of "
+                        + (", ".join(registry.addons) or "none registered") + "; `sb-meta plugins` lists them)")
     p.add_argument("--addon-config", action="append", default=[], metavar="KEY=VALUE",
-                   help="an add-on option (repeatable), e.g. distill_teacher=self, "
-                        "augment_phases=[adapt]; values are read as YAML")
-    p.add_argument("--compress", default=None, metavar="SPEC",
-                   help="compress the exported model (adds the compress add-on): int8, prune:S "
-                        "(global sparsity S, e.g. 0.5), prune:S:layer (per layer), "
-                        "comma-separated, e.g. prune:0.5,int8")
+                   help="an option of an active add-on (repeatable), e.g. "
+                        + _option_example(registry) + "; values are read as YAML")
     p.add_argument("--seed", type=int, default=0, help="seed of the support draw")
     p.add_argument("--data-root", default=None,
                    help="replaces $data_root in wav paths (default: the manifest's folder); other "
@@ -386,8 +315,12 @@ def add_commands(subparsers):
                         "blend them into the training ones with weight W in (0, 1] (feature-space, then "
                         "model-space adaptation)")
     add_trust_option(p)
-    p.set_defaults(func=_cmd_adapt)
+    add_addon_options(p, registry)
+    p.set_defaults(func=_cmd_adapt, registry=registry)
 
+
+def _add_transcribe(subparsers):
+    """``sb-meta transcribe``."""
     p = subparsers.add_parser("transcribe", help="transcribe audio files (prints path<TAB>text)")
     p.add_argument("--model", required=True, help="exported model folder (or cached hub id)")
     p.add_argument("--device", default=None)
@@ -396,6 +329,10 @@ def add_commands(subparsers):
     add_trust_option(p)
     p.set_defaults(func=_cmd_transcribe)
 
+
+def _add_evaluate(subparsers, registry):
+    """``sb-meta evaluate``, whose methods may name the adapter add-ons of ``registry``."""
+    adapters = registry.addon_names("adapter")
     p = subparsers.add_parser(
         "evaluate", help="k-shot adaptation benchmark: WER/CER per task, strategy and k"
     )
@@ -406,8 +343,9 @@ def add_commands(subparsers):
                    help="comma-separated support sizes (default 0,1,2,5,10)")
     p.add_argument("--repeats", type=int, default=3, help="support draws per task and k")
     p.add_argument("--methods", type=_name_list, default=None,
-                   help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or add-on names, "
-                        "e.g. 'full:finetune,head:finetune:ctc_lin.*,lora,lhuc' (default: --strategies)")
+                   help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or adapter add-on names ("
+                        + (", ".join(adapters) or "none is registered")
+                        + "), e.g. 'full:finetune,head:finetune:ctc_lin.*' (default: --strategies)")
     p.add_argument("--unsupervised", choices=list(UNSUPERVISED_MODES), default=None,
                    help="also evaluate every method adapting without transcripts")
     p.add_argument("--strategies", type=_name_list, default=["finetune"],
@@ -425,4 +363,4 @@ def add_commands(subparsers):
     p.add_argument("--out", required=True, help="report folder (results.json, report.md, wer_vs_k.png)")
     _lexicon_options(p)
     add_trust_option(p)
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, registry=registry)

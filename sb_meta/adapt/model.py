@@ -330,7 +330,7 @@ class AdaptableASR:
         classes = [self.registry.get_addon(name) for name in addons]  # unknown: lists the valid ones
         if len(set(addons)) != len(addons):
             raise ValueError(f"add-on listed twice: {addons}")
-        if self.adapters and any(getattr(c, "wrapper_type", None) for c in classes):
+        if self.adapters and any(c.kind == "adapter" for c in classes):
             raise ValueError(
                 f"this model already carries {'+'.join(self.adapters['addons'])} adapters; "
                 "adapt them further without adapter add-ons, or adapt the base model"
@@ -491,7 +491,7 @@ class AdaptableASR:
 
         addons, addon_config = self._check_addons(addons, peft, addon_config)
         carried = self.adapters
-        adapter_addons = [a for a in addons if getattr(self.registry.get_addon(a), "wrapper_type", None)]
+        adapter_addons = [a for a in addons if self.registry.get_addon(a).kind == "adapter"]
         if adapter_addons or carried:
             strategy = strategy or "finetune"
         strategy = strategy or self.default_strategy

@@ -7,6 +7,10 @@ only), add-ons (``lora``, ``lhuc``, ``augment``, ``distill``...) with their
 settings, and whether it reads the transcripts at all (``unsupervised``).
 Every method of an evaluation adapts on the same support draws.
 
+The name of an adapter add-on (one declaring ``kind = "adapter"``, e.g.
+``lora``) is a method of its own: that add-on applied with ``finetune``.
+Which names those are comes from the registered plugins.
+
 Example
 -------
 >>> m = Method.parse("head:finetune:ctc_lin.*")
@@ -18,10 +22,17 @@ Example
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["Method", "methods_from"]
+__all__ = ["Method", "methods_from", "adapter_names"]
 
-#: names that stand for an add-on applied with ``finetune``
-_ADDON_SHORTHANDS = ("lora", "lhuc", "houlsby")
+
+def adapter_names(registry=None):
+    """Names of the adapter add-ons of ``registry`` (default: the installed plugins'),
+    each of which stands for itself applied with ``finetune``."""
+    if registry is None:
+        from sb_meta.plugins import PluginRegistry
+
+        registry = PluginRegistry(strict=False)
+    return registry.addon_names("adapter")
 
 
 @dataclass
@@ -69,12 +80,15 @@ class Method:
     cmvn: float = None
 
     @classmethod
-    def parse(cls, text):
-        """A method from ``name[:strategy[:pattern+pattern]]`` (CLI) or an add-on name."""
+    def parse(cls, text, adapters=None):
+        """A method from ``name[:strategy[:pattern+pattern]]`` (CLI) or an adapter add-on name.
+
+        ``adapters``: the adapter add-on names (default :func:`adapter_names`).
+        """
         parts = text.split(":")
         name = parts[0]
         if len(parts) == 1:
-            if name in _ADDON_SHORTHANDS:
+            if name in (adapter_names() if adapters is None else adapters):
                 return cls(name=name, strategy="finetune", addons=[name])
             return cls(name=name, strategy=name)
         adapt = [p for p in parts[2].replace(",", "+").split("+") if p] if len(parts) > 2 else None
@@ -111,8 +125,11 @@ class Method:
         return model.adapt(wavs, transcripts, **kwargs)
 
 
-def methods_from(items):
+def methods_from(items, adapters=None):
     """:class:`Method` s from names, ``name:strategy:patterns`` strings, dicts or methods.
+
+    ``adapters``: the adapter add-on names a bare name may be (default
+    :func:`adapter_names`, looked up only when a string needs it).
 
     Raises
     ------
@@ -128,7 +145,9 @@ def methods_from(items):
         else:
             text = str(item).strip()
             if text:
-                out.append(Method.parse(text))
+                if adapters is None and ":" not in text:
+                    adapters = adapter_names()
+                out.append(Method.parse(text, adapters))
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise ValueError(f"methods are repeated: {names}")

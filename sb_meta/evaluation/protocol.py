@@ -221,7 +221,8 @@ def evaluate_kshot(
     ks = _parse_ks(ks)
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    methods = methods_from(methods if methods is not None else strategies)
+    methods = methods_from(methods if methods is not None else strategies,
+                           adapters=model.registry.addon_names("adapter"))
     if not methods and any(k > 0 for k in ks):
         raise ValueError("no method given")
     for method in methods:  # unknown / unusable: fail before any work

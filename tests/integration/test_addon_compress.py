@@ -128,7 +128,7 @@ def test_options_are_validated(trained):
             type(brain.addons[0])(brain, brain.meta_config)
     finally:
         del brain.hparams.compress_prune
-    from sb_meta.adapt.commands import compress_options
+    from sb_meta_plugins.compress import compress_options
 
     with pytest.raises(ValueError, match="--compress 'prune:x'"):
         compress_options("prune:x")
@@ -142,6 +142,7 @@ def test_adapt_command_compresses_and_the_report_compares(trained, tmp_path, cap
     code = main(["adapt", "--model", str(base), "--support", str(csv), "--k", "2", "--steps", "1",
                  "--compress", "prune:0.5,int8", "--out", str(tmp_path / "small")])
     assert code == 0, capsys.readouterr().err
+    assert "Compressed: pruned 50% of" in capsys.readouterr().out  # the add-on describes its export
     info = json.loads((tmp_path / "small" / "sbmeta.json").read_text())
     assert info["adaptations"][-1]["addons"] == ["compress"]
     assert info["compression"][0]["prune"]["sparsity"] == 0.5 and info["compression"][0]["int8"]

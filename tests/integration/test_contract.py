@@ -149,6 +149,14 @@ def test_before_export_changes_the_exported_model_and_its_yaml(tmp_path):
     adapted = model.adapt([row["wav"]], [row["wrd"]], steps=1, addons=["zero_bias"], strategy="finetune")
     again = h.speechbrain_asr(adapted.export(tmp_path / "adapted"))
     assert all(float(p.abs().max()) == 0 for n, p in again.mods.named_parameters() if n.endswith("bias"))
+    # and from the command line: an add-on of the model's own (YAML-named) plugins
+    from sb_meta.cli import main
+
+    assert main(["adapt", "--model", str(out), "--support", str(csv), "--k", "1", "--steps", "1",
+                 "--strategy", "finetune", "--addons", "zero_bias", "--trust-model",
+                 "--out", str(tmp_path / "cli")]) == 0
+    cli = h.speechbrain_asr(tmp_path / "cli")
+    assert all(float(p.abs().max()) == 0 for n, p in cli.mods.named_parameters() if n.endswith("bias"))
 
 
 def test_a_misspelt_hook_is_an_error_naming_plugin_and_hook(tmp_path):
@@ -204,3 +212,66 @@ def test_predictions_structure_is_the_same_in_training_and_test_time_adaptation(
     assert isinstance(train_pred, ASRPredictions) and isinstance(adapt_pred, ASRPredictions)
     torch.testing.assert_close(adapt_pred.log_probs, train_pred.log_probs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(adapt_pred.encoder_out, train_pred.encoder_out, rtol=1e-5, atol=1e-5)
+
+
+def _load_error(tmp_path, name, source):
+    from sb_meta.plugins import PluginLoadError, PluginRegistry
+
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    with pytest.raises(PluginLoadError) as info:
+        PluginRegistry(entry_points=False, extra=[str(path)])
+    message = str(info.value)
+    assert "\n" not in message and name in message  # one line, naming the plugin
+    return message
+
+
+def test_a_per_brain_hook_at_module_level_is_refused_at_load(tmp_path):
+    """Per-brain hooks are called on a brain's strategy and add-ons only: a module-level
+    one would never run, so loading the plugin says where it belongs."""
+    message = _load_error(tmp_path, "loose_loss", "def sbmeta_loss(loss):\n    return loss\n")
+    assert "per-brain hook sbmeta_loss at module level" in message
+    assert "method of the AddOn or Strategy subclass" in message
+    # and the registry hooks belong to the module, not to an add-on
+    message = _load_error(tmp_path, "nested_registry", (
+        "from sb_meta.strategy import AddOn\n"
+        "class Nested(AddOn):\n"
+        "    name = 'nested'\n"
+        "    def sbmeta_addons(self):\n"
+        "        return []\n"
+        "def sbmeta_addons():\n"
+        "    return [Nested]\n"))
+    assert "Nested" in message and "sbmeta_addons is called only on plugin modules" in message
+
+
+@pytest.mark.parametrize("marker", ["tryfirst", "trylast", "wrapper", "hookwrapper"])
+def test_ordering_markers_on_per_brain_hooks_are_refused_at_load(tmp_path, marker):
+    """Per-brain hooks run in a fixed order (strategy, then meta_addons order), so
+    pluggy's ordering markers would be ignored: they are an error instead."""
+    message = _load_error(tmp_path, f"marked_{marker}", (
+        "from sb_meta.plugins import hookimpl\n"
+        "from sb_meta.strategy import AddOn\n"
+        "class Marked(AddOn):\n"
+        "    name = 'marked'\n"
+        f"    @hookimpl({marker}=True)\n"
+        "    def sbmeta_loss(self, loss):\n"
+        + ("        yield\n" if "wrapper" in marker else "        return None\n")  # pluggy's wrappers yield
+        + "def sbmeta_addons():\n"
+        "    return [Marked]\n"))
+    assert f"sbmeta_loss is marked {marker}" in message and "Marked" in message
+
+
+def test_ordering_markers_on_registry_hooks_work_as_in_pluggy(tmp_path):
+    """sbmeta_addons is called through pluggy, so tryfirst is honoured there."""
+    from sb_meta.plugins import PluginRegistry
+
+    path = tmp_path / "early_addons.py"
+    path.write_text(
+        "from sb_meta.plugins import hookimpl\n"
+        "from sb_meta.strategy import AddOn\n"
+        "class Early(AddOn):\n"
+        "    name = 'early'\n"
+        "@hookimpl(tryfirst=True)\n"
+        "def sbmeta_addons():\n"
+        "    return [Early]\n")
+    assert "early" in PluginRegistry(entry_points=False, extra=[str(path)]).addons

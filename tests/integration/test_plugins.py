@@ -11,6 +11,8 @@ from sb_meta.cli import main
 from sb_meta.plugins import PluginLoadError, PluginRegistry, UnknownPluginError
 from sb_meta.testing import make_toy_brain, toy_dataset
 
+from helpers.distributions import install_fake_distribution
+
 BUILTIN_STRATEGIES = {"maml", "fomaml", "reptile", "metasgd", "anil", "joint", "finetune"}
 
 GOOD_PLUGIN = '''
@@ -49,15 +51,6 @@ def sbmeta_strategies():
 def sbmeta_addons():
     return [L2]
 '''
-
-
-def install_fake_distribution(root, dist, module, source, ep_name):
-    """A real installed distribution: module + .dist-info with an entry point."""
-    (root / f"{module}.py").write_text(source)
-    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[sb_meta.plugins]\n{ep_name} = {module}\n")
 
 
 @pytest.fixture
@@ -169,3 +162,59 @@ def test_hookspecs_are_documented_and_keyword_only():
     for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
         if name.startswith("sbmeta_"):
             assert fn.__doc__ and len(fn.__doc__.strip()) > 20, name
+
+
+def _addon_plugin(tmp_path, name, body):
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        "from sb_meta.contract import CommandOption\n"
+        "from sb_meta.strategy import AddOn\n"
+        f"class Declared(AddOn):\n    name = {name!r}\n" + body
+        + "def sbmeta_addons():\n    return [Declared]\n"
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("    kind = 'adaptor'\n", "has kind 'adaptor'; kinds are adapter, compressor or None"),
+    ("    command_options = ('--x',)\n", "command_options holds '--x', not a sb_meta.contract.CommandOption"),
+    ("    command_options = (CommandOption('--x-rate', key='x_rate'),)\n",
+     "--x-rate sets 'x_rate', which is not one of its options"),
+    ("    command_options = (CommandOption('--compress', activates=True),)\n",
+     "declares --compress unlike add-on 'compress' of plugin 'compress'"),
+    ("    command_options = (CommandOption('--peft-rank', key='r', parse=float),)\n    options = {'r': 1}\n",
+     "declares --peft-rank unlike add-on 'lora'"),
+])
+def test_what_an_addon_declares_is_checked_at_load(tmp_path, body, message):
+    """kind and command_options are part of the contract: a wrong one, or a flag that
+    another add-on declares differently, is refused naming the add-on and its plugin."""
+    path = _addon_plugin(tmp_path, "declared", body)
+    with pytest.raises(PluginLoadError) as info:
+        PluginRegistry(extra=[path])
+    assert message in str(info.value) and "add-on 'declared' of plugin" in str(info.value)
+    assert "\n" not in str(info.value)
+    # a non-strict registry (sb-meta plugins, the commands) keeps it aside, the others work
+    registry = PluginRegistry(extra=[path], strict=False)
+    assert "declared" not in registry.addons and "lora" in registry.addons and registry.broken
+
+
+def test_an_addon_flag_the_command_already_has_is_an_error_naming_it(tmp_path):
+    import argparse
+
+    from sb_meta.adapt.commands import add_commands
+
+    path = _addon_plugin(tmp_path, "greedy", "    command_options = (CommandOption('--k', key='k'),)\n"
+                                           "    options = {'k': 1}\n")
+    registry = PluginRegistry(extra=[path])
+    with pytest.raises(PluginLoadError, match=r"add-on 'greedy' \(plugin .*greedy.py'\) declares --k, "
+                                              r"which `sb-meta adapt` already has"):
+        add_commands(argparse.ArgumentParser(prog="sb-meta").add_subparsers(), registry)
+
+
+def test_the_listing_shows_what_each_addon_declares(capsys):
+    rows = {r["name"]: r for r in PluginRegistry().listing()}
+    assert rows["lora"]["addon_kind"] == "adapter" and "--peft" in rows["lora"]["flags"]
+    assert rows["compress"]["addon_kind"] == "compressor" and rows["compress"]["flags"] == ["--compress"]
+    assert rows["dann"]["addon_kind"] is None and "addon_kind" not in rows["maml"]
+    assert main(["plugins"]) == 0
+    assert "(adapter, --peft, --peft-rank, --peft-targets)" in capsys.readouterr().out
