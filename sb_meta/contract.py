@@ -179,7 +179,7 @@ class CommandOption:
         The add-on option (one of its ``options``) the value sets, parsed by
         ``parse`` as the command line is read.
     parse : callable, optional
-        ``str -> value`` (default: the string). Without ``key`` it returns a
+        ``str -> value`` (default, None: the string itself). Without ``key`` it returns a
         dict of option values, and raises ``ValueError`` naming the flag for a
         value it does not understand.
     metavar : str, optional
@@ -200,12 +200,16 @@ class CommandOption:
     flag: str
     help: str = ""
     key: str = None
-    parse: object = str
+    parse: object = None
     metavar: str = None
     selects: bool = False
     activates: bool = False
 
     def __post_init__(self):
+        if self.parse is None:
+            # the default is set here, not as the field's default: a class attribute holding
+            # ``str`` is documented by autodoc as a method of this class (a duplicate entry)
+            object.__setattr__(self, "parse", str)
         if not (isinstance(self.flag, str) and self.flag.startswith("--") and len(self.flag) > 2):
             raise ValueError(f"command option {self.flag!r}: a flag is a long option such as '--name'")
         if self.selects and (self.key is not None or self.activates):
