@@ -98,11 +98,11 @@ def addon_settings(args, registry):
     """
     addons = list(getattr(args, "addons", None) or [])
     config = {}
-    for name, info in registry.addons.items():
-        for opt in info.cls.command_options:
-            value = getattr(args, _dest(opt.flag), None)
-            if value is None:
-                continue
+    for flag, decls in _declared(registry).items():
+        value = getattr(args, _dest(flag), None)
+        if value is None:
+            continue
+        for name, opt in decls:
             if opt.selects:
                 if value == name and name not in addons:
                     addons.insert(0, name)

@@ -262,7 +262,7 @@ def family_grid(family, name):
 
 
 def model_folder(name):
-    """``base_*``: a base; ``an4_base``: the AN4 model; anything else: a model meta-trained from the base."""
+    """``base_*``: a base; ``an4_base*``: an AN4 model; anything else: a model meta-trained from the base."""
     if name.startswith("an4_base"):
         return OUT / name / "pretrained"
     if name.startswith("base_"):
