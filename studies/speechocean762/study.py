@@ -687,6 +687,72 @@ def _eval_table(results, families=None):
     return "\n".join(lines)
 
 
+#: the initialisation every meta-trained one is paired against, and the evaluation label they share
+INIT_REFERENCE, INIT_LABEL = "joint", "init_k5"
+
+
+def _by_draw(results):
+    """``(task, k, repeat) -> draw`` of one evaluation."""
+    return {(d["task"], d["k"], d["repeat"]): d for d in results["draws"]}
+
+
+def _draw_wer(draw):
+    """The draw's WER after its one method's adaptation, or unadapted at k = 0."""
+    if not draw["adapted"]:
+        return draw["unadapted"]["wer"]
+    (only,) = draw["adapted"].values()
+    return only["wer"]
+
+
+def paired_against(label, reference, decoder="lexicon"):
+    """Every model evaluated under ``label`` paired with ``reference`` draw by draw.
+
+    Both evaluations must have used the same support and query utterances (the
+    protocol's seed); the comparison at each k is the adapted WER of the model
+    against the adapted WER of ``reference`` (unadapted at k = 0), bootstrapped
+    over speakers and draws as the protocol's own paired statistics.
+
+    Returns
+    -------
+    dict
+        ``model -> k -> summarize_paired(reference, model)``; empty while the
+        reference is not evaluated.
+    """
+    from sb_meta.evaluation import summarize_paired
+
+    ref_path = eval_folder(reference, label, decoder) / "results.json"
+    if not ref_path.is_file():
+        return {}
+    ref = _by_draw(json.loads(ref_path.read_text()))
+    out = {}
+    for path in sorted((OUT / "eval" / decoder).glob(f"*/{label}/results.json")):
+        name = path.parent.parent.name
+        if name == reference:
+            continue
+        mine = _by_draw(json.loads(path.read_text()))
+        if set(mine) != set(ref) or any(mine[key]["support"] != ref[key]["support"]
+                                        or mine[key]["query"] != ref[key]["query"] for key in ref):
+            raise SystemExit(f"study: {name} and {reference} under {label} were not evaluated on the same draws")
+        out[name] = {}
+        for k in sorted({key[1] for key in ref}):
+            base, other = {}, {}
+            for key in sorted(key for key in ref if key[1] == k):
+                base.setdefault(key[0], []).append(_draw_wer(ref[key]))
+                other.setdefault(key[0], []).append(_draw_wer(mine[key]))
+            out[name][str(k)] = summarize_paired(base, other)
+    return out
+
+
+def _paired_table(paired, reference):
+    lines = [f"| initialisation | k | `{reference}` -> this WER | relative to `{reference}` [95% CI] "
+             f"| speakers worse than `{reference}` |", "|---|---|---|---|---|"]
+    for name, by_k in paired.items():
+        for k, e in sorted(by_k.items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| `{name}` | {k} | {e['base_mean']:.2f} -> {e['mean']:.2f} | {_rel(e)} "
+                         f"| {len(e['worse_tasks'])}/{e['tasks']} |")
+    return "\n".join(lines)
+
+
 def cmd_report(args):
     """Copy each finished evaluation into docs/studies/speechocean762/ and write report.md
     (the studies' generated page, as for the other studies), with a table of contents of the
@@ -717,6 +783,14 @@ def cmd_report(args):
                       f"{cost.get('adaptations', '?')} adaptations, {cost.get('adaptations_per_cpu_minute', '?')} "
                       f"per CPU-minute. Folder: `{target.relative_to(DOCS)}/`.", "",
                       _eval_table(results), ""]
+    paired = paired_against(INIT_LABEL, INIT_REFERENCE)
+    if paired:
+        write_json(DOCS / INIT_LABEL / f"paired_against_{INIT_REFERENCE}.json", paired)
+        parts += [f"## Initialisations against `{INIT_REFERENCE}`, lexicon decoding", "",
+                  f"Each initialisation adapted with its own dev choice of the `init` family, paired with "
+                  f"`{INIT_REFERENCE}` on the same draws (k = 0: neither adapted). Positive: better than "
+                  f"`{INIT_REFERENCE}`. File: `{INIT_LABEL}/paired_against_{INIT_REFERENCE}.json`.", "",
+                  _paired_table(paired, INIT_REFERENCE), ""]
     for path in sorted((OUT / "children").glob("*/*/results.json")):
         res = json.loads(path.read_text())
         decoder, name = path.parent.parent.name, path.parent.name

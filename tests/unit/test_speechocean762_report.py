@@ -6,6 +6,8 @@ import pathlib
 import re
 import shlex
 
+import pytest
+
 from studies.speechocean762 import study
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -74,3 +76,39 @@ def test_every_speechocean762_command_the_docs_show_parses():
     for line in shown:
         args = parser.parse_args(shlex.split(line, comments=True))
         assert args.command in study.COMMANDS, line
+
+
+def evaluation(draws):
+    """A results.json of one method ``init`` from ``(task, k, repeat, query, unadapted, adapted)``."""
+    return {"draws": [{"task": t, "k": k, "repeat": r, "support": [f"{t}_s{r}"] * k, "query": q,
+                       "unadapted": {"wer": u}, "adapted": {"init": {"wer": a}} if k else {}}
+                      for t, k, r, q, u, a in draws],
+            "summary": {}, "tasks": sorted({d[0] for d in draws}), "config": {"repeats": 2}}
+
+
+def test_initialisations_are_paired_with_joint_on_the_same_draws(tmp_path, monkeypatch):
+    out, docs = tmp_path / "so762", tmp_path / "docs"
+    monkeypatch.setattr(study, "OUT", out)
+    monkeypatch.setattr(study, "DOCS", docs)
+    q = ["u1", "u2"]
+    joint = [(t, k, r, q, 50.0, 40.0) for t in ("s1", "s2") for k in (0, 5) for r in (0, 1)]
+    # fomaml: 4 points better than joint after adaptation on s1, 2 worse on s2; equal unadapted
+    fomaml = [(t, k, r, q, 50.0, 36.0 if t == "s1" else 42.0) for t, k, r, *_ in joint]
+    folder = out / "eval" / "lexicon"
+    write(folder / "joint" / "init_k5" / "results.json", evaluation(joint))
+    write(folder / "fomaml" / "init_k5" / "results.json", evaluation(fomaml))
+    paired = study.paired_against("init_k5", "joint")
+    assert list(paired) == ["fomaml"]
+    e = paired["fomaml"]["5"]
+    assert (e["base_mean"], e["mean"], e["worse_tasks"], e["tasks"]) == (40.0, 39.0, ["s2"], 2)
+    assert abs(e["relative"] - 1 / 40) < 1e-9
+    assert paired["fomaml"]["0"]["delta"] == 0.0
+    study.cmd_report(None)
+    text = (docs / "report.md").read_text()
+    assert "| `fomaml` | 5 | 40.00 -> 39.00 | +2.5% [" in text and "| 1/2 |" in text
+    assert json.loads((docs / "init_k5" / "paired_against_joint.json").read_text())["fomaml"]["5"]["tasks"] == 2
+    # another query for one draw: not the same draws, refused by name
+    fomaml[0] = fomaml[0][:3] + (["u9"],) + fomaml[0][4:]
+    write(folder / "fomaml" / "init_k5" / "results.json", evaluation(fomaml))
+    with pytest.raises(SystemExit, match="fomaml and joint under init_k5"):
+        study.paired_against("init_k5", "joint")
