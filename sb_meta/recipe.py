@@ -279,9 +279,11 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
 
 def train_loader(brain, hparams, train_data):
     """What a recipe hands to ``fit``: an episode loader, or with
-    ``plain_batches: True`` (the joint and finetune baselines only) the dataset
-    itself, for ordinary shuffled batches."""
-    if not hparams.get("plain_batches"):
+    ``plain_batches: True`` (a meta key; strategies with a ``batch_backward``,
+    the joint and finetune baselines) the dataset itself, for ordinary
+    shuffled batches. ``hparams`` is kept for the recipes' calls; the key is
+    read from the brain's :class:`~sb_meta.strategy.MetaConfig`."""
+    if not brain.meta_config["plain_batches"]:
         return brain.make_episode_loader(train_data)
     if not hasattr(brain.strategy, "batch_backward"):
         raise RecipeError(

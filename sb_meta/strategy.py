@@ -65,6 +65,7 @@ META_KEYS = {
     "train_budget_minutes": None,
     "train_budget_clock": "wall",
     "valid_adapt": False,
+    "plain_batches": False,
 }
 
 #: One line per meta key (the documentation's table is checked against this).
@@ -86,6 +87,7 @@ META_KEY_HELP = {
     "train_budget_minutes": "stop training after this many minutes of training (validation excluded)",
     "train_budget_clock": "`wall` clock, or `cpu` time of the process (fair budgets on a shared machine)",
     "valid_adapt": "validate adapted models: each validation task adapts on `k_support` utterances, the rest are scored (the kept checkpoint is the best after adaptation)",
+    "plain_batches": "train on ordinary shuffled batches (`train_dataloader_opts`) instead of episodes, for strategies that have a `batch_backward` (`joint`, `finetune`)",
 }
 
 
@@ -165,8 +167,9 @@ class MetaConfig(dict):
         if not anchor >= 0:
             raise ValueError(f"outer_joint_weight must be a number >= 0, got {cfg['outer_joint_weight']!r}")
         cfg["outer_joint_weight"] = anchor
-        if not isinstance(cfg["valid_adapt"], bool):
-            raise ValueError(f"valid_adapt must be True or False, got {cfg['valid_adapt']!r}")
+        for key in ("valid_adapt", "plain_batches"):
+            if not isinstance(cfg[key], bool):
+                raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
         if cfg["train_budget_clock"] not in ("wall", "cpu"):
             raise ValueError(f"train_budget_clock must be 'wall' or 'cpu', got {cfg['train_budget_clock']!r}")
         budget = cfg["train_budget_minutes"]
