@@ -25,8 +25,9 @@ from sb_meta.checkpointing import RNGState, TrainClock, set_aside_incomplete_che
 from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
+from sb_meta.options import check_options
 from sb_meta.plugins import PluginHookError, PluginManager, PluginRegistry
-from sb_meta.strategy import GradientStrategy, MetaConfig, check_options
+from sb_meta.strategy import GradientStrategy, MetaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ class MetaBrain(sb.Brain):
         addon_classes = [self.registry.get_addon(name) for name in cfg["meta_addons"]]
         if len(set(cfg["meta_addons"])) != len(cfg["meta_addons"]):
             raise ValueError(f"meta_addons lists an add-on twice: {cfg['meta_addons']}")
-        check_options(
-            hparams or {}, [i.cls for i in self.registry.addons.values()], cfg["meta_addons"]
-        )
+        check_options(hparams or {}, self.registry.configurables(), [cfg["meta_strategy"], *cfg["meta_addons"]])
         # hooks run on the strategy first, then the add-ons in meta_addons order
         self._pm = PluginManager(per_brain=True)
         self._plugins = []

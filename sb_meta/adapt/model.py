@@ -318,7 +318,8 @@ class AdaptableASR:
 
     def _check_addons(self, addons, peft, addon_config):
         """(add-on names, their configuration) for :meth:`adapt`, validated."""
-        from sb_meta.strategy import META_KEYS, check_options
+        from sb_meta.options import check_options
+        from sb_meta.strategy import META_KEYS
 
         if peft is not None:
             if addons:
