@@ -1,5 +1,7 @@
-"""Loading SpeechBrain pretrained ASR folders as :class:`~sb_meta.adapt.AdaptableASR`.
+"""Reading a SpeechBrain pretrained ASR folder: its interface, checks, files and state.
 
+:func:`read_pretrained` reads what :class:`~sb_meta.adapt.AdaptableASR` is built
+from; :func:`sb_meta.adapt.load_model` (:mod:`sb_meta.adapt.loading`) builds it.
 Any folder SpeechBrain's ``EncoderASR``, ``EncoderDecoderASR`` or ``WhisperASR`` loads works:
 sb-meta's exports (their ``sbmeta.json`` names the interface, the trained
 modules and the meta-learned state) and models sb-meta did not write, laid
@@ -20,12 +22,11 @@ import re
 import torch
 
 from sb_meta.adapt.hf import require_transformers, uses_transformers
-from sb_meta.adapt.model import AdaptableASR
 from sb_meta.export.folder import META_FILE
 from sb_meta.export.plan import HPARAMS_FILE, load_interface
 from sb_meta.trust import check_model_folder
 
-__all__ = ["load_model", "detect_interface"]
+__all__ = ["read_pretrained", "detect_interface"]
 
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 ENCODER_ASR = "speechbrain.inference.ASR.EncoderASR"
@@ -105,47 +106,34 @@ def _diagnose(folder, yaml_text, exc, yaml_path=HPARAMS_FILE):
     return f"{type(exc).__name__}: {exc}"
 
 
-def load_model(source, savedir=None, device=None, adapters=None, trust=False):
-    """Load a SpeechBrain pretrained ASR folder as an :class:`AdaptableASR`.
+def read_pretrained(source, savedir=None, device=None, trust=False):
+    """Read a SpeechBrain pretrained ASR folder: the arguments of :class:`~sb_meta.adapt.AdaptableASR`.
 
     Arguments
     ---------
     source : str or pathlib.Path
-        A model folder (an sb-meta export, or any SpeechBrain ``EncoderASR`` /
-        ``EncoderDecoderASR`` folder), or a model hub id (``org/name``)
-        already in the local cache.
+        A model folder, or a model hub id (``org/name``) already in the local
+        cache (see :func:`sb_meta.adapt.load_model`).
     savedir : str or pathlib.Path, optional
         Where SpeechBrain collects the files; defaults to the folder itself.
     device : str, optional
         ``"cpu"``, ``"cuda:0"``...; default SpeechBrain's choice.
-    adapters : str or pathlib.Path, optional
-        A folder written by :meth:`AdaptableASR.export_adapters` for this base model.
     trust : bool
         Load the folder even when its ``hyperparams.yaml`` names code outside
-        what :mod:`sb_meta.trust` allows (a model folder is code: only for
-        sources you trust). Default: such a folder is refused before anything
-        in it runs.
+        what :mod:`sb_meta.trust` allows.
 
     Returns
     -------
-    AdaptableASR
+    dict
+        ``asr`` (the SpeechBrain interface), ``yaml_text``, ``info`` (its
+        ``sbmeta.json``, else ``None``), ``source``, ``files`` (the bytes of
+        its loadables that are not modules, e.g. the tokenizer) and
+        ``meta_state``.
 
     Raises
     ------
-    FileNotFoundError
-        For a missing folder, an incomplete export (naming the missing files),
-        or a hub id that is not cached.
-    ValueError
-        For a folder that is not a SpeechBrain ASR model, a corrupt file (named),
-        or adapters made for another base model.
-    sb_meta.trust.UntrustedModelError
-        (a ``ValueError``) For a folder whose YAML names code sb-meta does not
-        run without ``trust=True`` (naming the tag and its line).
-
-    Example
-    -------
-    >>> model = load_model("results/pretrained")  # doctest: +SKIP
-    >>> model.transcribe_file("speech.wav")  # doctest: +SKIP
+    FileNotFoundError, ValueError, sb_meta.trust.UntrustedModelError
+        As :func:`sb_meta.adapt.load_model`.
     """
     from speechbrain.utils.fetching import FetchConfig, fetch
 
@@ -226,16 +214,12 @@ def load_model(source, savedir=None, device=None, adapters=None, trust=False):
     for name, obj in dict(pretrainer.loadables).items():
         if not isinstance(obj, torch.nn.Module) and name in pretrainer.paths:
             files[name] = pathlib.Path(pretrainer.paths[name]).read_bytes()
-    model = AdaptableASR(asr, yaml_text=yaml_text, info=info, source=src, files=files, meta_state=meta_state)
-    _check_tokenizer(model)
-    if adapters is not None:
-        model = model.with_adapters(adapters)
-    return model
+    _check_tokenizer(asr.tokenizer, src)
+    return dict(asr=asr, yaml_text=yaml_text, info=info, source=src, files=files, meta_state=meta_state)
 
 
-def _check_tokenizer(model):
+def _check_tokenizer(tok, source):
     from speechbrain.dataio.encoder import CTCTextEncoder
 
-    tok = model.tokenizer
     if isinstance(tok, CTCTextEncoder) and not tok.lab2ind:
-        raise ValueError(f"the tokenizer of {model.source} did not load (empty or corrupt tokenizer file)")
+        raise ValueError(f"the tokenizer of {source} did not load (empty or corrupt tokenizer file)")
