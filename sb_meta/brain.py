@@ -530,7 +530,7 @@ class MetaBrain(sb.Brain):
                     rows={i: dict(rows[i], ID=i) for i in ids if i in rows})
 
     def evaluate_batch(self, batch, stage):
-        self.train_clock._t0 = None  # validation time is not training time
+        self.train_clock.discard()  # validation time is not training time
         if isinstance(batch, Episode):
             return self.evaluate_adapted(batch, stage)
         if stage == sb.Stage.VALID and self.meta_config["valid_adapt"]:
