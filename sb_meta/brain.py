@@ -181,19 +181,14 @@ class MetaBrain(sb.Brain):
         self._plugins.insert(0, self.strategy)
         for key, module in self.strategy.meta_modules().items():
             self.modules[META_PREFIX + key] = module.to(self.device)
-        owned = {}
-        for plugin, mods in self.call_hook("sbmeta_modules"):
-            if mods:
-                owned[plugin.name] = torch.nn.ModuleDict(dict(mods))
+        owned = {plugin.name: torch.nn.ModuleDict(dict(mods))
+                 for plugin, mods in self.call_hook("sbmeta_modules") if mods}
         if owned:
             self.modules[ADDON_MODULES] = torch.nn.ModuleDict(owned).to(self.device)
         self.train_clock = TrainClock()
         if self.checkpointer is not None:
             if self.strategy.meta_modules():
-                self.checkpointer.add_recoverable(
-                    "meta_strategy",
-                    torch.nn.ModuleDict(self.strategy.meta_modules()),
-                )
+                self.checkpointer.add_recoverable("meta_strategy", torch.nn.ModuleDict(self.strategy.meta_modules()))
             if owned:
                 self.checkpointer.add_recoverable(ADDON_MODULES, self.modules[ADDON_MODULES])
             self.checkpointer.add_recoverable("rng", RNGState())
@@ -209,11 +204,8 @@ class MetaBrain(sb.Brain):
     # ------------------------------------------------------------ parameters
     def base_params(self):
         """The model's own trainable parameters (meta-learned and plugin-owned state excluded)."""
-        return {
-            n: p
-            for n, p in self.modules.named_parameters()
-            if p.requires_grad and not n.startswith(META_PREFIX)
-        }
+        return {n: p for n, p in self.modules.named_parameters()
+                if p.requires_grad and not n.startswith(META_PREFIX)}
 
     def base_param_names(self):
         return list(self.base_params())
@@ -298,6 +290,13 @@ class MetaBrain(sb.Brain):
         if reset:
             self._term_sums = {}
         return means
+
+    @contextlib.contextmanager
+    def uncounted_loss_terms(self):
+        """Plugin loss terms added inside the block are left out of :meth:`loss_term_means`."""
+        kept = dict(self._term_sums)
+        yield
+        self._term_sums = kept
 
     def after_adapt(self, params, task=None, phase=Phase.INNER):
         """``params`` after every plugin's ``sbmeta_after_adapt``, in order."""

@@ -602,10 +602,9 @@ class AdaptableASR:
         support_loss = None
         losses = [float(x) for x in getattr(brain.strategy, "inner_losses", None) or []]
         if unsupervised in (None, "pseudo") and losses:  # gradient steps on a support loss
-            terms = dict(brain._term_sums)  # the add-ons' loss-term means cover the steps only
-            with torch.no_grad(), frozen_statistics(brain.modules):  # the loss after the last step too
+            # the loss after the last step too; the add-ons' loss-term means cover the steps only
+            with torch.no_grad(), frozen_statistics(brain.modules), brain.uncounted_loss_terms():
                 after = brain.strategy.loss(fast, batches[steps % len(batches)], Phase.ADAPT, the_task)
-            brain._term_sums = terms
             losses.append(float(after))
             support_loss = {"before": losses[0], "after": losses[-1]}
             step_size = f"lr {float(lr):g}" if lr is not None else (
