@@ -177,7 +177,7 @@ class MetricStrategy(Strategy):
             raise ValueError(f"{self.name}: episodes need query utterances (k_query >= 1)")
         support_ids = [i for t in tasks for i in t.support_ids]
         query_ids = [i for t in tasks for i in t.query_ids]
-        batch = tasks[0]._collate(support_ids + query_ids)
+        batch = tasks[0].collate(support_ids + query_ids)
         emb = self.embed({}, batch, Phase.OUTER)
         s_labels = torch.cat([torch.full((len(t.support_ids),), c) for c, t in enumerate(tasks)])
         q_labels = torch.cat([torch.full((len(t.query_ids),), c) for c, t in enumerate(tasks)])
@@ -319,7 +319,7 @@ class ClassifierBaseline(MetricStrategy):
         labels = torch.cat([
             torch.full((len(t.support_ids) + len(t.query_ids),), self.classes.index(t.name)) for t in tasks
         ])
-        batch = tasks[0]._collate(ids)
+        batch = tasks[0].collate(ids)
         emb = self.embed({}, batch, Phase.OUTER)
         head = self.brain.modules["sbmeta_classifier_head"]
         logits = head(emb)

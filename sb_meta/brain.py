@@ -180,19 +180,14 @@ class MetaBrain(sb.Brain):
         self._plugins.insert(0, self.strategy)
         for key, module in self.strategy.meta_modules().items():
             self.modules[META_PREFIX + key] = module.to(self.device)
-        owned = {}
-        for plugin, mods in self.call_hook("sbmeta_modules"):
-            if mods:
-                owned[plugin.name] = torch.nn.ModuleDict(dict(mods))
+        owned = {plugin.name: torch.nn.ModuleDict(dict(mods))
+                 for plugin, mods in self.call_hook("sbmeta_modules") if mods}
         if owned:
             self.modules[ADDON_MODULES] = torch.nn.ModuleDict(owned).to(self.device)
         self.train_clock = TrainClock()
         if self.checkpointer is not None:
             if self.strategy.meta_modules():
-                self.checkpointer.add_recoverable(
-                    "meta_strategy",
-                    torch.nn.ModuleDict(self.strategy.meta_modules()),
-                )
+                self.checkpointer.add_recoverable("meta_strategy", torch.nn.ModuleDict(self.strategy.meta_modules()))
             if owned:
                 self.checkpointer.add_recoverable(ADDON_MODULES, self.modules[ADDON_MODULES])
             self.checkpointer.add_recoverable("rng", RNGState())
@@ -208,11 +203,8 @@ class MetaBrain(sb.Brain):
     # ------------------------------------------------------------ parameters
     def base_params(self):
         """The model's own trainable parameters (meta-learned and plugin-owned state excluded)."""
-        return {
-            n: p
-            for n, p in self.modules.named_parameters()
-            if p.requires_grad and not n.startswith(META_PREFIX)
-        }
+        return {n: p for n, p in self.modules.named_parameters()
+                if p.requires_grad and not n.startswith(META_PREFIX)}
 
     def base_param_names(self):
         return list(self.base_params())
@@ -297,6 +289,13 @@ class MetaBrain(sb.Brain):
         if reset:
             self._term_sums = {}
         return means
+
+    @contextlib.contextmanager
+    def uncounted_loss_terms(self):
+        """Plugin loss terms added inside the block are left out of :meth:`loss_term_means`."""
+        kept = dict(self._term_sums)
+        yield
+        self._term_sums = kept
 
     def after_adapt(self, params, task=None, phase=Phase.INNER):
         """``params`` after every plugin's ``sbmeta_after_adapt``, in order."""
@@ -529,7 +528,7 @@ class MetaBrain(sb.Brain):
                     rows={i: dict(rows[i], ID=i) for i in ids if i in rows})
 
     def evaluate_batch(self, batch, stage):
-        self.train_clock._t0 = None  # validation time is not training time
+        self.train_clock.discard()  # validation time is not training time
         if isinstance(batch, Episode):
             return self.evaluate_adapted(batch, stage)
         if stage == sb.Stage.VALID and self.meta_config["valid_adapt"]:

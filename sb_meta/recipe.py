@@ -19,7 +19,7 @@ Example
 >>> load_hparams([str(yaml), "--inner_stepz=3"])
 Traceback (most recent call last):
 ...
-sb_meta.recipe.RecipeError: unknown key 'inner_stepz' (did you mean 'inner_steps'?) on the command line; ...
+sb_meta.utils.RecipeError: unknown key 'inner_stepz' (did you mean 'inner_steps'?) on the command line; ...
 """
 
 import contextlib
@@ -31,7 +31,9 @@ import sys
 
 import speechbrain as sb
 
+from sb_meta.data.audio import read_audio_checked
 from sb_meta.plugins import PluginError
+from sb_meta.utils import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,6 @@ __all__ = [
     "learning_curve_point",
     "read_audio_checked",
 ]
-
-
-class RecipeError(ValueError):
-    """A mistake in a recipe's configuration or data, reported in one line."""
 
 
 def _yaml_keys(path):
@@ -177,27 +175,6 @@ def recipe_setup(argv):
         if not existed and folder.exists() and sb.utils.distributed.if_main_process():
             shutil.rmtree(folder, ignore_errors=True)
         raise
-
-
-def read_audio_checked(path, sample_rate):
-    """Read a waveform with SpeechBrain, naming the file on failure and
-    resampling when its rate differs from ``sample_rate``."""
-    import soundfile
-
-    if not str(path).strip() or str(path).strip() in (".", "./"):
-        raise RecipeError(f"empty audio path {path!r}")
-    try:
-        info = soundfile.info(path)
-        sig = sb.dataio.dataio.read_audio(path)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RecipeError(f"cannot read audio file {path}: {exc}") from exc
-    if sig.dim() > 1:
-        sig = sig.mean(dim=-1)
-    if info.samplerate != sample_rate:
-        import torchaudio
-
-        sig = torchaudio.functional.resample(sig, info.samplerate, sample_rate)
-    return sig
 
 
 def prepare_tokenizer(hparams, train_csv, save_folder):
