@@ -66,11 +66,6 @@ class Task:
     rows: dict = field(default_factory=dict, repr=False)
     collate: object = field(default=None, repr=False)
 
-    @property
-    def _collate(self):
-        """Former name of :attr:`collate`, kept for callers not yet changed."""
-        return self.collate
-
     def value(self, uid, column):
         """The manifest value of ``column`` for utterance ``uid`` of this task."""
         try:

@@ -370,7 +370,7 @@ class GradientStrategy(Strategy):
             rows = {k: v for t in episode.tasks for k, v in t.rows.items()}
             groups = [(Task("pooled", ids, [], column=episode.tasks[0].column, rows=rows), ids)]
         total = sum(len(g) for _, g in groups)
-        collate = episode.tasks[0]._collate
+        collate = episode.tasks[0].collate
         weight = scale * len(episode.tasks) / episode.n_global_tasks
         value = 0.0
         for task, ids in groups:
