@@ -38,7 +38,8 @@ first-order meta-gradient keeps the update rule's graph, so its memory is
 MAML's; at test time the optimizer runs without a graph. The documentation's
 benchmarks page gives seconds and memory per task against MAML and FOMAML.
 
-Keys (hparams): ``meta_lstm_hidden`` (4), ``meta_lstm_preprocess_p`` (10.0).
+Options (hparams, see :class:`sb_meta.options.Configurable`): ``meta_lstm_hidden`` (4),
+``meta_lstm_preprocess_p`` (10.0).
 """
 
 import math
@@ -133,22 +134,17 @@ class MetaLSTMOptimizer(torch.nn.Module):
         return new.to(theta.dtype), {"h": h, "c": c, "i": i, "f": f}
 
 
-def _hparam(brain, key, default):
-    hp = getattr(brain, "hparams", None)
-    value = hp.get(key) if isinstance(hp, dict) else getattr(hp, key, None)
-    return default if value is None else value
-
-
 class MetaLSTM(GradientStrategy):
     """Meta-LSTM: inner-loop updates produced by a meta-learned coordinate-wise LSTM."""
 
     name = "meta_lstm"
     default_first_order = False
+    options = {"meta_lstm_hidden": 4, "meta_lstm_preprocess_p": 10.0}
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        hidden = _hparam(brain, "meta_lstm_hidden", 4)
-        p = _hparam(brain, "meta_lstm_preprocess_p", 10.0)
+        hidden = self.option("meta_lstm_hidden")
+        p = self.option("meta_lstm_preprocess_p")
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"meta_lstm_hidden must be an integer >= 1, got {hidden!r}")
         dtype = next(iter(brain.base_params().values())).dtype if brain.base_params() else torch.float32

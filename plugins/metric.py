@@ -11,7 +11,8 @@ network's support memory, a fitted linear layer) and classifies the queries by
 distance to it. No parameter is adapted per task, so ``adapt`` returns empty
 fast weights with that state.
 
-Keys read from the recipe's hparams (validated when the brain is built):
+The strategies' ``options`` (keys of the recipe's hparams, validated when the
+brain is built, :class:`sb_meta.options.Configurable`):
 
 ``emb_dim``
     embedding size of the encoder (required);
@@ -43,15 +44,6 @@ from sb_meta.strategy import Strategy
 from sb_meta.words.heads import DISTANCES, LinearHead, MatchingHead, PrototypeHead
 
 
-def _hparam(brain, key, default=None):
-    hp = getattr(brain, "hparams", None)
-    if isinstance(hp, dict):
-        value = hp.get(key)
-    else:
-        value = getattr(hp, key, None) if hp is not None else None
-    return default if value is None else value
-
-
 class _Embed(torch.nn.Module):
     """``compute_forward`` of a brain as a module, for ``functional_call``."""
 
@@ -79,10 +71,11 @@ class MetricStrategy(Strategy):
     default_first_order = True
     #: not an ASR adaptation method (``sb-meta adapt`` refuses it)
     adapts_at_test_time = False
+    options = {"emb_dim": None, "metric_distance": None, "metric_scale": None}
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        dim = _hparam(brain, "emb_dim")
+        dim = self.option("emb_dim")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(
                 f"strategy {self.name!r} classifies words from embeddings (few-shot spoken terms, "
@@ -96,11 +89,9 @@ class MetricStrategy(Strategy):
         self._seen = 0
 
     # ------------------------------------------------------------ configuration
-    def option(self, key, default):
-        return _hparam(self.brain, key, default)
-
-    def distance(self, default):
-        value = self.option("metric_distance", default)
+    def distance(self):
+        """The ``metric_distance`` option, checked."""
+        value = self.option("metric_distance")
         if value not in DISTANCES:
             raise ValueError(f"metric_distance must be one of {DISTANCES}, got {value!r}")
         return value
@@ -186,7 +177,7 @@ class MetricStrategy(Strategy):
             raise ValueError(f"{self.name}: episodes need query utterances (k_query >= 1)")
         support_ids = [i for t in tasks for i in t.support_ids]
         query_ids = [i for t in tasks for i in t.query_ids]
-        batch = tasks[0]._collate(support_ids + query_ids)
+        batch = tasks[0].collate(support_ids + query_ids)
         emb = self.embed({}, batch, Phase.OUTER)
         s_labels = torch.cat([torch.full((len(t.support_ids),), c) for c, t in enumerate(tasks)])
         q_labels = torch.cat([torch.full((len(t.query_ids),), c) for c, t in enumerate(tasks)])
@@ -265,10 +256,11 @@ class ProtoNet(MetricStrategy):
     learned scale)."""
 
     name = "protonet"
+    options = {"metric_distance": "euclidean"}
 
     def make_head(self):
-        distance = self.distance("euclidean")
-        scale = self.option("metric_scale", None) if distance == "cosine" else None
+        distance = self.distance()
+        scale = self.option("metric_scale") if distance == "cosine" else None
         return PrototypeHead(self.emb_dim, distance=distance, scale=scale)
 
 
@@ -278,11 +270,12 @@ class MatchingNet(MetricStrategy):
     the query; cosine similarity with a learned scale)."""
 
     name = "matching"
+    options = {"metric_distance": "cosine", "metric_scale": 10.0, "matching_fce": True, "matching_steps": 3}
 
     def make_head(self):
-        steps = self.option("matching_steps", 3)
-        return MatchingHead(self.emb_dim, fce=bool(self.option("matching_fce", True)), steps=steps,
-                            distance=self.distance("cosine"), scale=self.option("metric_scale", 10.0))
+        steps = self.option("matching_steps")
+        return MatchingHead(self.emb_dim, fce=bool(self.option("matching_fce")), steps=steps,
+                            distance=self.distance(), scale=self.option("metric_scale"))
 
 
 class ClassifierBaseline(MetricStrategy):
@@ -293,18 +286,19 @@ class ClassifierBaseline(MetricStrategy):
     encoder unchanged."""
 
     name = "finetune_classifier"
+    options = {"word_classes": None, "classifier_steps": 100, "classifier_lr": 0.01}
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        classes = _hparam(brain, "word_classes")
+        classes = self.option("word_classes")
         self.classes = [str(c) for c in classes] if classes else []
         self.train_head = (
             torch.nn.Linear(self.emb_dim, len(self.classes)) if len(self.classes) >= 2 else None
         )
 
     def make_head(self):
-        return LinearHead(self.emb_dim, steps=self.option("classifier_steps", 100),
-                          lr=self.option("classifier_lr", 0.01))
+        return LinearHead(self.emb_dim, steps=self.option("classifier_steps"),
+                          lr=self.option("classifier_lr"))
 
     def meta_modules(self):
         return {"classifier_head": self.train_head} if self.train_head is not None else {}
@@ -325,7 +319,7 @@ class ClassifierBaseline(MetricStrategy):
         labels = torch.cat([
             torch.full((len(t.support_ids) + len(t.query_ids),), self.classes.index(t.name)) for t in tasks
         ])
-        batch = tasks[0]._collate(ids)
+        batch = tasks[0].collate(ids)
         emb = self.embed({}, batch, Phase.OUTER)
         head = self.brain.modules["sbmeta_classifier_head"]
         logits = head(emb)

@@ -5,7 +5,7 @@ sb-meta extends SpeechBrain: a recipe keeps its ``compute_forward`` /
 ``sb.Brain``; adaptation methods are pluggy plugins (see ``sb-meta plugins``).
 """
 
-__version__ = "0.1.0"
+from sb_meta.version import __version__
 
 
 def __getattr__(name):

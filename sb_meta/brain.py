@@ -25,8 +25,9 @@ from sb_meta.checkpointing import RNGState, TrainClock, set_aside_incomplete_che
 from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
+from sb_meta.options import check_options
 from sb_meta.plugins import PluginHookError, PluginManager, PluginRegistry
-from sb_meta.strategy import GradientStrategy, MetaConfig, check_options
+from sb_meta.strategy import GradientStrategy, MetaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ class MetaBrain(sb.Brain):
         addon_classes = [self.registry.get_addon(name) for name in cfg["meta_addons"]]
         if len(set(cfg["meta_addons"])) != len(cfg["meta_addons"]):
             raise ValueError(f"meta_addons lists an add-on twice: {cfg['meta_addons']}")
-        check_options(
-            hparams or {}, [i.cls for i in self.registry.addons.values()], cfg["meta_addons"]
-        )
+        check_options(hparams or {}, self.registry.configurables(), [cfg["meta_strategy"], *cfg["meta_addons"]])
         # hooks run on the strategy first, then the add-ons in meta_addons order
         self._pm = PluginManager(per_brain=True)
         self._plugins = []
@@ -181,19 +180,14 @@ class MetaBrain(sb.Brain):
         self._plugins.insert(0, self.strategy)
         for key, module in self.strategy.meta_modules().items():
             self.modules[META_PREFIX + key] = module.to(self.device)
-        owned = {}
-        for plugin, mods in self.call_hook("sbmeta_modules"):
-            if mods:
-                owned[plugin.name] = torch.nn.ModuleDict(dict(mods))
+        owned = {plugin.name: torch.nn.ModuleDict(dict(mods))
+                 for plugin, mods in self.call_hook("sbmeta_modules") if mods}
         if owned:
             self.modules[ADDON_MODULES] = torch.nn.ModuleDict(owned).to(self.device)
         self.train_clock = TrainClock()
         if self.checkpointer is not None:
             if self.strategy.meta_modules():
-                self.checkpointer.add_recoverable(
-                    "meta_strategy",
-                    torch.nn.ModuleDict(self.strategy.meta_modules()),
-                )
+                self.checkpointer.add_recoverable("meta_strategy", torch.nn.ModuleDict(self.strategy.meta_modules()))
             if owned:
                 self.checkpointer.add_recoverable(ADDON_MODULES, self.modules[ADDON_MODULES])
             self.checkpointer.add_recoverable("rng", RNGState())
@@ -209,11 +203,8 @@ class MetaBrain(sb.Brain):
     # ------------------------------------------------------------ parameters
     def base_params(self):
         """The model's own trainable parameters (meta-learned and plugin-owned state excluded)."""
-        return {
-            n: p
-            for n, p in self.modules.named_parameters()
-            if p.requires_grad and not n.startswith(META_PREFIX)
-        }
+        return {n: p for n, p in self.modules.named_parameters()
+                if p.requires_grad and not n.startswith(META_PREFIX)}
 
     def base_param_names(self):
         return list(self.base_params())
@@ -298,6 +289,13 @@ class MetaBrain(sb.Brain):
         if reset:
             self._term_sums = {}
         return means
+
+    @contextlib.contextmanager
+    def uncounted_loss_terms(self):
+        """Plugin loss terms added inside the block are left out of :meth:`loss_term_means`."""
+        kept = dict(self._term_sums)
+        yield
+        self._term_sums = kept
 
     def after_adapt(self, params, task=None, phase=Phase.INNER):
         """``params`` after every plugin's ``sbmeta_after_adapt``, in order."""
@@ -530,7 +528,7 @@ class MetaBrain(sb.Brain):
                     rows={i: dict(rows[i], ID=i) for i in ids if i in rows})
 
     def evaluate_batch(self, batch, stage):
-        self.train_clock._t0 = None  # validation time is not training time
+        self.train_clock.discard()  # validation time is not training time
         if isinstance(batch, Episode):
             return self.evaluate_adapted(batch, stage)
         if stage == sb.Stage.VALID and self.meta_config["valid_adapt"]:

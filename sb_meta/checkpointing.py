@@ -68,6 +68,10 @@ class TrainClock:
     >>> clock.start(); _ = sum(range(100000)); clock.stop()
     >>> clock.seconds > 0 and clock.cpu_seconds > 0
     True
+    >>> before = clock.seconds
+    >>> clock.start(); clock.discard(); clock.stop()
+    >>> clock.seconds == before and not clock.running()
+    True
     """
 
     def __init__(self):
@@ -86,6 +90,10 @@ class TrainClock:
 
     def running(self):
         return self._t0 is not None
+
+    def discard(self):
+        """Stop timing without counting the interval since :meth:`start`."""
+        self._t0 = None
 
     @mark_as_saver
     def _save(self, path):

@@ -20,7 +20,7 @@ def _cmd_plugins(args):
     registry = PluginRegistry(extra=args.plugin or (), strict=False)
     rows = registry.listing()
     if args.json:
-        print(json.dumps({"plugins": rows, "broken": registry.broken}, indent=2))
+        print(json.dumps({"plugins": rows, "broken": registry.broken}, indent=2, default=repr))
     else:
         width = max((len(r["name"]) for r in rows), default=4)
         for r in rows:
@@ -30,6 +30,8 @@ def _cmd_plugins(args):
                 f"  [{r['distribution']}]" + (f"  ({', '.join(declared)})" if declared else "")
                 + f"  {r['doc']}"
             )
+            if r["options"]:  # its YAML keys (sb_meta.options), defaults after "="
+                print(" " * 10 + "options: " + ", ".join(f"{k}={v!r}" for k, v in r["options"].items()))
         for name, msg in registry.broken.items():
             print(f"BROKEN    {name}: {msg}")
     return 1 if registry.broken else 0

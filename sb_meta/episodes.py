@@ -53,7 +53,8 @@ class Task:
     Plugins receive tasks in their hooks: ``column`` is the manifest column
     whose value ``name`` is (``spk_id``...), ``rows`` maps each utterance ID
     of the task to its manifest row (every column, e.g. ``accent`` or a
-    channel column).
+    channel column). ``collate`` (set by the loader) collates any utterance IDs
+    of the loader's dataset as one batch.
     """
 
     name: str
@@ -63,7 +64,7 @@ class Task:
     query: object = None
     column: str = None
     rows: dict = field(default_factory=dict, repr=False)
-    _collate: object = field(default=None, repr=False)
+    collate: object = field(default=None, repr=False)
 
     def value(self, uid, column):
         """The manifest value of ``column`` for utterance ``uid`` of this task."""
@@ -78,9 +79,9 @@ class Task:
 
     def pooled(self):
         """Support and query utterances collated as one batch (for joint training)."""
-        if self._collate is None:
+        if self.collate is None:
             raise RuntimeError("task was not produced by an EpisodeLoader")
-        return self._collate(self.support_ids + self.query_ids)
+        return self.collate(self.support_ids + self.query_ids)
 
 
 @dataclass
@@ -352,7 +353,7 @@ class EpisodeLoader:
             for task in episode.tasks:
                 task.support = self.collate(task.support_ids)
                 task.query = self.collate(task.query_ids) if task.query_ids else None
-                task._collate = self.collate
+                task.collate = self.collate
             yield episode
 
     # checkpointing is the sampler's

@@ -20,6 +20,7 @@ is taken, so adapting to a speaker never changes the shared statistics.
 
 import contextlib
 import fnmatch
+import weakref
 
 import torch
 
@@ -108,10 +109,10 @@ class _Objective(torch.nn.Module):
     def __init__(self, brain):
         super().__init__()
         self.m = brain.modules
-        object.__setattr__(self, "_brain", brain)  # not a submodule
+        object.__setattr__(self, "_brain", weakref.ref(brain))  # not a submodule; the brain's life is its own
 
     def forward(self, batch, stage, task, phase):
-        brain = self._brain
+        brain = self._brain()
         hooks = phase is not None and hasattr(brain, "transform_batch")
         if hooks:
             batch = brain.transform_batch(batch, task, phase)
@@ -120,6 +121,10 @@ class _Objective(torch.nn.Module):
         if hooks:
             loss = brain.add_loss_terms(batch, predictions, loss, task, phase)
         return loss, predictions
+
+
+#: each brain's :class:`_Objective`, made on its first functional forward, gone with the brain
+_OBJECTIVES = weakref.WeakKeyDictionary()
 
 
 def functional_objective(brain, params, batch, stage, task=None, phase=None):
@@ -148,10 +153,9 @@ def functional_objective(brain, params, batch, stage, task=None, phase=None):
     (torch.Tensor, object)
         The loss and the predictions.
     """
-    objective = getattr(brain, "_sbmeta_objective", None)
+    objective = _OBJECTIVES.get(brain)
     if objective is None or objective.m is not brain.modules:
-        objective = _Objective(brain)
-        brain._sbmeta_objective = objective
+        objective = _OBJECTIVES[brain] = _Objective(brain)
     prefixed = {f"m.{k}": v for k, v in params.items()}
     return torch.func.functional_call(
         objective, prefixed, (batch, stage, task, phase), strict=False, tie_weights=True

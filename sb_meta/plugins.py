@@ -197,6 +197,7 @@ class PluginInfo:
             "class": self.cls.__qualname__,
             "distribution": self.distribution,
             "doc": (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else "",
+            "options": dict(self.cls.options),  # its YAML keys and their defaults
         }
         if self.kind == "addon":  # what it declares it is, and the flags it adds to sb-meta adapt
             row["addon_kind"] = self.cls.kind
@@ -351,6 +352,11 @@ class PluginRegistry:
     def get_addon(self, name):
         """The add-on class registered under ``name``."""
         return self._get(self.addons, "add-on", name)
+
+    def configurables(self):
+        """Every registered strategy and add-on class: what declares ``options``
+        (:func:`sb_meta.options.check_options` validates a configuration against them)."""
+        return [i.cls for i in self.strategies.values()] + [i.cls for i in self.addons.values()]
 
     def listing(self):
         """All registered strategies and add-ons as dicts (for ``sb-meta plugins``)."""

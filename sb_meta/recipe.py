@@ -19,7 +19,7 @@ Example
 >>> load_hparams([str(yaml), "--inner_stepz=3"])
 Traceback (most recent call last):
 ...
-sb_meta.recipe.RecipeError: unknown key 'inner_stepz' (did you mean 'inner_steps'?) on the command line; ...
+sb_meta.utils.RecipeError: unknown key 'inner_stepz' (did you mean 'inner_steps'?) on the command line; ...
 """
 
 import contextlib
@@ -31,7 +31,9 @@ import sys
 
 import speechbrain as sb
 
+from sb_meta.data.audio import read_audio_checked
 from sb_meta.plugins import PluginError
+from sb_meta.utils import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,6 @@ __all__ = [
     "learning_curve_point",
     "read_audio_checked",
 ]
-
-
-class RecipeError(ValueError):
-    """A mistake in a recipe's configuration or data, reported in one line."""
 
 
 def _yaml_keys(path):
@@ -76,15 +74,15 @@ def load_hparams(argv):
         raise RecipeError(f"hyperparameters file {hparams_file} does not exist")
     keys = _yaml_keys(hparams_file)
     given = overrides if isinstance(overrides, dict) else _override_dict(overrides)
-    addon_keys = _addon_option_keys()
-    extra = []  # add-on options the YAML does not declare (their defaults live in the add-on)
+    plugin_keys = _plugin_option_keys()
+    extra = []  # plugin options the YAML does not set (their defaults live in the plugin)
     for key in given:
         if key in keys:
             continue
-        if key in addon_keys:
+        if key in plugin_keys:
             extra.append(key)
             continue
-        close = difflib.get_close_matches(key, keys + sorted(addon_keys), n=1, cutoff=0.75)
+        close = difflib.get_close_matches(key, keys + sorted(plugin_keys), n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RecipeError(
             f"unknown key {key!r}{hint} on the command line; {hparams_file} has no such key"
@@ -93,22 +91,22 @@ def load_hparams(argv):
         with open(hparams_file, encoding="utf-8") as fin:
             text = fin.read()
         if extra:
-            text += "\n# add-on options given on the command line\n" + "".join(f"{k}: null\n" for k in extra)
+            text += "\n# plugin options given on the command line\n" + "".join(f"{k}: null\n" for k in extra)
         hparams = load_hyperpyyaml(text, overrides)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
         raise RecipeError(f"cannot load {hparams_file}: {type(exc).__name__}: {exc}") from exc
     return hparams_file, run_opts, overrides, hparams
 
 
-def _addon_option_keys():
-    """The YAML keys every registered add-on declares (``AddOn.options``)."""
+def _plugin_option_keys():
+    """The YAML keys every registered strategy and add-on declares (their ``options``)."""
     try:
         from sb_meta.plugins import PluginRegistry
 
         registry = PluginRegistry(strict=False)
     except Exception:  # noqa: BLE001 - the brain reports plugin errors
         return set()
-    return {key for info in registry.addons.values() for key in info.cls.options}
+    return {key for cls in registry.configurables() for key in cls.options}
 
 
 def _override_dict(overrides):
@@ -177,27 +175,6 @@ def recipe_setup(argv):
         if not existed and folder.exists() and sb.utils.distributed.if_main_process():
             shutil.rmtree(folder, ignore_errors=True)
         raise
-
-
-def read_audio_checked(path, sample_rate):
-    """Read a waveform with SpeechBrain, naming the file on failure and
-    resampling when its rate differs from ``sample_rate``."""
-    import soundfile
-
-    if not str(path).strip() or str(path).strip() in (".", "./"):
-        raise RecipeError(f"empty audio path {path!r}")
-    try:
-        info = soundfile.info(path)
-        sig = sb.dataio.dataio.read_audio(path)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise RecipeError(f"cannot read audio file {path}: {exc}") from exc
-    if sig.dim() > 1:
-        sig = sig.mean(dim=-1)
-    if info.samplerate != sample_rate:
-        import torchaudio
-
-        sig = torchaudio.functional.resample(sig, info.samplerate, sample_rate)
-    return sig
 
 
 def prepare_tokenizer(hparams, train_csv, save_folder):
@@ -279,9 +256,11 @@ def prepare_tokenizer(hparams, train_csv, save_folder):
 
 def train_loader(brain, hparams, train_data):
     """What a recipe hands to ``fit``: an episode loader, or with
-    ``plain_batches: True`` (the joint and finetune baselines only) the dataset
-    itself, for ordinary shuffled batches."""
-    if not hparams.get("plain_batches"):
+    ``plain_batches: True`` (a meta key; strategies with a ``batch_backward``,
+    the joint and finetune baselines) the dataset itself, for ordinary
+    shuffled batches. ``hparams`` is kept for the recipes' calls; the key is
+    read from the brain's :class:`~sb_meta.strategy.MetaConfig`."""
+    if not brain.meta_config["plain_batches"]:
         return brain.make_episode_loader(train_data)
     if not hasattr(brain.strategy, "batch_backward"):
         raise RecipeError(

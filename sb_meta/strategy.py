@@ -18,8 +18,9 @@ plugin's ``sbmeta_strategies`` hook. What a strategy may override:
 ``meta_modules``     meta-learned modules (optimized, checkpointed, exported)
 ``export_state`` / ``load_state``   how that state travels with an export
 
-An :class:`AddOn` implements hooks of :mod:`sb_meta.hookspecs` as methods and
-declares its YAML keys in ``options``.
+An :class:`AddOn` implements hooks of :mod:`sb_meta.hookspecs` as methods.
+Both declare their YAML keys in ``options`` and read them one way
+(:class:`sb_meta.options.Configurable`).
 """
 
 import contextlib
@@ -31,6 +32,7 @@ import torch
 from sb_meta.contract import FastWeights, Phase
 from sb_meta.episodes import Task
 from sb_meta.functional import frozen_statistics, functional_objective, select_params
+from sb_meta.options import Configurable, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ __all__ = [
     "AddOn",
     "META_KEYS",
     "META_KEY_HELP",
-    "check_options",
     "meta_keys_table",
 ]
 
@@ -64,6 +65,7 @@ META_KEYS = {
     "train_budget_minutes": None,
     "train_budget_clock": "wall",
     "valid_adapt": False,
+    "plain_batches": False,
 }
 
 #: One line per meta key (the documentation's table is checked against this).
@@ -85,6 +87,7 @@ META_KEY_HELP = {
     "train_budget_minutes": "stop training after this many minutes of training (validation excluded)",
     "train_budget_clock": "`wall` clock, or `cpu` time of the process (fair budgets on a shared machine)",
     "valid_adapt": "validate adapted models: each validation task adapts on `k_support` utterances, the rest are scored (the kept checkpoint is the best after adaptation)",
+    "plain_batches": "train on ordinary shuffled batches (`train_dataloader_opts`) instead of episodes, for strategies that have a `batch_backward` (`joint`, `finetune`)",
 }
 
 
@@ -118,11 +121,6 @@ def _number(value):
         return float("nan")
 
 
-def _did_you_mean(key, candidates):
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.8)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 class MetaConfig(dict):
     """The meta-learning configuration read from a recipe's hparams.
 
@@ -147,7 +145,7 @@ class MetaConfig(dict):
         for key in hp:
             if key in META_KEYS:
                 continue
-            hint = _did_you_mean(key, META_KEYS)
+            hint = did_you_mean(key, META_KEYS)
             if hint and difflib.get_close_matches(key, list(META_KEYS), n=1, cutoff=0.85):
                 raise KeyError(
                     f"unknown key {key!r}{hint}; meta keys are: {', '.join(META_KEYS)}"
@@ -169,8 +167,9 @@ class MetaConfig(dict):
         if not anchor >= 0:
             raise ValueError(f"outer_joint_weight must be a number >= 0, got {cfg['outer_joint_weight']!r}")
         cfg["outer_joint_weight"] = anchor
-        if not isinstance(cfg["valid_adapt"], bool):
-            raise ValueError(f"valid_adapt must be True or False, got {cfg['valid_adapt']!r}")
+        for key in ("valid_adapt", "plain_batches"):
+            if not isinstance(cfg[key], bool):
+                raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
         if cfg["train_budget_clock"] not in ("wall", "cpu"):
             raise ValueError(f"train_budget_clock must be 'wall' or 'cpu', got {cfg['train_budget_clock']!r}")
         budget = cfg["train_budget_minutes"]
@@ -179,62 +178,15 @@ class MetaConfig(dict):
         return cfg
 
 
-def check_options(hparams, addon_classes, active=()):
-    """Reject misspelt or unknown add-on keys, listing the valid ones.
-
-    A key that starts with an add-on's ``option_prefix`` must be one of its
-    ``options``; a key close to an option of an active add-on is a typo.
-
-    Arguments
-    ---------
-    hparams : dict
-        The recipe's (or test-time) configuration.
-    addon_classes : iterable of type
-        Every registered add-on class.
-    active : iterable of str
-        Names of the active add-ons.
-
-    Example
-    -------
-    >>> class Demo(AddOn):
-    ...     name = "demo"
-    ...     options = {"demo_weight": 1.0}
-    >>> check_options({"demo_weight": 2, "lr": 1}, [Demo], ["demo"])
-    >>> check_options({"demo_wieght": 2}, [Demo], ["demo"])
-    Traceback (most recent call last):
-    ...
-    KeyError: "unknown key 'demo_wieght' for add-on 'demo' (did you mean 'demo_weight'?); its keys are: demo_weight"
-    """
-    hp = hparams if isinstance(hparams, dict) else vars(hparams)
-    classes = list(addon_classes)
-    known = {key for cls in classes for key in cls.options}
-    for key in hp:
-        if key in known:
-            continue
-        owner = None
-        for cls in classes:
-            prefix = cls.option_prefix if cls.option_prefix is not None else f"{cls.name}_"
-            if prefix and key.startswith(prefix):
-                owner = cls
-                break
-            if cls.name in active and difflib.get_close_matches(key, list(cls.options), n=1, cutoff=0.85):
-                owner = cls
-                break
-        if owner is not None:
-            valid = list(owner.options)
-            raise KeyError(
-                f"unknown key {key!r} for add-on {owner.name!r}{_did_you_mean(key, valid)}; "
-                f"its keys are: {', '.join(valid) or 'none'}"
-            )
-
-
-class Strategy:
+class Strategy(Configurable):
     """A learning algorithm: inner loop (``adapt``), task forward and outer objective.
 
     Subclasses set ``name`` and implement :meth:`adapt` and
     :meth:`task_backward` (or override :meth:`episode_backward` entirely, as
     the joint baseline does). A strategy may also implement any hook of
     :mod:`sb_meta.hookspecs` as a method; it is called before the add-ons'.
+    Its own YAML keys it declares in ``options`` and reads with
+    :meth:`~sb_meta.options.Configurable.option`, as an add-on does.
 
     Arguments
     ---------
@@ -244,7 +196,7 @@ class Strategy:
         The meta configuration.
     """
 
-    name = None
+    role = "strategy"
     #: default ``adapt_params`` patterns
     default_adapt_params = ("*",)
     #: default ``first_order``
@@ -255,8 +207,7 @@ class Strategy:
     supports_outer_joint = False
 
     def __init__(self, brain, config):
-        self.brain = brain
-        self.config = config
+        super().__init__(brain, config)
         if config.get("outer_joint_weight") and not self.supports_outer_joint:
             raise ValueError(
                 f"outer_joint_weight is for strategies that adapt by gradient steps "
@@ -383,6 +334,9 @@ class GradientStrategy(Strategy):
     """
 
     supports_outer_joint = True
+    #: ``joint_pooled``: :meth:`pooled_backward` forwards one pooled batch (joint,
+    #: finetune and ``outer_joint_weight`` use it)
+    options = {"joint_pooled": False}
 
     def episode_backward(self, episode, scale=1.0):
         loss = super().episode_backward(episode, scale)
@@ -405,19 +359,18 @@ class GradientStrategy(Strategy):
         (a large padded batch costs more than the same utterances in small
         ones: padding and cache misses; see the benchmarks). Layers that
         couple the utterances of a batch (BatchNorm statistics) see per-task
-        batches; ``joint_pooled: True`` in the hparams forwards the whole pool
-        as one batch instead. Returns the pooled loss (detached).
+        batches; the option ``joint_pooled: True`` forwards the whole pool as
+        one batch instead. Returns the pooled loss (detached).
         """
         if not episode.tasks:
             return torch.tensor(0.0)
         groups = [(t, t.support_ids + t.query_ids) for t in episode.tasks]
-        hp = getattr(self.brain, "hparams", None)
-        if hp is not None and bool(getattr(hp, "joint_pooled", False)):
+        if bool(self.option("joint_pooled")):
             ids = [i for _, g in groups for i in g]
             rows = {k: v for t in episode.tasks for k, v in t.rows.items()}
             groups = [(Task("pooled", ids, [], column=episode.tasks[0].column, rows=rows), ids)]
         total = sum(len(g) for _, g in groups)
-        collate = episode.tasks[0]._collate
+        collate = episode.tasks[0].collate
         weight = scale * len(episode.tasks) / episode.n_global_tasks
         value = 0.0
         for task, ids in groups:
@@ -529,12 +482,13 @@ class GradientStrategy(Strategy):
         return loss.detach()
 
 
-class AddOn:
+class AddOn(Configurable):
     """Composes with any strategy through hooks (see :mod:`sb_meta.hookspecs`).
 
     Subclasses set ``name``, declare their YAML keys with defaults in
-    ``options`` (validated: a misspelt key is an error listing them) and
-    implement hooks as methods named ``sbmeta_<hook>``. What an add-on is
+    ``options`` (:class:`sb_meta.options.Configurable`: validated, a misspelt
+    key is an error listing them; read with :meth:`~sb_meta.options.Configurable.option`)
+    and implement hooks as methods named ``sbmeta_<hook>``. What an add-on is
     (``kind``) and the options it adds to ``sb-meta adapt``
     (``command_options``) are declared here too, so the commands and
     :class:`sb_meta.evaluation.Method` treat third-party add-ons as they treat
@@ -546,11 +500,7 @@ class AddOn:
     config : MetaConfig
     """
 
-    name = None
-    #: YAML keys of this add-on and their defaults
-    options = {}
-    #: keys starting with this belong to the add-on (default ``<name>_``; "" for none)
-    option_prefix = None
+    role = "add-on"
     #: what the add-on is (one of :data:`sb_meta.contract.ADDON_KINDS`, or None):
     #: ``"adapter"`` adds adapter layers and only they adapt (a method of its own
     #: name in ``sb-meta evaluate`` and :class:`~sb_meta.evaluation.Method`,
@@ -564,64 +514,8 @@ class AddOn:
     #: options this add-on adds to ``sb-meta adapt`` (:class:`sb_meta.contract.CommandOption`)
     command_options = ()
 
-    def __init__(self, brain, config):
-        self.brain = brain
-        self.config = config
-
     @classmethod
     def describe_export(cls, info):
         """Lines ``sb-meta adapt`` prints about what this add-on did to an
         export, read from its ``sbmeta.json`` (``info``); none by default."""
         return []
-
-    def number_option(self, key, minimum=None):
-        """:meth:`option` ``key`` as a float (>= ``minimum``), or a ``ValueError`` naming it."""
-        value = self.option(key)
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-        if minimum is not None and not out >= minimum:
-            raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
-        return out
-
-    def integer_option(self, key):
-        """:meth:`option` ``key`` as a positive integer (None stays None)."""
-        value = self.option(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        return value
-
-    def phases_option(self, key, allowed=("inner", "outer", "adapt")):
-        """:meth:`option` ``key`` as a list of phase names (a YAML list or a
-        comma-separated string), each one of ``allowed``.
-
-        Example
-        -------
-        >>> class A(AddOn):
-        ...     name, options = "a", {"a_phases": "outer, adapt"}
-        >>> A(None, {}).phases_option("a_phases")
-        ['outer', 'adapt']
-        """
-        value = self.option(key)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        names = [Phase(v).value if isinstance(v, Phase) else str(v).lower() for v in (value or [])]
-        bad = [n for n in names if n not in allowed]
-        if bad:
-            raise ValueError(f"{key} has unknown phases {bad}; phases are: {', '.join(allowed)}")
-        return names
-
-    def option(self, key):
-        """The value of one of this add-on's ``options`` in the brain's hparams."""
-        if key not in self.options:
-            raise KeyError(f"add-on {self.name!r} declares no option {key!r}")
-        hp = getattr(self.brain, "hparams", None)
-        value = None
-        if isinstance(hp, dict):
-            value = hp.get(key)
-        elif hp is not None:
-            value = getattr(hp, key, None)
-        return self.options[key] if value is None else value

@@ -6,7 +6,13 @@ import os
 import pathlib
 import tempfile
 
-__all__ = ["load_script", "atomic_open", "safe_name", "check_output"]
+__all__ = ["RecipeError", "load_script", "atomic_open", "safe_name", "check_output"]
+
+
+class RecipeError(ValueError):
+    """A mistake in a recipe's configuration or data, reported in one line
+    (also :class:`sb_meta.recipe.RecipeError`)."""
+
 
 #: characters a name from data cannot hold in a file name, and their percent encoding
 _ENCODED = {c: f"%{ord(c):02X}" for c in "%/\\" + "".join(map(chr, range(32))) + "\x7f"}

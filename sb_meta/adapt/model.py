@@ -26,6 +26,7 @@ import torch
 
 from sb_meta.adapt.hf import adaptable_hf_modules
 from sb_meta.adapt.objective import AdaptBrain, trainable_view
+from sb_meta.adapt.pretrained import read_pretrained
 from sb_meta.adapt.support import ctc_min_frames, load_audio, make_batches, prepare_support
 from sb_meta.contract import Phase
 from sb_meta.functional import frozen_statistics
@@ -318,7 +319,8 @@ class AdaptableASR:
 
     def _check_addons(self, addons, peft, addon_config):
         """(add-on names, their configuration) for :meth:`adapt`, validated."""
-        from sb_meta.strategy import META_KEYS, check_options
+        from sb_meta.options import check_options
+        from sb_meta.strategy import META_KEYS
 
         if peft is not None:
             if addons:
@@ -601,10 +603,9 @@ class AdaptableASR:
         support_loss = None
         losses = [float(x) for x in getattr(brain.strategy, "inner_losses", None) or []]
         if unsupervised in (None, "pseudo") and losses:  # gradient steps on a support loss
-            terms = dict(brain._term_sums)  # the add-ons' loss-term means cover the steps only
-            with torch.no_grad(), frozen_statistics(brain.modules):  # the loss after the last step too
+            # the loss after the last step too; the add-ons' loss-term means cover the steps only
+            with torch.no_grad(), frozen_statistics(brain.modules), brain.uncounted_loss_terms():
                 after = brain.strategy.loss(fast, batches[steps % len(batches)], Phase.ADAPT, the_task)
-            brain._term_sums = terms
             losses.append(float(after))
             support_loss = {"before": losses[0], "after": losses[-1]}
             step_size = f"lr {float(lr):g}" if lr is not None else (
@@ -704,14 +705,12 @@ class AdaptableASR:
         It computes the same function up to rounding and carries no adapters;
         Houlsby adapters are non-linear and cannot be merged (``ValueError``).
         """
-        from sb_meta.adapt.loading import load_model
-
         if not self.adapters:
             raise ValueError("this model carries no adapters to merge")
         with tempfile.TemporaryDirectory() as tmp:
             self.export(f"{tmp}/merged")
             # this model's own export, from a folder already loaded (and checked or trusted)
-            merged = load_model(f"{tmp}/merged", device=self.device, trust=True)
+            merged = AdaptableASR(**read_pretrained(f"{tmp}/merged", device=self.device, trust=True))
         merged.source = self.source
         return merged
 

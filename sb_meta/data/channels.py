@@ -42,6 +42,7 @@ import re
 
 import torch
 
+from sb_meta.data.audio import read_audio_checked
 from sb_meta.utils import check_output, safe_name
 
 __all__ = ["CHANNELS", "apply_channel", "snr_db", "prepare_channels", "check_channel"]
@@ -179,7 +180,6 @@ def prepare_channels(manifests, out, channels, seed=0, progress=True):
     from tqdm.auto import tqdm
 
     from sb_meta.data.manifest import read_manifest, write_manifest
-    from sb_meta.recipe import read_audio_checked
 
     channels = [check_channel(c) for c in channels]
     out = pathlib.Path(out)

@@ -62,6 +62,7 @@ from sb_meta.export.plan import (
     write_export,
 )
 from sb_meta.export.yaml import export_document, inference_section, load_resolved
+from sb_meta.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ def export_brain(brain, folder, hparams_file=None, verify=True, force=False):
         },
         "adaptations": [],
     }
-    import sb_meta
-
     plan = ExportPlan(
         interface=interface,
         yaml=ydoc,
@@ -172,7 +171,7 @@ def export_brain(brain, folder, hparams_file=None, verify=True, force=False):
         info=info,
         reference=predictions_reference(brain, interface),
         header=(
-            f"SpeechBrain pretrained speech recognizer, exported by sb-meta {sb_meta.__version__}.\n"
+            f"SpeechBrain pretrained speech recognizer, exported by sb-meta {__version__}.\n"
             f"  from {interface.rsplit('.', 1)[0]} import {interface.rsplit('.', 1)[1]}\n"
             f"  asr = {interface.rsplit('.', 1)[1]}.from_hparams(source=\"<this folder>\", "
             "savedir=\"<this folder>\")\n"

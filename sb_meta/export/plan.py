@@ -22,6 +22,7 @@ from sb_meta.contract import ASRPredictions
 from sb_meta.export.folder import META_FILE, atomic_folder
 from sb_meta.export.yaml import dump
 from sb_meta.utils import safe_name
+from sb_meta.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def now():
 
 
 def versions():
-    import sb_meta
-
-    return {"sb_meta": sb_meta.__version__, "speechbrain": sb.__version__, "torch": torch.__version__}
+    return {"sb_meta": __version__, "speechbrain": sb.__version__, "torch": torch.__version__}
 
 
 def jsonable(obj):

@@ -119,7 +119,7 @@ def test_int8_of_linear_layers_only_needs_no_allowlist(trained, tmp_path):
 def test_options_are_validated(trained):
     brain = trained[0]
     with pytest.raises(KeyError, match="compress_prunee.*did you mean 'compress_prune'"):
-        from sb_meta.strategy import check_options
+        from sb_meta.options import check_options
 
         check_options({"compress_prunee": 0.5}, [COMPRESS.Compress], ["compress"])
     brain.hparams.compress_prune = 1.5

@@ -3,7 +3,8 @@
 ``loss + l2sp_alpha / 2 * ||w - w0||^2`` with ``w0`` the weights at the start
 (Li, Grandvalet & Davoine, "Explicit inductive bias for transfer learning with
 convolutional networks", ICML 2018). Written only against sb-meta's documented
-contract: a :class:`sb_meta.strategy.GradientStrategy` with the hooks
+contract: a :class:`sb_meta.strategy.GradientStrategy` declaring its option
+``l2sp_alpha`` (read with ``number_option``), with the hooks
 ``sbmeta_modules`` (the starting weights, a module it owns) and
 ``sbmeta_loss`` (the penalty), found through the ``sb_meta.plugins`` entry
 point declared in ``pyproject.toml``.
@@ -52,14 +53,12 @@ class L2SP(GradientStrategy):
 
     name = "l2sp"
     default_first_order = True
+    #: its YAML key and default (validated: a misspelt ``l2sp_*`` key is an error)
+    options = {"l2sp_alpha": 0.01}
 
     def __init__(self, brain, config):
         super().__init__(brain, config)
-        hp = getattr(brain, "hparams", None)
-        alpha = getattr(hp, "l2sp_alpha", None) if not isinstance(hp, dict) else hp.get("l2sp_alpha")
-        self.alpha = 0.01 if alpha is None else float(alpha)
-        if self.alpha < 0:
-            raise ValueError(f"l2sp_alpha must be >= 0, got {alpha!r}")
+        self.alpha = self.number_option("l2sp_alpha", minimum=0)
 
     # ------------------------------------------------------------ hooks
     def sbmeta_modules(self, brain):
