@@ -3,18 +3,14 @@ with pip into a temporary target: discovered through its entry point, listed
 with its distribution by ``sb-meta plugins``, and used by name only by a brain
 and by a recipe."""
 
-import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from helpers.recipes import ROOT, run_recipe
-
-EXAMPLE = ROOT / "examples" / "sbmeta-l2sp"
+from helpers.distributions import pip_install_example
+from helpers.recipes import run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +18,10 @@ def installed(tmp_path_factory):
     """``pip install --no-deps --target <tmp> examples/sbmeta-l2sp``; returns the environment
     of a Python that has the target on its path."""
     target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
-    source = build / "sbmeta-l2sp"  # a copy: building leaves build/ and *.egg-info beside the sources
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-input",
-           "--target", str(target), str(source)]
-    if importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel"):
-        cmd.insert(4, "--no-build-isolation")  # build offline with what is installed
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", TMPDIR=str(build))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    env = pip_install_example("sbmeta-l2sp", target, tmp_path_factory.mktemp("build"))
     assert (target / "sbmeta_l2sp" / "__init__.py").is_file()
     assert list(target.glob("sbmeta_l2sp-0.1.0.dist-info/entry_points.txt"))
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
-                OMP_NUM_THREADS="1")
+    return env
 
 
 def run(code, env):

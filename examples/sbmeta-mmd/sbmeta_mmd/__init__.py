@@ -29,6 +29,7 @@ True
 """
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 
 from sb_meta.contract import ASRPredictions, Phase
 from sb_meta.strategy import AddOn
@@ -58,7 +59,7 @@ class MMD(AddOn):
         feats = pred.require("encoder_out", self.name)
         frames = feats.shape[1]
         valid = torch.round(pred.lengths.to(feats.device).float() * frames).clamp(1, frames)
-        mask = (torch.arange(frames, device=feats.device)[None, :] < valid[:, None]).to(feats.dtype)
+        mask = length_to_mask(valid, frames, dtype=feats.dtype, device=feats.device)
         pooled = (feats * mask[..., None]).sum(1) / valid[:, None].to(feats.dtype)
         labels = [task.value(uid, self.column) for uid in batch.id]
         domains = sorted(set(labels))
