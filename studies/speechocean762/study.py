@@ -494,7 +494,10 @@ def cmd_children(args):
     results = {"model": stamp(args.model), "dev_unadapted": dev_base, "test_unadapted": test_base,
                "test_unadapted_per_speaker": test_spk, "settings": {}, "command": _command(args),
                "machine": machine()}
-    settings = [(f"supervised_{n}", n, CHILD_GRID) for n in CHILD_N] + [("unsupervised_100", 100, UNSUPERVISED)]
+    # the targets' settings first (50 transcribed, 100 untranscribed), so a run cut short by its
+    # budget has measured them; each setting is kept as it finishes and reused by the next run
+    settings = [(f"supervised_{n}", n, CHILD_GRID) for n in sorted(CHILD_N, key=lambda n: n != 50)]
+    settings.insert(1, ("unsupervised_100", 100, UNSUPERVISED))
     for label, n, grid in settings:
         path = folder / f"{label}.json"
         if path.is_file() and json.loads(path.read_text()).get("model") == stamp(args.model):
