@@ -61,6 +61,7 @@ import math
 import warnings
 
 import torch
+from speechbrain.dataio.dataio import length_to_mask
 
 from sb_meta.contract import ASRPredictions, Phase
 from sb_meta.plugins import hookimpl
@@ -123,7 +124,7 @@ def masked_mean(features, lengths=None):
         return feats.mean(1)
     frames = feats.shape[1]
     n = torch.round(lengths.to(feats.device).float() * frames).clamp(1, frames)
-    mask = (torch.arange(frames, device=feats.device)[None, :] < n[:, None]).to(feats.dtype)
+    mask = length_to_mask(n, max_len=frames, dtype=feats.dtype, device=feats.device)
     return (feats * mask[..., None]).sum(1) / n[:, None].to(feats.dtype)
 
 

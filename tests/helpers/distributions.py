@@ -33,3 +33,14 @@ def pip_install_example(name, target, build):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]),
                 OMP_NUM_THREADS="1")
+
+
+def run_python(code, env):
+    """Run ``code`` in a fresh Python with ``env`` (an installed example's); its stdout, or a
+    failed assertion with the end of its output."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout

@@ -4,12 +4,10 @@ plugins``, and used by name only: its confusion term reaches the loss terms and
 pulls the domains' encoder features together, and a recipe runs it by flag."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers.distributions import pip_install_example
+from helpers.distributions import pip_install_example, run_python
 from helpers.recipes import run_recipe
 
 
@@ -20,11 +18,6 @@ def installed(tmp_path_factory):
     assert list(target.glob("sbmeta_mmd-0.1.0.dist-info/entry_points.txt"))
     return env
 
-
-def run(code, env):
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 CODE = """
@@ -70,7 +63,7 @@ print(json.dumps({"terms": sorted(with_mmd.loss_term_means()), "closer": closer,
 
 
 def test_listed_and_used_by_name_its_loss_pulls_the_domains_together(installed):
-    listing, ran = run(CODE, installed).split("@@\n")
+    listing, ran = run_python(CODE, installed).split("@@\n")
     rows = {r["name"]: r for r in json.loads(listing)["plugins"]}
     assert rows["mmd"]["kind"] == "addon" and rows["mmd"]["distribution"] == "sbmeta-mmd 0.1.0"
     out = json.loads(ran.strip().splitlines()[-1])

@@ -4,12 +4,10 @@ with its distribution by ``sb-meta plugins``, and used by name only by a brain
 and by a recipe."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers.distributions import pip_install_example
+from helpers.distributions import pip_install_example, run_python
 from helpers.recipes import run_recipe
 
 
@@ -23,11 +21,6 @@ def installed(tmp_path_factory):
     assert list(target.glob("sbmeta_l2sp-0.1.0.dist-info/entry_points.txt"))
     return env
 
-
-def run(code, env):
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
 
 
 def test_not_there_without_the_installation():
@@ -53,7 +46,7 @@ free.fit(range(1, 3), free.make_episode_loader(toy_dataset(n_tasks=4, utts_per_t
 moved_free = sum(float((p - start[n]).pow(2).sum()) for n, p in free.base_params().items())
 print(type(brain.strategy).__module__, moved < moved_free)
 """
-    listing, text, ran = run(code, installed).split("@@\n")
+    listing, text, ran = run_python(code, installed).split("@@\n")
     rows = {r["name"]: r for r in json.loads(listing)["plugins"]}
     assert rows["l2sp"]["kind"] == "strategy"
     assert rows["l2sp"]["distribution"] == "sbmeta-l2sp 0.1.0"
