@@ -33,7 +33,7 @@ LAYERS = [
     {"sb_meta.data", "sb_meta.episodes"},
     # meta-training: strategies and add-ons, the plugin manager, the brain, the recipe glue
     {"sb_meta.strategy", "sb_meta.plugins", "sb_meta.trust", "sb_meta.brain_hooks", "sb_meta.ranks", "sb_meta.brain",
-     "sb_meta.recipe"},
+     "sb_meta.tokenizers", "sb_meta.recipe"},
     # the SpeechBrain pretrained-folder format: write, verify, load
     {"sb_meta.export"},
     # test-time adaptation of a loaded model
