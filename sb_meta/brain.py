@@ -15,18 +15,19 @@ which does not work with ``torch.autograd.grad``.
 """
 
 import contextlib
-import functools
 import logging
 
 import speechbrain as sb
 import torch
 
 from sb_meta.checkpointing import RNGState, TrainClock, set_aside_incomplete_checkpoints
-from sb_meta.contract import FastWeights, Phase
+from sb_meta.brain_hooks import PluginHookCalls
+from sb_meta.contract import Phase
 from sb_meta.episodes import Episode, EpisodeLoader, EpisodeSampler
 from sb_meta.functional import check_functional_compatible
 from sb_meta.options import check_options
-from sb_meta.plugins import PluginHookError, PluginManager, PluginRegistry
+from sb_meta.plugins import PluginManager, PluginRegistry
+from sb_meta.ranks import RankSync
 from sb_meta.strategy import GradientStrategy, MetaConfig
 
 logger = logging.getLogger(__name__)
@@ -86,32 +87,7 @@ def onednn_off_in_rnns(modules):
         torch._C._set_mkldnn_enabled(outer)  # also after an exception inside an RNN
 
 
-#: errors whose type says what went wrong (bad configuration, missing files): a failing hook keeps
-#: the type and its message gains the plugin and the hook; any other error becomes a PluginHookError
-_KEPT_ERRORS = (ValueError, LookupError, FileNotFoundError, FileExistsError, PermissionError, ImportError)
-
-
-def _call_named(plugin, hook, function, argnames, kwargs):
-    """``function`` (``plugin``'s implementation of ``hook``) with the arguments it declares;
-    an exception it raises names the plugin, the hook and the phase, in one line."""
-    try:
-        return function(**{k: kwargs[k] for k in argnames})
-    except Exception as exc:
-        if getattr(exc, "_sbmeta_hook", False):  # a hook called inside this one already said so
-            raise
-        phase = kwargs.get("phase")
-        where = f"plugin {getattr(plugin, 'name', type(plugin).__name__)!r}, hook {hook}" + (
-            f", phase {Phase(phase).value}" if phase is not None else "")
-        if isinstance(exc, _KEPT_ERRORS) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-            exc.args = (f"{where}: {exc.args[0]}",)
-            exc._sbmeta_hook = True
-            raise
-        error = PluginHookError(f"{where}: {type(exc).__name__}: {exc}")
-        error._sbmeta_hook = True
-        raise error from exc
-
-
-class MetaBrain(sb.Brain):
+class MetaBrain(PluginHookCalls, RankSync, sb.Brain):
     """``sb.Brain`` whose training batches are episodes of tasks.
 
     Arguments are those of ``sb.Brain``; the meta configuration is read from
@@ -212,100 +188,6 @@ class MetaBrain(sb.Brain):
     def trainable_params(self):
         """Every trainable parameter of ``self.modules`` (model, meta-learned, plugin-owned)."""
         return {n: p for n, p in self.modules.named_parameters() if p.requires_grad}
-
-    # ------------------------------------------------------------ hooks
-    def call_hook(self, name, **kwargs):
-        """Call hook ``name`` on the strategy, then on each add-on, in order.
-
-        Returns ``[(plugin, result)]`` for the plugins implementing it. Each
-        implementation receives the arguments it declares (``brain`` is
-        always available).
-        """
-        kwargs["brain"] = self
-        return [(plugin, call(kwargs)) for plugin, call in self._impls(name)]
-
-    def _impls(self, name):
-        """``[(plugin, call)]`` of hook ``name`` in call order; ``call(kwargs)``
-        passes each implementation the arguments it declares."""
-        impls = {id(i.plugin): i for i in getattr(self._pm.hook, name).get_hookimpls()}
-        out = []
-        for plugin in self._plugins:
-            impl = impls.get(id(plugin))
-            if impl is not None:
-                call = functools.partial(_call_named, plugin, name, impl.function, impl.argnames)
-                out.append((plugin, call))
-        return out
-
-    def choose_adapted(self, names, phase=Phase.INNER):
-        """``names`` after every plugin's ``sbmeta_adapt_params``."""
-        allowed = set(self.trainable_params())
-        for plugin, chosen in self.call_hook("sbmeta_adapt_params", names=list(names), phase=phase):
-            if chosen is None:
-                continue
-            unknown = [n for n in chosen if n not in allowed]
-            if unknown:
-                raise ValueError(
-                    f"{plugin.name}: sbmeta_adapt_params returned names that are not trainable "
-                    f"parameters: {unknown[:5]}"
-                )
-            names = list(chosen)
-        return names
-
-    def transform_batch(self, batch, task=None, phase=Phase.OUTER):
-        """``batch`` after every plugin's ``sbmeta_transform_batch``, in order."""
-        for _, call in self._impls("sbmeta_transform_batch"):
-            new = call({"brain": self, "batch": batch, "task": task, "phase": phase})
-            if new is not None:
-                batch = new
-        return batch
-
-    def add_loss_terms(self, batch, predictions, loss, task=None, phase=Phase.OUTER):
-        """``loss`` plus the plugins' ``sbmeta_loss`` terms (none in ``EVAL``).
-
-        Named terms are averaged for the training log (:meth:`loss_term_means`).
-        """
-        if phase is Phase.EVAL or not self._plugins:
-            return loss
-        for plugin, terms in self.call_hook(
-            "sbmeta_loss", batch=batch, predictions=predictions, loss=loss, task=task, phase=phase
-        ):
-            if terms is None:
-                continue
-            if not isinstance(terms, dict):
-                terms = {"loss": terms}
-            for key, term in terms.items():
-                if term is None:
-                    continue
-                loss = loss + term
-                name = f"{Phase(phase).value}_{plugin.name}_{key}"
-                total, count = self._term_sums.get(name, (0.0, 0))
-                self._term_sums[name] = (total + float(term.detach()), count + 1)
-        return loss
-
-    def loss_term_means(self, reset=True):
-        """Mean of every named plugin loss term since the last reset, e.g.
-        ``{"outer_dann_domain": 0.69}`` (recipes add them to the train log)."""
-        means = {k: total / max(count, 1) for k, (total, count) in sorted(self._term_sums.items())}
-        if reset:
-            self._term_sums = {}
-        return means
-
-    @contextlib.contextmanager
-    def uncounted_loss_terms(self):
-        """Plugin loss terms added inside the block are left out of :meth:`loss_term_means`."""
-        kept = dict(self._term_sums)
-        yield
-        self._term_sums = kept
-
-    def after_adapt(self, params, task=None, phase=Phase.INNER):
-        """``params`` after every plugin's ``sbmeta_after_adapt``, in order."""
-        if not isinstance(params, FastWeights):
-            params = FastWeights(params)
-        for _, call in self._impls("sbmeta_after_adapt"):
-            new = call({"brain": self, "params": params, "task": task, "phase": phase})
-            if new is not None:
-                params = new if isinstance(new, FastWeights) else params.replace(new)
-        return params
 
     def inner_loop_context(self, create_graph, modules=None):
         """Kernel choices for an inner loop.
@@ -555,63 +437,3 @@ class MetaBrain(sb.Brain):
                 loss, _ = functional_objective(self, dict(fast), task.query, stage)
             losses.append(loss.detach())
         return torch.stack(losses).mean().cpu()
-
-    @staticmethod
-    def _world():
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
-        return 1
-
-    def _all_reduce_gradients(self, episode):
-        import torch.distributed as dist
-
-        if self._world() == 1:
-            return
-        params = [p for p in self.modules.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
-
-    def _sync_statistics(self):
-        """Average normalisation statistics over ranks after an outer step.
-
-        Modules are not DDP-wrapped, so nothing else keeps BatchNorm running
-        statistics (floating-point buffers) and ``InputNormalization``'s
-        global mean / standard deviation equal on every rank.
-        """
-        import torch.distributed as dist
-
-        world = self._world()
-        if world == 1:
-            return
-        tensors = [
-            b for b in self.modules.buffers() if b is not None and torch.is_floating_point(b)
-        ]
-        for m in self.modules.modules():
-            for attr in ("glob_mean", "glob_std"):
-                value = getattr(m, attr, None)
-                if torch.is_tensor(value) and torch.is_floating_point(value) and value.numel() > 1:
-                    tensors.append(value)
-        if not tensors:
-            return
-        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= world
-        offset = 0
-        with torch.no_grad():
-            for t in tensors:
-                n = t.numel()
-                t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
-                offset += n
-
-    def _wrap_distributed(self):
-        """Never wrap in DDP (see the module docstring)."""

@@ -108,6 +108,26 @@ class TrainClock:
         self.cpu_seconds = values[1] if len(values) > 1 else values[0]
 
 
+def _checkpoint_problem(folder, recoverables):
+    """``(problem, missing)`` of the checkpoint in ``folder``: the first file found empty or
+    truncated (None when none is), and the recoverables that have no file."""
+    import pathlib
+    import zipfile
+
+    missing = [name for name in recoverables if not (pathlib.Path(folder) / f"{name}.ckpt").is_file()]
+    for name in recoverables:
+        path = pathlib.Path(folder) / f"{name}.ckpt"
+        if name in missing:
+            continue
+        if path.stat().st_size == 0:
+            return f"{path.name} is empty", missing
+        with open(path, "rb") as f:
+            zipped = f.read(2) == b"PK"
+        if zipped and not zipfile.is_zipfile(path):
+            return f"{path.name} is truncated", missing
+    return None, missing
+
+
 def set_aside_incomplete_checkpoints(checkpointer):
     """Rename checkpoints a killed run left half-written to ``BROKEN+<name>``.
 
@@ -144,7 +164,6 @@ def set_aside_incomplete_checkpoints(checkpointer):
     RuntimeError: checkpoint ... has no scheduler.ckpt: it was saved by a run whose YAML had no scheduler ...
     """
     import pathlib
-    import zipfile
 
     from speechbrain.utils.distributed import if_main_process
 
@@ -154,21 +173,7 @@ def set_aside_incomplete_checkpoints(checkpointer):
     checkpoints = checkpointer.list_checkpoints()
     problems = {}
     for ckpt in checkpoints:
-        missing = [name for name in checkpointer.recoverables
-                   if not (pathlib.Path(ckpt.path) / f"{name}.ckpt").is_file()]
-        problem = None
-        for name in checkpointer.recoverables:
-            path = pathlib.Path(ckpt.path) / f"{name}.ckpt"
-            if name in missing:
-                continue
-            if path.stat().st_size == 0:
-                problem = f"{path.name} is empty"
-                break
-            with open(path, "rb") as f:
-                zipped = f.read(2) == b"PK"
-            if zipped and not zipfile.is_zipfile(path):
-                problem = f"{path.name} is truncated"
-                break
+        problem, missing = _checkpoint_problem(ckpt.path, checkpointer.recoverables)
         if problem or missing:
             problems[ckpt.path] = (problem, missing)
     if checkpoints and len(problems) == len(checkpoints):

@@ -113,6 +113,17 @@ def _rows_of(data):
     return read_manifest(data)
 
 
+def _rank_and_world(rank, world_size):
+    """``(rank, world_size)`` as given, or of the ``torch.distributed`` group when either is None."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    return rank, world_size
+
+
 @register_checkpoint_hooks
 class EpisodeSampler:
     """Draws episodes of tasks grouped by any manifest column.
@@ -144,20 +155,9 @@ class EpisodeSampler:
         Column holding durations in seconds (used with ``support_seconds``).
     """
 
-    def __init__(
-        self,
-        data,
-        task_column="spk_id",
-        k_support=5,
-        k_query=5,
-        meta_batch_tasks=4,
-        episodes_per_epoch=None,
-        support_seconds=None,
-        seed=0,
-        rank=None,
-        world_size=None,
-        duration_column="duration",
-    ):
+    def __init__(self, data, task_column="spk_id", k_support=5, k_query=5, meta_batch_tasks=4,
+                 episodes_per_epoch=None, support_seconds=None, seed=0, rank=None, world_size=None,
+                 duration_column="duration"):
         rows = _rows_of(data)
         if (k_query is not None and k_query < 0) or (support_seconds is None and k_support < 1):
             raise ValueError(f"need k_support >= 1 and k_query >= 0, got {k_support}, {k_query}")
@@ -197,38 +197,37 @@ class EpisodeSampler:
         self.tasks = {t: sorted(ids) for t, ids in sorted(groups.items()) if t not in too_small}
         self.task_names = list(self.tasks)
         if len(self.tasks) < meta_batch_tasks:
-            sizes = sorted((len(ids) for ids in groups.values()), reverse=True)
-            what = (
-                f"support_seconds + k_query ({k_query})" if support_seconds is not None
-                else f"k_support + k_query = {k_support} + {k_query}"
-            )
-            if len(groups) >= meta_batch_tasks:
-                # enough tasks exist: the per-task sizes are the problem
-                fit = sizes[meta_batch_tasks - 1]
-                raise NotEnoughDataError(
-                    f"{what} = {need} utterances per task, but only {len(self.tasks)} of the "
-                    f"{len(groups)} {task_column} tasks have that many (largest: {sizes[0]}); "
-                    f"meta_batch_tasks={meta_batch_tasks} tasks per episode need "
-                    f"k_support + k_query <= {fit}"
-                )
-            raise NotEnoughDataError(
-                f"the data has {len(groups)} {task_column} task(s) but "
-                f"meta_batch_tasks={meta_batch_tasks}; lower meta_batch_tasks or add tasks"
-            )
+            raise self._not_enough_tasks(groups, need, k_support, k_query)
         self.episodes_per_epoch = episodes_per_epoch or math.ceil(
             len(self.tasks) / meta_batch_tasks
         )
-        if rank is None or world_size is None:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                rank, world_size = dist.get_rank(), dist.get_world_size()
-            else:
-                rank, world_size = 0, 1
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
         self.epoch = 0
         self._resume = None  # (epoch, position) recovered from a checkpoint
         self._position = 0
+
+    def _not_enough_tasks(self, groups, need, k_support, k_query):
+        """The :class:`NotEnoughDataError` of a sampler with fewer than ``meta_batch_tasks``
+        tasks large enough (``groups``: every task's utterances, ``need``: utterances per task)."""
+        meta_batch_tasks, task_column = self.meta_batch_tasks, self.task_column
+        sizes = sorted((len(ids) for ids in groups.values()), reverse=True)
+        what = (
+            f"support_seconds + k_query ({k_query})" if self.support_seconds is not None
+            else f"k_support + k_query = {k_support} + {k_query}"
+        )
+        if len(groups) >= meta_batch_tasks:
+            # enough tasks exist: the per-task sizes are the problem
+            fit = sizes[meta_batch_tasks - 1]
+            return NotEnoughDataError(
+                f"{what} = {need} utterances per task, but only {len(self.tasks)} of the "
+                f"{len(groups)} {task_column} tasks have that many (largest: {sizes[0]}); "
+                f"meta_batch_tasks={meta_batch_tasks} tasks per episode need "
+                f"k_support + k_query <= {fit}"
+            )
+        return NotEnoughDataError(
+            f"the data has {len(groups)} {task_column} task(s) but "
+            f"meta_batch_tasks={meta_batch_tasks}; lower meta_batch_tasks or add tasks"
+        )
 
     def __len__(self):
         return self.episodes_per_epoch

@@ -41,6 +41,8 @@ import math
 
 import torch
 
+from sb_meta.ctc_hessian import CTC
+
 __all__ = ["ctc_loss", "ctc_loss_abs", "distillation_loss"]
 
 
@@ -56,279 +58,6 @@ def _as_int_list(lengths):
     return [int(x) for x in lengths]
 
 
-def _native_ctc(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity):
-    return torch.ops.aten._ctc_loss(
-        log_probs, targets, input_lengths, target_lengths, blank, zero_infinity
-    )
-
-
-def _native_ctc_grad(
-    grad, log_probs, targets, input_lengths, target_lengths, nll, log_alpha, blank, zero_infinity
-):
-    return torch.ops.aten._ctc_loss_backward(
-        grad,
-        log_probs,
-        targets,
-        input_lengths,
-        target_lengths,
-        nll,
-        log_alpha,
-        blank,
-        zero_infinity,
-    )
-
-
-def _prefix_expectations(log_alpha, lp_lab, v_lab, skip):
-    """Expected prefix sums of ``v`` given the CTC state, for every frame.
-
-    With the CTC path weights restricted to prefixes (``alpha``), returns
-    ``A[t, n, s] = E[sum_{t' <= t} v[t', n, l'(pi_t')] | pi is at state s at
-    frame t]``, via ``A_t(s) = v_t(l'_s) + sum_{s' in pred(s)} w_t(s', s)
-    A_{t-1}(s')`` with ``w`` the normalised alpha weights of the
-    predecessors. This is the derivative of ``log alpha`` in direction ``v``.
-
-    Arguments
-    ---------
-    log_alpha : torch.Tensor
-        [T, N, S] forward variables, ``-inf`` where a state is unreachable
-        or invalid (padding).
-    lp_lab : torch.Tensor
-        [T, N, S] log-probability of each state's label.
-    v_lab : torch.Tensor
-        [T, N, S] direction ``v`` at each state's label.
-    skip : torch.Tensor
-        [N, S] bool, whether the skip transition ``s - 2 -> s`` is allowed.
-
-    Returns
-    -------
-    torch.Tensor
-        [T, N, S] (a view of a padded buffer).
-    """
-    T, N, S = log_alpha.shape
-    neg_inf = float("-inf")
-    out = log_alpha.new_zeros(T, N, S + 2)
-    A = out[:, :, 2:]
-    A.copy_(v_lab)  # the recursion accumulates in place onto v
-    if T == 1:
-        return A
-    prev = log_alpha[:-1]
-    cur = log_alpha[1:]
-    # log of the normalised predecessor weights: prev + lp - cur, because
-    # the (native) recursion is cur = lp + logsumexp(predecessors).
-    base = torch.where(cur > neg_inf, lp_lab[1:] - cur, neg_inf)
-    w0 = torch.exp(prev + base)  # s -> s
-    w1 = torch.zeros_like(w0)  # s-1 -> s
-    w1[..., 1:] = torch.exp(prev[..., :-1] + base[..., 1:])
-    w2 = torch.zeros_like(w0)  # s-2 -> s
-    if S > 2:
-        w2[..., 2:] = torch.exp(
-            torch.where(skip[:, 2:], prev[..., :-2], neg_inf) + base[..., 2:]
-        )
-    # Sequential part: three fused multiply-adds per frame on [N, S] views.
-    dst = A.unbind(0)
-    a0 = out[:, :, 2:].unbind(0)
-    a1 = out[:, :, 1:-1].unbind(0)
-    a2 = out[:, :, :-2].unbind(0)
-    w0, w1, w2 = w0.unbind(0), w1.unbind(0), w2.unbind(0)
-    for t in range(1, T):
-        dst[t].addcmul_(w0[t - 1], a0[t - 1]).addcmul_(w1[t - 1], a1[t - 1]).addcmul_(
-            w2[t - 1], a2[t - 1]
-        )
-    return A
-
-
-def _ctc_hvp(
-    v, log_probs, targets, nll, log_alpha, input_lengths, target_lengths, blank, zero_infinity
-):
-    """Jacobian-vector product of the native CTC gradient (sequence weight 1).
-
-    The native gradient is ``G[t, c] = exp(lp[t, c]) - gamma[t, c]`` for
-    ``t < input_length``. Its Jacobian is symmetric (``gamma`` is the gradient
-    of ``log Z``), so this is also the vector-Jacobian product. With
-    ``V(pi) = sum_t v[t, pi_t]``:
-    ``d gamma[t, c] = E[1(pi_t = c) V] - gamma[t, c] E[V]``, computed from
-    prefix (alpha) and suffix (beta) expectations of ``V``. Beta comes from
-    the native forward pass on the time-reversed problem; the forward and
-    reversed problems share one loop over time.
-
-    Arguments
-    ---------
-    v : torch.Tensor
-        [T, B, C] direction.
-    log_probs : torch.Tensor
-        [T, B, C]
-    targets : torch.Tensor
-        [B, L] padded targets (long).
-    nll : torch.Tensor
-        [B] native negative log-likelihoods.
-    log_alpha : torch.Tensor
-        [B, T, S] native forward variables.
-    input_lengths, target_lengths : list of int
-        Absolute lengths.
-    blank : int
-        Blank index.
-    zero_infinity : bool
-        Whether infinite losses (impossible alignments) get zero gradients.
-
-    Returns
-    -------
-    torch.Tensor
-        [T, B, C]
-    """
-    T, B, C = log_probs.shape
-    S = log_alpha.shape[2]
-    dev = log_probs.device
-    neg_inf = float("-inf")
-    Tm = max(input_lengths) if B > 0 else 0
-    if Tm == 0:
-        return torch.zeros_like(log_probs)
-
-    il = torch.tensor(input_lengths, device=dev)
-    tl = torch.tensor(target_lengths, device=dev)
-    Sb = 2 * tl + 1
-    lp = log_probs[:Tm]  # [Tm, B, C]
-    vb = v[:Tm]
-
-    # Extended label sequences l' (blank, y1, blank, y2, ..., blank).
-    s_ar = torch.arange(S, device=dev)
-    t_ar = torch.arange(Tm, device=dev)
-    if targets.shape[1] > 0:
-        lab_idx = ((s_ar - 1) // 2).clamp(0, targets.shape[1] - 1)
-        lprime = torch.where(s_ar % 2 == 1, targets[:, lab_idx], blank)
-    else:
-        lprime = torch.full((B, S), blank, dtype=torch.long, device=dev)
-    lprime = torch.where(s_ar < Sb[:, None], lprime, blank)  # [B, S]
-
-    # Per-sequence reversal of time and of states (beta from native alpha).
-    tidx = torch.where(t_ar[:, None] < il, il - 1 - t_ar[:, None], t_ar[:, None])  # [Tm, B]
-    sidx = torch.where(s_ar < Sb[:, None], Sb[:, None] - 1 - s_ar, s_ar)  # [B, S]
-    lprime_r = lprime.gather(1, sidx)
-    if targets.shape[1] > 0:
-        j_ar = torch.arange(targets.shape[1], device=dev)
-        jidx = torch.where(j_ar < tl[:, None], tl[:, None] - 1 - j_ar, j_ar)
-        targets_r = targets.gather(1, jidx)
-    else:
-        targets_r = targets
-    lp_r = lp.gather(0, tidx[:, :, None].expand(Tm, B, C))
-    v_r = vb.gather(0, tidx[:, :, None].expand(Tm, B, C))
-    _, la_r = _native_ctc(lp_r, targets_r, input_lengths, target_lengths, blank, False)
-
-    # Forward and reversed problems side by side: [Tm, 2B, S].
-    valid = (t_ar[:, None, None] < il[:, None]) & (s_ar < Sb[:, None])  # [Tm, B, S]
-    LA = torch.cat([log_alpha[:, :Tm].transpose(0, 1), la_r[:, :Tm].transpose(0, 1)], 1)
-    LA = torch.where(valid.repeat(1, 2, 1), LA, neg_inf)  # native leaves padding unset
-    idx = lprime.expand(Tm, B, S)
-    idx_r = lprime_r.expand(Tm, B, S)
-    LPL = torch.cat([lp.gather(2, idx), lp_r.gather(2, idx_r)], 1)
-    VL = torch.cat([vb.gather(2, idx), v_r.gather(2, idx_r)], 1)
-    lprime2 = torch.cat([lprime, lprime_r])
-    skip = (s_ar >= 2) & (s_ar % 2 == 1) & (lprime2 != torch.roll(lprime2, 2, dims=1))
-    A = _prefix_expectations(LA, LPL, VL, skip)
-
-    # Back to forward coordinates: suffix expectations and log beta.
-    b_ar = torch.arange(B, device=dev)
-    flat = (tidx[:, :, None] * (2 * B) + B + b_ar[:, None]) * S + sidx  # [Tm, B, S]
-    A_b = A.reshape(-1)[flat] if A.is_contiguous() else torch.take(A, flat)
-    lb = LA.reshape(-1)[flat]
-    la, lp_lab, v_lab, A_f = LA[:, :B], LPL[:, :B], VL[:, :B], A[:, :B]
-
-    finite_nll = torch.isfinite(nll)
-    nll_safe = torch.where(finite_nll, nll, 0.0)
-    # posterior of state s at frame t (alpha and beta both include lp)
-    q = torch.exp(torch.where(la > neg_inf, la - lp_lab, neg_inf) + lb + nll_safe[:, None])
-    ev = (q * v_lab).sum(dim=(0, 2))  # E[V]
-    r = q * (A_f + A_b - v_lab - ev[:, None])
-    dgamma = torch.zeros_like(lp).scatter_add_(2, idx, r)
-    frame_mask = (t_ar[:, None] < il)[:, :, None]  # [Tm, B, 1]
-    if not bool(finite_nll.all()):
-        fill = 0.0 if zero_infinity else float("nan")
-        frame_mask_ok = frame_mask & finite_nll[:, None]
-        out = torch.where(frame_mask_ok, torch.exp(lp) * vb - dgamma, 0.0)
-        out = torch.where(frame_mask & ~finite_nll[:, None], fill, out)
-    else:
-        out = torch.where(frame_mask, torch.exp(lp) * vb - dgamma, 0.0)
-    if Tm == T:
-        return out
-    hvp = torch.zeros_like(log_probs)
-    hvp[:Tm] = out
-    return hvp
-
-
-# ---------------------------------------------------------------------------
-# autograd Functions
-# ---------------------------------------------------------------------------
-
-
-class _CTCGrad(torch.autograd.Function):
-    """Native CTC gradient (sequence weight 1) with an exact backward."""
-
-    @staticmethod
-    def forward(log_probs, targets, nll, log_alpha, input_lengths, target_lengths, blank, zi):
-        return _native_ctc_grad(
-            torch.ones_like(nll),
-            log_probs,
-            targets,
-            input_lengths,
-            target_lengths,
-            nll,
-            log_alpha,
-            blank,
-            zi,
-        )
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        log_probs, targets, nll, log_alpha, il, tl, blank, zi = inputs
-        ctx.save_for_backward(log_probs, targets, nll, log_alpha)
-        ctx.args = (il, tl, blank, zi)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, v):
-        log_probs, targets, nll, log_alpha = ctx.saved_tensors
-        il, tl, blank, zi = ctx.args
-        hvp = _ctc_hvp(v, log_probs, targets, nll, log_alpha, il, tl, blank, zi)
-        return hvp, None, None, None, None, None, None, None
-
-
-class _CTC(torch.autograd.Function):
-    """Per-sequence CTC negative log-likelihood, twice differentiable."""
-
-    @staticmethod
-    def forward(log_probs, targets, input_lengths, target_lengths, blank, zi):
-        nll, log_alpha = _native_ctc(log_probs, targets, input_lengths, target_lengths, blank, zi)
-        return nll, log_alpha
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        log_probs, targets, il, tl, blank, zi = inputs
-        nll, log_alpha = output
-        ctx.mark_non_differentiable(log_alpha)
-        ctx.save_for_backward(log_probs, targets, nll, log_alpha)
-        ctx.args = (il, tl, blank, zi)
-
-    @staticmethod
-    def backward(ctx, grad_nll, _grad_log_alpha):
-        log_probs, targets, nll, log_alpha = ctx.saved_tensors
-        il, tl, blank, zi = ctx.args
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        if torch.is_grad_enabled():
-            # create_graph=True: differentiable gradient.
-            g = _CTCGrad.apply(log_probs, targets, nll.detach(), log_alpha, il, tl, blank, zi)
-            grad = grad_nll[None, :, None] * g
-        else:
-            grad = _native_ctc_grad(
-                grad_nll.contiguous(), log_probs, targets, il, tl, nll, log_alpha, blank, zi
-            )
-        return grad, None, None, None, None, None
-
-
-# ---------------------------------------------------------------------------
-# Public API
-# ---------------------------------------------------------------------------
-
-
 def _pad_targets(targets, target_lengths):
     """Concatenated (1-D) targets -> padded [B, max_len] (long)."""
     L = max(target_lengths) if target_lengths else 0
@@ -338,6 +67,35 @@ def _pad_targets(targets, target_lengths):
         padded[b, :n] = targets[offset : offset + n]
         offset += n
     return padded
+
+
+def _time_first(log_probs, targets, input_lengths, target_lengths, batch_first):
+    """The arguments of :func:`ctc_loss_abs` as the native kernels take them:
+    ``[T, B, C]`` log-probabilities, padded long targets on their device, lists
+    of int lengths."""
+    if log_probs.dim() == 2:  # unbatched
+        log_probs = log_probs.unsqueeze(1)
+        if targets.dim() == 1:
+            targets = targets.unsqueeze(0)
+    elif batch_first:
+        log_probs = log_probs.transpose(0, 1)
+    il = _as_int_list(input_lengths)
+    tl = _as_int_list(target_lengths)
+    if targets.dim() == 1:
+        targets = _pad_targets(targets, tl)
+    return log_probs, targets.to(device=log_probs.device, dtype=torch.long), il, tl
+
+
+def _reduced(nll, tl, reduction, zero_infinity, unbatched):
+    """The per-sequence losses ``nll`` reduced as :func:`ctc_loss_abs` says."""
+    if zero_infinity:
+        nll = torch.where(nll == math.inf, torch.zeros((), dtype=nll.dtype, device=nll.device), nll)
+    if reduction == "mean":
+        tlen = torch.tensor(tl, dtype=nll.dtype, device=nll.device).clamp_min(1)
+        return (nll / tlen).mean()
+    if reduction == "sum":
+        return nll.sum()
+    return nll.squeeze(0) if unbatched else nll
 
 
 def ctc_loss_abs(
@@ -411,27 +169,10 @@ def ctc_loss_abs(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction {reduction!r}")
     unbatched = log_probs.dim() == 2
-    if unbatched:
-        log_probs = log_probs.unsqueeze(1)
-        if targets.dim() == 1:
-            targets = targets.unsqueeze(0)
-    elif batch_first:
-        log_probs = log_probs.transpose(0, 1)
-    il = _as_int_list(input_lengths)
-    tl = _as_int_list(target_lengths)
-    if targets.dim() == 1:
-        targets = _pad_targets(targets, tl)
-    targets = targets.to(device=log_probs.device, dtype=torch.long)
-
-    nll, _ = _CTC.apply(log_probs, targets, il, tl, int(blank), bool(zero_infinity))
-    if zero_infinity:
-        nll = torch.where(nll == math.inf, torch.zeros((), dtype=nll.dtype, device=nll.device), nll)
-    if reduction == "mean":
-        tlen = torch.tensor(tl, dtype=nll.dtype, device=nll.device).clamp_min(1)
-        return (nll / tlen).mean()
-    if reduction == "sum":
-        return nll.sum()
-    return nll.squeeze(0) if unbatched else nll
+    log_probs, targets, il, tl = _time_first(log_probs, targets, input_lengths, target_lengths,
+                                             batch_first)
+    nll, _ = CTC.apply(log_probs, targets, il, tl, int(blank), bool(zero_infinity))
+    return _reduced(nll, tl, reduction, zero_infinity, unbatched)
 
 
 def ctc_loss(log_probs, targets, input_lens, target_lens, blank_index, reduction="mean"):

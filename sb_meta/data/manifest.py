@@ -12,6 +12,7 @@ line, the row's ID and the column of each problem.
 
 import collections
 import csv
+import functools
 import io
 import math
 import pathlib
@@ -135,14 +136,8 @@ class ManifestError(ValueError):
         super().__init__(message)
 
 
-def read_manifest(
-    path,
-    required=REQUIRED_COLUMNS,
-    nonempty=NONEMPTY_COLUMNS,
-    unique_ids=True,
-    numeric=(),
-    id_column="ID",
-):
+def read_manifest(path, required=REQUIRED_COLUMNS, nonempty=NONEMPTY_COLUMNS, unique_ids=True, numeric=(),
+                  id_column="ID"):
     """Read and check a CSV manifest; return its rows as dicts of strings.
 
     This is the one manifest reader of sb-meta: every command reads its CSV
@@ -206,6 +201,76 @@ def read_manifest(
     ... except ManifestError as e:
     ...     print(str(e).replace(str(p), "test.csv"))
     manifest test.csv, line 1: missing column 'gender'; the header is ID,duration,wav,spk_id,wrd
+    """
+    path = pathlib.Path(path)
+    records = _csv_records(csv.reader(io.StringIO(_read_text(path), newline="")), functools.partial(_fail, path))
+    header, seen = _read_header(path, records, required, nonempty, numeric, unique_ids, id_column)
+    return _read_rows(path, records, header, seen, nonempty, numeric, unique_ids, id_column)
+
+
+def _fail(path, line, message, column=None):
+    raise ManifestError(path, [ManifestProblem(line, column, None, message)])
+
+
+def _read_text(path):
+    """The text of the manifest ``path``: UTF-8 (a leading byte-order mark dropped), no NUL byte."""
+    if path.is_dir():
+        raise FileNotFoundError(f"manifest {path} is a folder, not a CSV file")
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        hint = " (it looks UTF-16: save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        _fail(path, line, f"not UTF-8 text (byte {raw[e.start]:#04x}){hint}; a manifest is a CSV text file")
+    if "\x00" in text:  # binary data (csv itself accepts NUL since Python 3.11)
+        _fail(path, text[: text.index("\x00")].count("\n") + 1, "holds a NUL byte; a manifest is a CSV text file")
+    return text
+
+
+def _read_header(path, records, required, nonempty, numeric, unique_ids, id_column):
+    """``(header, {column: position})`` of the first record: names present, unique, and
+    holding every column :func:`read_manifest` was asked for."""
+    header_line, header = next(records, (None, None))
+    if header is None:
+        _fail(path, None,
+              f"empty file, no header line (a manifest starts with a header such as {','.join(BASE_COLUMNS)})")
+    blank = [i for i, name in enumerate(header, start=1) if not name.strip()]
+    if blank:
+        _fail(
+            path, header_line,
+            f"header column {blank[0]} has no name (a stray comma?); the header is {','.join(header)}",
+        )
+    seen = {}
+    for i, name in enumerate(header, start=1):
+        if name in seen:
+            _fail(path, header_line,
+                  f"column {name!r} appears twice in the header (columns {seen[name]} and {i})", name)
+        seen[name] = i
+    wanted = list(dict.fromkeys([*required, *nonempty, *numeric, *([id_column] if unique_ids else [])]))
+    missing = [c for c in wanted if c not in seen]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        message = f"missing column{'s' if len(missing) > 1 else ''} {names}; the header is {','.join(header)}"
+        stripped = {name.strip() for name in header}
+        if len(header) == 1 and any(sep in header[0] for sep in ("\t", ";", "|", " ")):
+            message += " (one column: is the file comma-separated?)"
+        elif all(c in stripped for c in missing):
+            message += " (remove the spaces around the column names)"
+        raise ManifestError(path, [ManifestProblem(header_line, missing[0], None, message)])
+    return header, seen
+
+
+def _read_rows(path, records, header, seen, nonempty, numeric, unique_ids, id_column):
+    """The rows of ``records`` as dicts; every problem of every row at once, in one
+    :class:`ManifestError`.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "test.csv"
     >>> _ = p.write_text(
     ...     "ID,duration,wav,spk_id,wrd\\n"
     ...     "spk024_0001,1.5,a.wav,spk024,HELLO\\n"
@@ -220,55 +285,6 @@ def read_manifest(
       line 3 (ID spk024_0003): empty 'wav'
       line 4 (ID spk024_0001): duplicate ID, first at line 2
     """
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise FileNotFoundError(f"manifest {path} is a folder, not a CSV file")
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-
-    def fail(line, message, column=None):
-        raise ManifestError(path, [ManifestProblem(line, column, None, message)])
-
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        hint = " (it looks UTF-16: save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        fail(line, f"not UTF-8 text (byte {raw[e.start]:#04x}){hint}; a manifest is a CSV text file")
-    if "\x00" in text:  # binary data (csv itself accepts NUL since Python 3.11)
-        fail(text[: text.index("\x00")].count("\n") + 1, "holds a NUL byte; a manifest is a CSV text file")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records = _csv_records(reader, fail)
-    header_line, header = next(records, (None, None))
-    if header is None:
-        fail(None, f"empty file, no header line (a manifest starts with a header such as {','.join(BASE_COLUMNS)})")
-
-    # Header: names present, unique, and holding every column asked for.
-    blank = [i for i, name in enumerate(header, start=1) if not name.strip()]
-    if blank:
-        fail(
-            header_line,
-            f"header column {blank[0]} has no name (a stray comma?); the header is {','.join(header)}",
-        )
-    seen = {}
-    for i, name in enumerate(header, start=1):
-        if name in seen:
-            fail(header_line, f"column {name!r} appears twice in the header (columns {seen[name]} and {i})", name)
-        seen[name] = i
-    wanted = list(dict.fromkeys([*required, *nonempty, *numeric, *([id_column] if unique_ids else [])]))
-    missing = [c for c in wanted if c not in seen]
-    if missing:
-        names = ", ".join(repr(c) for c in missing)
-        message = f"missing column{'s' if len(missing) > 1 else ''} {names}; the header is {','.join(header)}"
-        stripped = {name.strip() for name in header}
-        if len(header) == 1 and any(sep in header[0] for sep in ("\t", ";", "|", " ")):
-            message += " (one column: is the file comma-separated?)"
-        elif all(c in stripped for c in missing):
-            message += " (remove the spaces around the column names)"
-        raise ManifestError(path, [ManifestProblem(header_line, missing[0], None, message)])
-
-    # Rows.
     problems, rows, first_line = [], [], {}
     id_index = seen.get(id_column)
     nonempty = list(dict.fromkeys([*([id_column] if unique_ids else []), *nonempty, *numeric]))

@@ -101,6 +101,32 @@ def _find_hparams_yaml(brain, hparams_file):
     )
 
 
+def _export_info(brain, source, module_names):
+    """The ``sbmeta.json`` record of a trained brain (``source``: where its YAML came from)."""
+    hp = brain.hparams
+    strategy = getattr(brain, "strategy", None)
+    counter = getattr(hp, "epoch_counter", None)
+    return {
+        "created": now(),
+        "versions": versions(),
+        "strategy": getattr(strategy, "name", None),
+        "meta_config": jsonable(dict(getattr(brain, "meta_config", {}) or {})),
+        "module_names": module_names,
+        "sample_rate": int(getattr(hp, "sample_rate", 16000)),
+        "ctc_weight": float(getattr(hp, "ctc_weight", 1.0)),
+        "base_model": {
+            "kind": "trained",
+            "brain": type(brain).__qualname__,
+            "hparams_file": source,
+            "output_folder": getattr(hp, "output_folder", None),
+            "seed": getattr(hp, "seed", None),
+            "epoch": getattr(counter, "current", None),
+            "train_minutes": round(getattr(brain, "train_minutes", 0.0), 2),
+        },
+        "adaptations": [],
+    }
+
+
 def export_brain(brain, folder, hparams_file=None, verify=True, force=False):
     """Write a trained brain as a SpeechBrain pretrained folder.
 
@@ -142,28 +168,8 @@ def export_brain(brain, folder, hparams_file=None, verify=True, force=False):
         raise ValueError(f"the brain's hparams have no `inference:` section (YAML {source})")
     module_names = [n for n in brain.modules if not n.startswith("sbmeta_")]
     ydoc = export_document(doc, module_names)
-    hp = brain.hparams
     strategy = getattr(brain, "strategy", None)
-    counter = getattr(hp, "epoch_counter", None)
-    info = {
-        "created": now(),
-        "versions": versions(),
-        "strategy": getattr(strategy, "name", None),
-        "meta_config": jsonable(dict(getattr(brain, "meta_config", {}) or {})),
-        "module_names": [n for n in module_names if n in ydoc["modules"]],
-        "sample_rate": int(getattr(hp, "sample_rate", 16000)),
-        "ctc_weight": float(getattr(hp, "ctc_weight", 1.0)),
-        "base_model": {
-            "kind": "trained",
-            "brain": type(brain).__qualname__,
-            "hparams_file": source,
-            "output_folder": getattr(hp, "output_folder", None),
-            "seed": getattr(hp, "seed", None),
-            "epoch": getattr(counter, "current", None),
-            "train_minutes": round(getattr(brain, "train_minutes", 0.0), 2),
-        },
-        "adaptations": [],
-    }
+    info = _export_info(brain, source, [n for n in module_names if n in ydoc["modules"]])
     plan = ExportPlan(
         interface=interface,
         yaml=ydoc,

@@ -24,13 +24,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 #: the layers of ``sb_meta``, lowest first: a module imports only from its own or lower ones
 LAYERS = [
-    # what everything may use: helpers, the plugin contract and its options, losses, parameter selection
-    {"sb_meta.version", "sb_meta.utils", "sb_meta.contract", "sb_meta.hookspecs",
-     "sb_meta.options", "sb_meta.losses", "sb_meta.schedules", "sb_meta.functional", "sb_meta.checkpointing"},
+    # what everything may use: helpers, the plugin contract, its options and the meta keys, losses,
+    # parameter selection
+    {"sb_meta.version", "sb_meta.utils", "sb_meta.contract", "sb_meta.hookspecs", "sb_meta.options",
+     "sb_meta.meta_config", "sb_meta.ctc_hessian", "sb_meta.losses", "sb_meta.schedules", "sb_meta.functional",
+     "sb_meta.checkpointing"},
     # corpora and manifests, tasks and episodes drawn from them
     {"sb_meta.data", "sb_meta.episodes"},
     # meta-training: strategies and add-ons, the plugin manager, the brain, the recipe glue
-    {"sb_meta.strategy", "sb_meta.plugins", "sb_meta.trust", "sb_meta.brain", "sb_meta.recipe"},
+    {"sb_meta.strategy", "sb_meta.plugins", "sb_meta.trust", "sb_meta.brain_hooks", "sb_meta.ranks", "sb_meta.brain",
+     "sb_meta.tokenizers", "sb_meta.recipe"},
     # the SpeechBrain pretrained-folder format: write, verify, load
     {"sb_meta.export"},
     # test-time adaptation of a loaded model
@@ -210,7 +213,7 @@ def test_the_walker_resolves_each_form_of_import(tmp_path, source, target):
 
 #: private attributes set on objects other than ``self``, each for a reason: torch's own
 #: state-dict metadata; the mark ``_call_named`` leaves on an exception it already explained
-_FOREIGN_PRIVATE_ALLOWED = {("sb_meta/export/plan.py", "_metadata"), ("sb_meta/brain.py", "_sbmeta_hook")}
+_FOREIGN_PRIVATE_ALLOWED = {("sb_meta/export/plan.py", "_metadata"), ("sb_meta/brain_hooks.py", "_sbmeta_hook")}
 
 
 def private_attributes_set_from_outside(package_dir):
