@@ -26,11 +26,11 @@ FIGURES = ROOT / "tests" / "data" / "pinned_kshot.json"
 METHODS = [
     {"name": "finetune", "strategy": "finetune"},
     {"name": "lora", "strategy": "finetune", "addons": ["lora"], "addon_config": {"peft_rank": 2}},
-    {"name": "entropy", "strategy": "finetune", "unsupervised": "entropy",
-     "unsupervised_config": {"min_improvement": 0.0}},
-    {"name": "pseudo", "strategy": "finetune", "unsupervised": "pseudo", "unsupervised_config": {"confidence": 0.0}},
-    {"name": "cmvn", "strategy": "finetune", "unsupervised": "cmvn", "unsupervised_config": {"cmvn_weight": 0.5}},
-    {"name": "cmvn-finetune", "strategy": "finetune", "cmvn": 0.5},
+    {"name": "entropy", "strategy": "finetune", "addons": ["entropy"], "addon_config": {"entropy_min_improvement": 0.0}},
+    {"name": "pseudo", "strategy": "finetune", "addons": ["pseudo"], "addon_config": {"pseudo_confidence": 0.0}},
+    {"name": "cmvn", "strategy": "finetune", "addons": ["cmvn"], "addon_config": {"cmvn_weight": 0.5}},
+    {"name": "cmvn-finetune", "strategy": "finetune", "addons": ["cmvn"],
+     "addon_config": {"cmvn_weight": 0.5, "cmvn_update": True}},
 ]
 
 
@@ -63,6 +63,7 @@ def _log_prob_sums(model, csv):
     import torch
 
     from helpers.tiny_asr import read_rows
+    from sb_meta.adapt import Support
     from sb_meta.evaluation import methods_from
 
     rows = [r for r in read_rows(csv) if r["spk_id"] == "t1"]
@@ -70,8 +71,8 @@ def _log_prob_sums(model, csv):
     out = {}
     for method in methods_from(METHODS):
         torch.manual_seed(0)
-        adapted = method.adapt(model, wavs[:2], [r["wrd"] for r in rows[:2]], [r["ID"] for r in rows[:2]], "t1",
-                               steps=3, lr=0.1)
+        support = Support(wavs[:2], [r["wrd"] for r in rows[:2]], [r["ID"] for r in rows[:2]], "t1")
+        adapted = model.adapt(support, method.with_defaults(steps=3, lr=0.1))
         out[method.name] = sum(float(adapted.log_probs(w[None], torch.ones(1)).sum()) for w in wavs[2:])
     return out
 
