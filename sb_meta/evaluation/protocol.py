@@ -58,23 +58,9 @@ __all__ = [
 ]
 
 
-def evaluate_kshot(
-    model,
-    manifest_csv,
-    task_column="spk_id",
-    ks=(0, 1, 2, 5),
-    repeats=3,
-    strategies=("finetune",),
-    methods=None,
-    steps=3,
-    lr=None,
-    seed=0,
-    progress=True,
-    batch_size=8,
-    adapt_params=None,
-    data_root=None,
-    tasks=None,
-):
+def evaluate_kshot(model, manifest_csv, task_column="spk_id", ks=(0, 1, 2, 5), repeats=3, strategies=("finetune",),
+                   methods=None, steps=3, lr=None, seed=0, progress=True, batch_size=8, adapt_params=None,
+                   data_root=None, tasks=None):
     """Adapt to every task from ``k`` utterances and score the rest.
 
     Arguments
@@ -94,18 +80,15 @@ def evaluate_kshot(
     methods : sequence, optional
         :class:`~sb_meta.adapt.Method` s (or their string forms /
         dicts) instead of ``strategies``.
-    steps : int
-        Adaptation steps.
-    lr : float, optional
-        Adaptation step size (default: the model's; see ``AdaptableASR.adapt``).
+    steps, lr, adapt_params
+        What a method leaves unset: adaptation steps, step size (default the
+        model's; see ``AdaptableASR.adapt``), parameter name patterns.
     seed : int
         Draws are seeded by ``(seed, task, k, repeat)``.
     progress : bool
         Show a tqdm progress bar.
     batch_size : int
         Query utterances transcribed per batch (grouped by length).
-    adapt_params : list of str, optional
-        Parameter name patterns to adapt (default: each strategy's).
     data_root : str, optional
         Replaces ``$data_root`` in ``wav`` (default: the manifest's folder).
     tasks : sequence of str, optional
@@ -141,19 +124,11 @@ def evaluate_kshot(
     defaults = dict(steps=steps, lr=lr, adapt_params=list(adapt_params) if adapt_params else None)
     scorer = Scorer(model, by_id, batch_size)
     draws, failed = run_draws(scorer, groups, plan, ks, repeats, seed, methods, defaults, progress)
-    results = {
-        "config": {
-            "model": str(model.source), "trained_strategy": model.trained_strategy,
-            "manifest": str(manifest_csv), "task_column": task_column, "ks": ks, "repeats": repeats,
-            "strategies": [m.name for m in methods], "methods": [m.as_dict() for m in methods],
-            "steps": steps, "lr": lr, "adapt_params": defaults["adapt_params"], "seed": seed,
-            "batch_size": batch_size,
-        },
-        "tasks": {t: len(ids) for t, ids in sorted(groups.items())},
-        "draws": draws,
-        "skipped": skipped,
-        "failed": failed,
-    }
+    config = {"model": str(model.source), "trained_strategy": model.trained_strategy, "manifest": str(manifest_csv),
+              "task_column": task_column, "ks": ks, "repeats": repeats, "strategies": [m.name for m in methods],
+              "methods": [m.as_dict() for m in methods], **defaults, "seed": seed, "batch_size": batch_size}
+    results = {"config": config, "tasks": {t: len(ids) for t, ids in sorted(groups.items())}, "draws": draws,
+               "skipped": skipped, "failed": failed}
     aggregate(results)
     return results
 
