@@ -17,7 +17,6 @@ through ``sbmeta_load_adapter_state``. The core never needs to know what an
 adapter is.
 """
 
-import copy
 import hashlib
 import json
 import pathlib

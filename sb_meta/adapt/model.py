@@ -10,9 +10,16 @@ Dropout is off and BatchNorm uses its running statistics during adaptation
 (five utterances give no usable batch statistics), and every normalisation
 statistic is frozen (:func:`sb_meta.functional.frozen_statistics`).
 
-Add-ons apply at test time too (``addons=["lora"]``, ``["compress"]``...):
-their hooks run during adaptation (phase ``ADAPT``) and when the adapted
-model is exported (``sbmeta_before_export``).
+What to adapt to is a :class:`~sb_meta.adapt.method.Support` set; how, a
+:class:`~sb_meta.adapt.method.Method`. Add-ons apply at test time too
+(``Method(addons=["lora"])``, ``["compress"]``, a test-time method such as
+``["entropy"]``...): their hooks run during adaptation (phase ``ADAPT``) and
+when the adapted model is exported (``sbmeta_before_export``). Plugins read
+the model through its public API: :attr:`~AdaptableASR.tokenizer`,
+:attr:`~AdaptableASR.labels`, :attr:`~AdaptableASR.blank_index`,
+:attr:`~AdaptableASR.losses`, :meth:`~AdaptableASR.predictions` and
+:meth:`~AdaptableASR.encoder_features`; any folder :func:`sb_meta.adapt.load_model`
+reads (a teacher) offers the same.
 """
 
 import copy
