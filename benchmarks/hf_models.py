@@ -59,17 +59,17 @@ def child_adapt(folder, method, steps, out):
     """Load ``folder``, adapt it by ``method`` on 5 utterances; JSON of the costs to ``out``."""
     import torch
 
-    from sb_meta.adapt import load_model
+    from sb_meta.adapt import Method, load_model
 
     t0 = time.perf_counter()
     model = load_model(folder)
     load_s = time.perf_counter() - t0
     wavs = [_speech_like(3.0, i) for i in range(len(TEXTS))]
-    kwargs = {"lora": {"peft": "lora"}, "full": {}, "head": {"adapt_params": ["ctc_lin.*"]}}[method]
+    kwargs = {"lora": {"addons": ["lora"]}, "full": {}, "head": {"adapt_params": ["ctc_lin.*"]}}[method]
     common.reset_peak_rss()
     before = common.rss_mib()
     t0 = time.perf_counter()
-    adapted = model.adapt(wavs, TEXTS, steps=steps, lr=1e-4, **kwargs)
+    adapted = model.adapt((wavs, TEXTS), Method(steps=steps, lr=1e-4, **kwargs))
     adapt_s = time.perf_counter() - t0
     result = {
         "method": method,

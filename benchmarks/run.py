@@ -96,7 +96,7 @@ def measure_adaptation(ctx, n_utts=5, steps=3):
     """Time adapting the AN4 model to 5 utterances of one speaker, 3 steps.
 
     Through ``sb_meta.adapt`` (export the YAML's model, ``load_model(folder)
-    .adapt(wav_paths, transcripts, strategy="finetune", steps=3)``).
+    .adapt((wav_paths, transcripts), Method(strategy="finetune", steps=3))``).
     """
     import torch
 
@@ -122,7 +122,7 @@ def measure_adaptation(ctx, n_utts=5, steps=3):
     }
     import speechbrain as sb
 
-    from sb_meta.adapt import load_model
+    from sb_meta.adapt import Method, load_model
     from sb_meta.export import export_brain
 
     folder = pathlib.Path(ctx.workdir) / "pretrained"
@@ -134,15 +134,15 @@ def measure_adaptation(ctx, n_utts=5, steps=3):
     model = load_model(str(folder))
 
     def adapt():
-        return model.adapt(wavs, texts, strategy="finetune", steps=steps)
+        return model.adapt((wavs, texts), Method(strategy="finetune", steps=steps))
 
     adapt()
     samples = [common.timed(adapt) for _ in range(repeats)]
     summary = common.summarize(samples)
     return dict(base, status="ok", path="sb_meta.adapt.load_model(folder).adapt",
                 target_s=TARGET_LATENCY_S, met=summary["median_s"] <= TARGET_LATENCY_S,
-                what="load_model(exported folder).adapt(wav_paths, transcripts, "
-                     f"strategy='finetune', steps={steps}): audio loading included",
+                what="load_model(exported folder).adapt((wav_paths, transcripts), "
+                     f"Method(strategy='finetune', steps={steps})): audio loading included",
                 **summary)
 
 

@@ -148,7 +148,6 @@ class Distill(AddOn):
             raise ValueError(f"distill_frames must be 'interpolate' or 'match', got {self.frames!r}")
         self.phases = self.phases_option("distill_phases")
         self.teacher = None  # the loaded AdaptableASR (None for "self")
-        self._teacher_brain = None
         self._initial = None
         self._cache = None
         if self.teacher_source != SELF:
@@ -157,26 +156,14 @@ class Distill(AddOn):
     # ---------------------------------------------------------------- teacher
     def _load_teacher(self, brain):
         from sb_meta.adapt import load_model
-        from sb_meta.adapt.objective import AdaptBrain, trainable_view
 
         self.teacher = load_model(self.teacher_source, device=str(brain.device))
-        asr = self.teacher.asr
-        asr.mods.eval()
-        for p in asr.mods.parameters():
-            p.requires_grad_(False)
-        view = trainable_view(asr, self.teacher.module_names)
-        if "ctc" not in view.losses:
+        if "ctc" not in self.teacher.losses:
             raise ValueError(
                 f"distill_teacher {self.teacher_source} has no CTC head; distill needs the teacher's "
                 "CTC posteriors"
             )
-        self._teacher_brain = AdaptBrain(
-            modules=dict(view.modules),
-            hparams={"meta_strategy": "finetune", "sbmeta_view": view, "ctc_weight": 1.0},
-            run_opts={"device": str(brain.device), "noprogressbar": True},
-        )
-        self._teacher_brain.modules.eval()
-        self.teacher_blank = view.blank_index
+        self.teacher_blank = self.teacher.blank_index
         rate = getattr(getattr(brain, "hparams", None), "sample_rate", None)
         if rate is not None and int(rate) != self.teacher.sample_rate:
             raise ValueError(
@@ -184,13 +171,11 @@ class Distill(AddOn):
                 f"but the student's sample_rate is {rate}"
             )
 
-    def _student_blank(self, brain):
-        hp = getattr(brain, "hparams", None)
-        blank = getattr(hp, "blank_index", None)
-        if blank is None:
-            view = getattr(hp, "sbmeta_view", None)
-            blank = getattr(view, "blank_index", 0)
-        return int(blank)
+    @staticmethod
+    def _student_blank(brain):
+        """The student's CTC blank: its brain's ``blank_index`` (a recipe's, or the adaptation brain's)."""
+        blank = getattr(getattr(brain, "hparams", None), "blank_index", None)
+        return 0 if blank is None else int(blank)
 
     def teacher_outputs(self, brain, batch):
         """``(log_probs, lengths)`` of the teacher on ``batch``, without gradients."""
@@ -201,12 +186,10 @@ class Distill(AddOn):
             if self.teacher is None:
                 out = self._self_forward(brain, batch)
             else:
-                from speechbrain.dataio.batch import PaddedBatch
-
                 wavs, lens = batch.sig
-                items = [{"id": str(i), "sig": w[: max(1, int(round(float(l) * wavs.shape[1])))]}
-                         for i, (w, l) in enumerate(zip(wavs.detach(), lens))]
-                out = self._teacher_brain.compute_forward(PaddedBatch(items), sb.Stage.TEST)
+                cropped = [w[: max(1, int(round(float(l) * wavs.shape[1])))] for w, l in zip(wavs.detach(), lens)]
+                padded, rel = sb.utils.data_utils.batch_pad_right(cropped)
+                out = self.teacher.predictions(padded, rel)
             pred = ASRPredictions.coerce(out)
             result = (pred.require("log_probs", "distill (teacher)").detach(), pred.lengths.detach())
         self._cache = (key, batch.sig.data, result)
@@ -289,10 +272,6 @@ class Distill(AddOn):
             if seq is not None:
                 terms["sequence"] = seq
         return terms or None
-
-
-
-
 
 
 @hookimpl

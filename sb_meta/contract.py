@@ -20,8 +20,9 @@ import torch
 
 __all__ = ["Phase", "ASRPredictions", "FastWeights", "PredictionsError", "ADDON_KINDS", "CommandOption"]
 
-#: what an add-on may declare it is (:attr:`sb_meta.strategy.AddOn.kind`)
-ADDON_KINDS = ("adapter", "compressor")
+#: what an add-on may declare it is (:attr:`sb_meta.strategy.AddOn.kind`); ``"test_time"``: a
+#: test-time method (:class:`sb_meta.adapt.testtime.TestTimeMethod`)
+ADDON_KINDS = ("adapter", "compressor", "test_time")
 
 
 class Phase(str, enum.Enum):

@@ -2,11 +2,12 @@
 
 import contextlib
 import importlib.util
+import logging
 import os
 import pathlib
 import tempfile
 
-__all__ = ["RecipeError", "load_script", "atomic_open", "safe_name", "check_output"]
+__all__ = ["RecipeError", "load_script", "atomic_open", "safe_name", "check_output", "quiet"]
 
 
 class RecipeError(ValueError):
@@ -163,3 +164,21 @@ def safe_name(name, what="name", suffix=""):
             f"with {suffix!r}; file names hold at most {NAME_MAX}): shorten it"
         )
     return out
+
+
+@contextlib.contextmanager
+def quiet(name, level=logging.WARNING):
+    """Within the block, the logger ``name`` shows nothing below ``level``.
+
+    Example
+    -------
+    >>> with quiet("speechbrain.core"):
+    ...     logging.getLogger("speechbrain.core").info("not shown")
+    """
+    log = logging.getLogger(name)
+    saved = log.level
+    log.setLevel(max(level, saved))
+    try:
+        yield
+    finally:
+        log.setLevel(saved)

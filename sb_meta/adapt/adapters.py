@@ -17,7 +17,6 @@ through ``sbmeta_load_adapter_state``. The core never needs to know what an
 adapter is.
 """
 
-import copy
 import hashlib
 import json
 import pathlib
@@ -130,8 +129,12 @@ def with_adapters(model, folder):
         state = torch.load(folder / ADAPTERS_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot read the adapters {folder / ADAPTERS_FILE}: {exc}") from exc
-    new_asr = model._copy()
-    brain = model._brain_for(new_asr, "finetune", 1, None, None, meta["addons"], meta.get("config") or {}, None)
+    from sb_meta.adapt.method import Method
+    from sb_meta.adapt.plan import build_brain, plan
+
+    new_asr = model.copy_interface()
+    brain = build_brain(model, new_asr, plan(model, Method(strategy="finetune", steps=1, addons=meta["addons"],
+                                                           addon_config=meta.get("config") or {})))
     expected = set(_adapter_state(brain))
     if set(state) != expected:
         raise ValueError(
@@ -143,11 +146,10 @@ def with_adapters(model, folder):
         taken.update(names or [])
     if taken != expected:
         raise ValueError(f"no add-on took the adapter tensors {sorted(expected - taken)[:5]}")
-    model._freeze(new_asr)
     adapters = adapters_record(brain, model, meta["addons"], meta.get("config") or {})
     adapters["adaptations"] = list(meta.get("adaptations") or [])
     adapters["loaded_from"] = str(folder)
-    return model._derived(new_asr, copy.deepcopy(model.info), adapters=adapters, brain=brain)
+    return model.derived(new_asr, adapters=adapters, brain=brain)
 
 
 def base_model_sha256(model):

@@ -20,7 +20,6 @@ import pathlib
 import sys
 
 from sb_meta.adapt.addon_options import add_addon_options, addon_settings, check_export, describe_export
-from sb_meta.adapt.unsupervised import MODES as UNSUPERVISED_MODES, check_cmvn
 from sb_meta.plugins import PluginRegistry
 from sb_meta.trust import add_trust_option
 from sb_meta.utils import check_output
@@ -50,7 +49,7 @@ def _check_step_size(lr):
 
 
 def _cmd_adapt(args):
-    from sb_meta.adapt import load_model
+    from sb_meta.adapt import Method, Support, load_model
     from sb_meta.evaluation import resolve_wav
     from sb_meta.export import check_destination
 
@@ -63,37 +62,22 @@ def _cmd_adapt(args):
     known = all(name in args.registry.addons for name in addons)
     if known:  # else an add-on of the model's own plugins: checked once the model is loaded
         check_export(addons, args.adapters_only, args.registry)
-    if args.guard and args.unsupervised:
+    method = Method(strategy=args.strategy, steps=args.steps, lr=args.lr, addons=addons, addon_config=addon_config,
+                    adapt_params=_name_list(args.adapt_params) if args.adapt_params else None, guard=args.guard)
+    audio_only = known and not _reads_transcripts(method, args.registry)
+    if args.guard and audio_only:
         raise ValueError("--guard checks the transcripts of held-out support utterances: it cannot "
-                         "guard --unsupervised adaptation")
-    check_cmvn(args.cmvn, args.unsupervised)  # before the model is loaded
+                         "guard adaptation from the audio alone")
     check_destination(args.out, force=args.force)  # refuse before any work
     check_output(args.out, [args.model, args.support])
-    chosen, where = _support_rows(args)
+    chosen, where = _support_rows(args, audio_only)
     data_root = args.data_root or pathlib.Path(args.support).parent
     wavs = [resolve_wav(r["wav"], data_root, args.support) for r in chosen]
     model = load_model(args.model, device=args.device, trust=args.trust_model)
     if not known:
         check_export(addons, args.adapters_only, model.registry)
-    settings = dict(
-        strategy=args.strategy,
-        steps=args.steps,
-        lr=args.lr,
-        adapt_params=_name_list(args.adapt_params) if args.adapt_params else None,
-        ids=[r["ID"] for r in chosen],
-        addons=addons or None,
-        addon_config=addon_config or None,
-        task=args.task,
-    )
-    if args.cmvn is not None:
-        settings["cmvn"] = args.cmvn
-    if args.guard:  # keep the adaptation only when held-out support utterances say it helps
-        from sb_meta.adapt.safeguard import guarded_adapt
-
-        adapted = guarded_adapt(model, wavs, [r["wrd"] for r in chosen], **settings)
-    else:  # unsupervised: the transcripts are never read
-        texts = None if args.unsupervised else [r["wrd"] for r in chosen]
-        adapted = model.adapt(wavs, texts, unsupervised=args.unsupervised, **settings)
+    texts = None if audio_only else [r.get("wrd") for r in chosen]
+    adapted = model.adapt(Support(wavs, texts, [r["ID"] for r in chosen], args.task), method)
     if args.adapters_only:
         out = adapted.export_adapters(args.out, force=args.force)
     else:  # adapters that fold into the weights are folded: a plain SpeechBrain folder
@@ -103,7 +87,7 @@ def _cmd_adapt(args):
         f"Adapted {args.model} with {rec['strategy']} ({rec['steps']} steps, lr {rec.get('lr')}) "
         f"on {len(chosen)} utterance(s) of {where}: {', '.join(r['ID'] for r in chosen)}"
     )
-    _print_adaptation(rec, len(chosen))
+    _print_adaptation(rec, model.registry)
     if args.adapters_only:
         print(f"Exported the adapters only to {out} (load them on the base model with "
               f"sb_meta.adapt.load_model({str(args.model)!r}, adapters={str(out)!r}))")
@@ -114,13 +98,20 @@ def _cmd_adapt(args):
     return 0
 
 
-def _support_rows(args):
+def _reads_transcripts(method, registry):
+    """Whether adapting with ``method`` reads transcripts (not with a test-time method that reads none)."""
+    from sb_meta.adapt.testtime import reads_transcripts
+
+    return reads_transcripts([registry.get_addon(a) for a in method.addons], method.addon_config)
+
+
+def _support_rows(args, audio_only=False):
     """``(chosen rows, where)``: the ``--k`` support utterances drawn (``--seed``) from
     ``--support`` (those of ``--task`` only, when given), and how messages name their origin."""
     from sb_meta.data.manifest import read_manifest
-    from sb_meta.evaluation import _rng
+    from sb_meta.evaluation import seeded
 
-    needed = ("ID", "duration", "wav") if args.unsupervised else ("ID", "duration", "wav", "wrd")
+    needed = ("ID", "duration", "wav") if audio_only else ("ID", "duration", "wav", "wrd")
     rows = read_manifest(args.support, required=needed, nonempty=("ID", "wav"))
     if args.task is not None:
         if rows and args.task_column not in rows[0]:
@@ -139,31 +130,19 @@ def _support_rows(args):
     if len(rows) < args.k:
         raise ValueError(f"--k {args.k} support utterances requested but {where} has {len(rows)}")
     rows = sorted(rows, key=lambda r: r["ID"])
-    chosen = sorted(_rng(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
+    chosen = sorted(seeded(args.seed, "adapt", args.task, args.k).sample(rows, args.k), key=lambda r: r["ID"])
     return chosen, where
 
 
-def _print_adaptation(rec, n_chosen):
-    """What an adaptation record says beyond its strategy and support: cmvn, guard, unsupervised."""
-    if rec.get("cmvn"):
-        c = rec["cmvn"]
-        print(f"Input statistics re-estimated on {c['frames']} support frames (weight {c['weight']}) "
-              "before the update")
+def _print_adaptation(rec, registry):
+    """What an adaptation record says beyond its strategy and support: the guard, the test-time methods."""
     if rec.get("guard"):
         g = rec["guard"]
         print(f"Guard: {g['errors_before']} -> {g['errors_after']} word errors on {g['words']} held-out words "
               f"({g['folds']} folds): " + ("adaptation kept" if g["kept"] else "the model is exported unadapted"))
-    if rec.get("unsupervised"):
-        u = rec["unsupervised"]
-        if u["mode"] == "cmvn":
-            print(f"Without transcripts: input statistics re-estimated on {u['frames']} frames "
-                  f"(mean moved by {u['mean_shift']} on average per feature)")
-        elif u["mode"] == "pseudo":
-            print(f"Without transcripts: {u['kept']} of {n_chosen} utterance(s) confident enough "
-                  "to serve as pseudo-labels" + (f"; {u['stopped']}" if u.get("stopped") else ""))
-        else:
-            print(f"Without transcripts: entropy {u['entropy'][0]:.3f} -> {min(u['entropy']):.3f}, "
-                  f"{u['steps_kept']} step(s) kept ({u['stopped']})")
+    for name, log in (rec.get("test_time") or {}).items():
+        for line in registry.get_addon(name).describe(log):
+            print(line)
 
 
 def _with_lexicon(model, args):
@@ -213,10 +192,10 @@ def _cmd_evaluate(args):
     check_report_folder(args.out)  # before the evaluation, not after it
     check_output(args.out, [args.model, args.data])
     model = _with_lexicon(load_model(args.model, device=args.device, trust=args.trust_model), args)
-    # adapter names: the installed plugins' and those the model's own YAML names
-    methods = methods_from(args.methods or args.strategies, adapters=model.registry.addon_names("adapter"))
+    # add-on method names: the installed plugins' and those the model's own YAML names
+    methods = methods_from(args.methods or args.strategies, registry=model.registry)
     if args.unsupervised:  # each method also without transcripts, on the same draws
-        methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", unsupervised=args.unsupervised)
+        methods += [dataclasses.replace(m, name=f"{m.name}-{args.unsupervised}", addons=m.addons + [args.unsupervised])
                     for m in methods]
     results = evaluate_kshot(
         model,
@@ -302,18 +281,10 @@ def _add_adapt(subparsers, registry):
                         "replaced only with --force; nothing else is ever replaced)")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier sb-meta export at --out (atomically)")
-    p.add_argument("--unsupervised", choices=list(UNSUPERVISED_MODES), default=None,
-                   help="adapt from the audio alone (the manifest needs no transcripts): entropy "
-                        "minimisation or confident pseudo-labels, with safeguards, or input statistics "
-                        "re-estimated on the audio (cmvn)")
     p.add_argument("--guard", action="store_true",
                    help="adapt once per support utterance on the others first, and keep the adaptation "
                         "only when it removed more word errors than it added on the held-out ones "
                         "(k + 1 adaptations; needs k >= 2)")
-    p.add_argument("--cmvn", type=float, default=None, metavar="W",
-                   help="before the update, re-estimate the input statistics on the support audio and "
-                        "blend them into the training ones with weight W in (0, 1] (feature-space, then "
-                        "model-space adaptation)")
     add_trust_option(p)
     add_addon_options(p, registry)
     p.set_defaults(func=_cmd_adapt, registry=registry)
@@ -330,9 +301,14 @@ def _add_transcribe(subparsers):
     p.set_defaults(func=_cmd_transcribe)
 
 
+def _audio_only(registry):
+    """The registered test-time methods that adapt from the audio alone."""
+    return [n for n in registry.addon_names("test_time") if not registry.addons[n].cls.reads_transcripts({})]
+
+
 def _add_evaluate(subparsers, registry):
     """``sb-meta evaluate``, whose methods may name the adapter add-ons of ``registry``."""
-    adapters = registry.addon_names("adapter")
+    adapters = registry.addon_names("adapter") + registry.addon_names("test_time")
     p = subparsers.add_parser(
         "evaluate", help="k-shot adaptation benchmark: WER/CER per task, strategy and k"
     )
@@ -343,11 +319,11 @@ def _add_evaluate(subparsers, registry):
                    help="comma-separated support sizes (default 0,1,2,5,10)")
     p.add_argument("--repeats", type=int, default=3, help="support draws per task and k")
     p.add_argument("--methods", type=_name_list, default=None,
-                   help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or adapter add-on names ("
-                        + (", ".join(adapters) or "none is registered")
+                   help="comma-separated methods NAME[:STRATEGY[:PATTERN+PATTERN]] or the names of adapter "
+                        "add-ons and test-time methods (" + (", ".join(adapters) or "none is registered")
                         + "), e.g. 'full:finetune,head:finetune:ctc_lin.*' (default: --strategies)")
-    p.add_argument("--unsupervised", choices=list(UNSUPERVISED_MODES), default=None,
-                   help="also evaluate every method adapting without transcripts")
+    p.add_argument("--unsupervised", choices=_audio_only(registry), default=None,
+                   help="also evaluate every method adapting without transcripts, with this test-time method")
     p.add_argument("--strategies", type=_name_list, default=["finetune"],
                    help="comma-separated gradient strategies (default finetune)")
     p.add_argument("--steps", type=int, default=3)

@@ -10,94 +10,34 @@ Dropout is off and BatchNorm uses its running statistics during adaptation
 (five utterances give no usable batch statistics), and every normalisation
 statistic is frozen (:func:`sb_meta.functional.frozen_statistics`).
 
-Add-ons apply at test time too (``addons=["lora"]``, ``["compress"]``...):
-their hooks run during adaptation (phase ``ADAPT``) and when the adapted
-model is exported (``sbmeta_before_export``).
+What to adapt to is a :class:`~sb_meta.adapt.method.Support` set; how, a
+:class:`~sb_meta.adapt.method.Method`. Add-ons apply at test time too
+(``Method(addons=["lora"])``, ``["compress"]``, a test-time method such as
+``["entropy"]``...): their hooks run during adaptation (phase ``ADAPT``) and
+when the adapted model is exported (``sbmeta_before_export``). Plugins read
+the model through its public API: :attr:`~AdaptableASR.tokenizer`,
+:attr:`~AdaptableASR.labels`, :attr:`~AdaptableASR.blank_index`,
+:attr:`~AdaptableASR.losses`, :meth:`~AdaptableASR.predictions` and
+:meth:`~AdaptableASR.encoder_features`; any folder :func:`sb_meta.adapt.load_model`
+reads (a teacher) offers the same.
 """
 
 import copy
-import contextlib
 import logging
-import math
 import tempfile
 
 import speechbrain as sb
 import torch
 
-from sb_meta.adapt.hf import adaptable_hf_modules
-from sb_meta.adapt.objective import AdaptBrain, trainable_view
+from sb_meta.adapt.divergence import LOSS_GROWTH_LIMIT, WEIGHT_GROWTH_LIMIT, AdaptationError, check_divergence
+from sb_meta.adapt.objective import trainable_view, view_forward
 from sb_meta.adapt.pretrained import read_pretrained
-from sb_meta.adapt.support import ctc_min_frames, load_audio, make_batches, prepare_support
-from sb_meta.contract import Phase
-from sb_meta.functional import frozen_statistics
+from sb_meta.adapt.support import load_audio
+from sb_meta.utils import quiet
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaptableASR", "AdaptationError", "check_divergence", "LOSS_GROWTH_LIMIT", "WEIGHT_GROWTH_LIMIT"]
-
-
-class AdaptationError(RuntimeError):
-    """Test-time adaptation failed (e.g. diverged to non-finite weights)."""
-
-
-#: Adaptation has diverged, and nothing is kept, when the support loss after a step exceeds
-#: this multiple of its value before the first step (gradient steps that work lower it; a step
-#: size too large for the model makes it explode within a few steps)...
-LOSS_GROWTH_LIMIT = 10.0
-#: ... or when an adapted weight is non-finite or exceeds this multiple of the largest weight
-#: of the model before adaptation (weights that far out decode nothing useful even where the
-#: loss has not caught up yet)
-WEIGHT_GROWTH_LIMIT = 100.0
-
-
-def check_divergence(losses, fast, base_largest, step_size):
-    """Raise :class:`AdaptationError` in one line naming the step size when an
-    adaptation diverged (see :data:`LOSS_GROWTH_LIMIT`, :data:`WEIGHT_GROWTH_LIMIT`).
-
-    Arguments
-    ---------
-    losses : list of float
-        The support loss before the first step and after each step.
-    fast : dict of str to torch.Tensor
-        The adapted weights.
-    base_largest : float
-        The largest absolute weight of the model before adaptation.
-    step_size : str
-        How the step size is named in the message (``"--lr 5"``).
-
-    Example
-    -------
-    >>> check_divergence([9.6, 30.0, 2.6e6], {}, 1.0, "lr 5")
-    Traceback (most recent call last):
-    ...
-    sb_meta.adapt.model.AdaptationError: adaptation diverged with step size lr 5: the support loss went from 9.6 before the first step to 2.6e+06 after step 2 (over 10x); nothing was adapted or exported: use a smaller step size
-    """
-    hint = "nothing was adapted or exported: use a smaller step size"
-    for i, loss in enumerate(losses):
-        if not math.isfinite(loss) or (i and loss > LOSS_GROWTH_LIMIT * max(losses[0], 1e-8)):
-            raise AdaptationError(
-                f"adaptation diverged with step size {step_size}: the support loss went from "
-                f"{losses[0]:.3g} before the first step to {loss:.3g} after step {i} "
-                f"(over {LOSS_GROWTH_LIMIT:g}x); {hint}")
-    bound = WEIGHT_GROWTH_LIMIT * max(base_largest, 1e-8)
-    for name, w in fast.items():
-        largest = float(w.detach().abs().max()) if w.numel() else 0.0
-        if not math.isfinite(largest) or largest > bound:
-            raise AdaptationError(
-                f"adaptation diverged with step size {step_size}: {name} reached {largest:.3g}, over "
-                f"{WEIGHT_GROWTH_LIMIT:g}x the model's largest weight before adaptation "
-                f"({base_largest:.3g}); {hint}")
-
-
-@contextlib.contextmanager
-def _quiet(name, level=logging.WARNING):
-    log = logging.getLogger(name)
-    saved = log.level
-    log.setLevel(max(level, saved))
-    try:
-        yield
-    finally:
-        log.setLevel(saved)
 
 
 class AdaptableASR:
@@ -163,7 +103,29 @@ class AdaptableASR:
 
     @property
     def tokenizer(self):
+        """The model's tokenizer (``CTCTextEncoder`` or SentencePiece), read-only."""
         return self.asr.tokenizer
+
+    @property
+    def blank_index(self):
+        """The CTC blank's output index (None for a model without a CTC head)."""
+        return self.view.blank_index if "ctc" in self.losses else None
+
+    @property
+    def labels(self):
+        """The output labels in index order (a ``CTCTextEncoder``'s labels, a SentencePiece
+        model's pieces), as strings."""
+        tok = self.tokenizer
+        if hasattr(tok, "ind2lab"):
+            return [str(lab) for _, lab in sorted(tok.ind2lab.items())]
+        if hasattr(tok, "get_piece_size"):
+            return [tok.id_to_piece(i) for i in range(tok.get_piece_size())]
+        raise TypeError(f"cannot list the labels of a {type(tok).__name__} tokenizer")
+
+    @property
+    def losses(self):
+        """The losses the model adapts with (``ctc``, ``attention``)."""
+        return list(self.view.losses)
 
     @property
     def trained_strategy(self):
@@ -280,6 +242,25 @@ class AdaptableASR:
                 out[i] = str(w)
         return out
 
+    def predictions(self, wavs, wav_lens):
+        """The model's :class:`~sb_meta.contract.ASRPredictions` of a batch, without gradients:
+        CTC ``log_probs`` (None without a CTC head), ``lengths`` and ``encoder_out``, the
+        encoder's features (for an ``EncoderASR``, the input of its output layer).
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, samples]`` at :attr:`sample_rate`.
+        wav_lens : torch.Tensor
+            Relative lengths in (0, 1].
+        """
+        with torch.no_grad():
+            return view_forward(self.view, wavs.to(self.device), wav_lens.to(self.device))
+
+    def encoder_features(self, wavs, wav_lens):
+        """The encoder's features ``[batch, time, features]`` of a batch (see :meth:`predictions`)."""
+        return self.predictions(wavs, wav_lens).encoder_out
+
     def log_probs(self, wavs, wav_lens):
         """The encoder's output ``[batch, time, outputs]`` (``EncoderASR``: CTC log-probabilities)."""
         with torch.no_grad():
@@ -303,7 +284,9 @@ class AdaptableASR:
             raise ValueError(
                 f"strategy {name!r} cannot adapt a model at test time; use one of: {', '.join(usable)}"
             )
-        if self._needs_state(cls) and self.state_strategy != name:
+        from sb_meta.adapt.plan import needs_state
+
+        if needs_state(cls) and self.state_strategy != name:
             raise ValueError(
                 f"strategy {name!r} adapts with meta-learned state (e.g. Meta-SGD step "
                 f"sizes) that this model does not have (it was trained with "
@@ -311,46 +294,11 @@ class AdaptableASR:
             )
         return cls
 
-    @staticmethod
-    def _needs_state(cls):
-        from sb_meta.strategy import Strategy
-
-        return cls.meta_modules is not Strategy.meta_modules
-
-    def _check_addons(self, addons, peft, addon_config):
-        """(add-on names, their configuration) for :meth:`adapt`, validated."""
-        from sb_meta.options import check_options
-        from sb_meta.strategy import META_KEYS
-
-        if peft is not None:
-            if addons:
-                raise ValueError("give addons= or peft=, not both")
-            addons = [peft]
-        if isinstance(addons, str):
-            addons = [a.strip() for a in addons.split(",") if a.strip()]
-        addons = list(addons or [])
-        classes = [self.registry.get_addon(name) for name in addons]  # unknown: lists the valid ones
-        if len(set(addons)) != len(addons):
-            raise ValueError(f"add-on listed twice: {addons}")
-        if self.adapters and any(c.kind == "adapter" for c in classes):
-            raise ValueError(
-                f"this model already carries {'+'.join(self.adapters['addons'])} adapters; "
-                "adapt them further without adapter add-ons, or adapt the base model"
-            )
-        addon_config = dict(addon_config or {})
-        if addon_config and not addons:
-            raise ValueError("addon_config is given but no add-on (addons=[...])")
-        clash = sorted(set(addon_config) & (set(META_KEYS) | {"sbmeta_view", "ctc_weight"}))
-        if clash:
-            raise ValueError(f"addon_config cannot set {clash}; pass them to adapt() itself")
-        check_options(addon_config, [i.cls for i in self.registry.addons.values()], addons)
-        return addons, addon_config
-
     # ------------------------------------------------------------ copies
-    def _copy(self):
-        """A deep copy of the interface (modules, decoders, scorers and loadables
-        copied together, so that what they share stays shared; the tokenizer is
-        read-only and kept)."""
+    def copy_interface(self):
+        """A deep copy of the SpeechBrain interface (modules, decoders, scorers and
+        loadables copied together, so that what they share stays shared; the
+        tokenizer is read-only and kept): what an adaptation changes."""
         from sb_meta.export.plan import detach_cached_tensors
 
         detach_cached_tensors(self.asr.mods)
@@ -361,62 +309,35 @@ class AdaptableASR:
                 hparams[key] = copy.deepcopy(value, memo)
             except Exception:  # noqa: BLE001 - objects that cannot be copied are read-only here
                 hparams[key] = value
-        with _quiet("speechbrain"):
+        with quiet("speechbrain"):
             return type(self.asr)(modules=hparams["modules"], hparams=hparams,
                                   run_opts={"device": str(self.device)})
 
-    def _derived(self, asr, info, adapters=None, brain=None):
+    def derived(self, asr, record=None, adapters=None, brain=None):
+        """A model of interface ``asr`` (a :meth:`copy_interface`, frozen here) whose history is
+        this model's and, when given, the adaptation ``record`` (then its :attr:`last_adaptation`);
+        ``brain``: the adaptation's, whose add-ons act at export."""
+        self._freeze(asr)
+        info = copy.deepcopy(self.info) if self.info is not None else {}
+        if record is not None:
+            info["adaptations"] = list(info.get("adaptations") or []) + [record]
         model = AdaptableASR(
             asr, self.yaml_text, info=info, source=self.source, files=self._files,
             meta_state=self.meta_state, adapters=adapters, brain=brain, registry=self._registry,
         )
         model.decoder = self.decoder  # stateless: shared
+        model.last_adaptation = record
         return model
 
-    def _unchanged(self, strategy, support, asr=None, brain=None, **why):
+    def unchanged(self, strategy, support, asr=None, brain=None, **why):
         """A frozen copy of this model (``asr``: one already made) whose provenance
         records an adaptation of 0 steps on ``support`` and ``why`` it took none."""
-        asr = asr if asr is not None else self._copy()
-        self._freeze(asr)
-        record = {"time": _now(), "source": self.source, "strategy": strategy, "steps": 0, **why,
-                  "support": support}
-        info = copy.deepcopy(self.info) if self.info is not None else {}
-        info["adaptations"] = list(info.get("adaptations") or []) + [record]
-        unchanged = self._derived(asr, info, adapters=copy.deepcopy(self.adapters), brain=brain)
-        unchanged.last_adaptation = record
-        return unchanged
+        from sb_meta.export.plan import now
 
-    def _brain_for(self, asr, strategy, steps, lr, adapt_params, addons, addon_config, ctc_weight):
-        """An :class:`AdaptBrain` over ``asr``'s modules (add-on surgery applied)."""
-        view = trainable_view(asr, self.module_names)
-        saved = self.meta_config
-        hparams = {
-            "meta_strategy": strategy,
-            "inner_steps": max(int(steps), 1),
-            "inner_lr": float(saved.get("inner_lr") or 0.05) if lr is None else float(lr),
-            "first_order": True,
-            "adapt_params": saved.get("adapt_params") if self._needs_state(
-                self.registry.get_strategy(strategy)) else adapt_params,
-            "plugins": saved.get("plugins") or [],
-            "meta_addons": list(addons),
-            "sbmeta_view": view,
-            "ctc_weight": float((self.info or {}).get("ctc_weight") or 0.5) if ctc_weight is None
-            else float(ctc_weight),
-        }
-        hparams.update(addon_config)
-        for p in (p for m in view.modules.values() for p in m.parameters()):
-            p.requires_grad_(True)
-        adaptable_hf_modules(view.modules)
-        with _quiet("speechbrain.core"):  # no per-adaptation "model statistics" logs
-            brain = AdaptBrain(modules=dict(view.modules), hparams=hparams,
-                               run_opts={"device": str(self.device), "noprogressbar": True},
-                               registry=self.registry)
-        encoder = view.encoder
-        for name, module in brain.modules.items():  # add-ons may have replaced whole layers
-            if isinstance(encoder, sb.nnet.containers.Sequential) and name in encoder and encoder[name] is not module:
-                encoder[name] = module
-        brain.modules.eval()
-        return brain
+        record = {"time": now(), "source": self.source, "strategy": strategy, "steps": 0, **why,
+                  "support": support}
+        return self.derived(asr if asr is not None else self.copy_interface(), record,
+                            adapters=copy.deepcopy(self.adapters), brain=brain)
 
     @staticmethod
     def _freeze(asr):
@@ -425,57 +346,23 @@ class AdaptableASR:
         asr.mods.eval()
 
     # ------------------------------------------------------------ adaptation
-    def adapt(self, wavs_or_paths, transcripts, strategy=None, steps=3, lr=None,
-              adapt_params=None, batch_size=None, ids=None, addons=None, peft=None,
-              addon_config=None, task=None, ctc_weight=None, unsupervised=None,
-              unsupervised_config=None, cmvn=None):
+    def adapt(self, support, method=None):
         """A new model adapted to the support utterances (this one is unchanged).
 
         Arguments
         ---------
-        wavs_or_paths : list
-            Audio files, or 1-D waveforms at :attr:`sample_rate`.
-        transcripts : list of str
-            One per utterance.
-        strategy : str, optional
-            A registered strategy that adapts at test time; default
-            :attr:`default_strategy` (``metasgd`` when the model has
-            meta-learned step sizes), ``finetune`` with adapter add-ons.
-        steps : int
-            Gradient steps (>= 1), cycling over the support batches.
-        lr : float, optional
-            Step size; default: the meta-learned step sizes for ``metasgd``,
-            else the model's ``inner_lr`` (0.05 for models sb-meta did not train).
-        adapt_params : list of str, optional
-            Parameter name patterns to adapt (``["ctc_lin.*"]``); default the
-            strategy's (everything, or the output layer for ``anil``).
-        batch_size : int, optional
-            Support utterances per batch; default all in one batch.
-        ids : list of str, optional
-            Utterance ids, used in messages and in the provenance record.
-        addons : list of str, optional
-            Add-ons active during adaptation and at export, e.g. ``["lora"]``
-            (only its adapters adapt; :meth:`export_adapters` writes them
-            alone) or ``["compress"]``.
-        peft : str, optional
-            Shorthand for ``addons=[peft]``.
-        addon_config : dict, optional
-            Add-on settings, e.g. ``{"peft_rank": 4}``.
-        task : str, optional
-            The task's name (speaker, channel...), handed to the hooks.
-        ctc_weight : float, optional
-            Weight of CTC against attention for models with both.
-        unsupervised : str, optional
-            ``"pseudo"``, ``"entropy"`` or ``"cmvn"``: adapt from the audio alone
-            (``transcripts`` must be None; see :mod:`sb_meta.adapt.unsupervised`).
-        unsupervised_config : dict, optional
-            ``confidence``, ``min_improvement``, ``blank_guard``, ``cmvn_weight``...
-        cmvn : float, optional
-            Feature-space then model-space adaptation: before the update,
-            re-estimate the input statistics on the support audio, blended with
-            the training statistics with this weight in (0, 1] (as
-            ``unsupervised="cmvn"`` does alone); the steps then adapt to the
-            renormalised features.
+        support : Support or (list, list)
+            The support utterances (:class:`~sb_meta.adapt.method.Support`: audio
+            files or 1-D waveforms at :attr:`sample_rate`, their transcripts, ids
+            and task), or an ``(audio, transcripts)`` pair.
+        method : Method, str or dict, optional
+            How to adapt (:class:`~sb_meta.adapt.method.Method`): strategy,
+            steps, step size, adapted parameters, add-ons (adapters, test-time
+            methods such as ``entropy`` that adapt from the audio alone,
+            compressors...) and their settings; or its string form as
+            ``sb-meta evaluate --methods`` reads it (``"head:finetune:ctc_lin.*"``,
+            ``"lora"``, ``"entropy"``); default the model's own adaptation
+            (:attr:`default_strategy`, 3 steps, its ``inner_lr``).
 
         Returns
         -------
@@ -487,183 +374,18 @@ class AdaptableASR:
             When the adaptation diverged (:func:`check_divergence`): the support
             loss grew past :data:`LOSS_GROWTH_LIMIT` times its start, or a weight
             past :data:`WEIGHT_GROWTH_LIMIT` times the model's largest; nothing is kept.
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> from sb_meta.adapt import Method, Support
+        >>> support = Support([np.zeros(16000, dtype="float32")] * 2, ["YES", "NO"], ids=["u1", "u2"])
+        >>> adapted = model.adapt(support, Method(strategy="finetune", steps=3, lr=0.05))  # doctest: +SKIP
+        >>> adapted = model.adapt((["a.wav"], None), "entropy")  # doctest: +SKIP
         """
-        from sb_meta.episodes import Task
-        from sb_meta.functional import select_params
+        from sb_meta.adapt.run import adapt_model
 
-        addons, addon_config = self._check_addons(addons, peft, addon_config)
-        carried = self.adapters
-        adapter_addons = [a for a in addons if self.registry.get_addon(a).kind == "adapter"]
-        if adapter_addons or carried:
-            strategy = strategy or "finetune"
-        strategy = strategy or self.default_strategy
-        cls = self.check_strategy(strategy)
-        uses_state = self._needs_state(cls)
-        if (adapter_addons or carried) and uses_state:
-            raise ValueError(
-                f"strategy {strategy!r} adapts with meta-learned state of the model's own "
-                "parameters and cannot adapt add-on adapters; use finetune, fomaml or anil"
-            )
-        if isinstance(adapt_params, str):
-            adapt_params = [adapt_params]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if lr is not None and not (math.isfinite(float(lr)) and float(lr) > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        view = self.view
-        from sb_meta.adapt import unsupervised as unsup
-
-        if unsupervised is not None:
-            if unsupervised not in unsup.MODES:
-                raise ValueError(f"unsupervised must be one of {unsup.MODES}, got {unsupervised!r}")
-            if transcripts is not None:
-                raise ValueError("unsupervised adaptation never reads transcripts: pass transcripts=None")
-            if "ctc" not in view.losses and unsupervised != "cmvn":
-                raise ValueError(f"unsupervised adaptation needs a CTC head; this model has {view.losses}")
-        elif transcripts is None:
-            raise ValueError(f"give the support transcripts, or unsupervised= one of {unsup.MODES}")
-        unsup.check_cmvn(cmvn, unsupervised)
-        config = dict(unsup.DEFAULTS, **(unsupervised_config or {}))
-        unknown = sorted(set(config) - set(unsup.DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown unsupervised_config keys {unknown}; keys are {sorted(unsup.DEFAULTS)}")
-        wavs, tokens, names, records = prepare_support(
-            wavs_or_paths, transcripts, ids, self.asr.audio_normalizer, self.tokenizer, view.blank_index
-        )
-        new_asr = self._copy()
-        brain = self._brain_for(new_asr, strategy, steps, lr, adapt_params, addons, addon_config, ctc_weight)
-        size = len(wavs) if not batch_size else int(batch_size)
-        unsup_log = None
-        if unsupervised == "pseudo":  # the unadapted model's confident hypotheses become transcripts
-            labels = unsup.pseudo_labels(brain, make_batches(wavs, None, names, view, size),
-                                         self.tokenizer, view.blank_index, config["confidence"])
-            keep = [i for i, (hyp, conf) in enumerate(labels) if conf >= config["confidence"] and hyp.strip()]
-            unsup_log = {"mode": "pseudo", "confidence": [round(c, 4) for _, c in labels], "kept": len(keep),
-                         "hypotheses": [h for h, _ in labels]}
-            for i, (hyp, conf) in enumerate(labels):
-                records[i]["pseudo_label"], records[i]["confidence"] = hyp, conf
-            if not keep:
-                return self._unchanged(strategy, records, new_asr, brain,
-                                       unsupervised=dict(unsup_log, stopped="no utterance confident enough"))
-            wavs, names = [wavs[i] for i in keep], [names[i] for i in keep]
-            tokens = [self.encode_transcript(labels[i][0], names[j]) for j, i in enumerate(keep)]
-        elif unsupervised == "entropy":
-            brain.hparams.unsupervised = "entropy"
-        names_to_adapt = brain.strategy.load_state(self.meta_state) if uses_state else None
-        if adapt_params:
-            chosen = select_params(brain.base_param_names(), adapt_params)
-            if names_to_adapt is not None:
-                extra = [n for n in chosen if n not in set(names_to_adapt)]
-                if extra:
-                    raise ValueError(
-                        f"adapt_params selects parameters without meta-learned step sizes: "
-                        f"{extra[:5]}; they exist for {len(names_to_adapt)} parameters such as "
-                        f"{names_to_adapt[:3]}"
-                    )
-            names_to_adapt = brain.choose_adapted(chosen, Phase.ADAPT)
-            if not names_to_adapt:
-                raise ValueError(f"adapt_params {adapt_params} selects no parameter the add-ons {addons} adapt")
-        if carried:  # adapt the adapters this model carries, nothing else
-            pool = names_to_adapt if names_to_adapt is not None else brain.base_param_names()
-            names_to_adapt = [n for n in pool if n in set(carried["names"])]
-            if not names_to_adapt:
-                raise ValueError(
-                    f"adapt_params {adapt_params} selects none of the model's adapter parameters "
-                    f"(such as {carried['names'][:3]})"
-                )
-        bv = brain.hparams.sbmeta_view
-        with torch.no_grad():  # the scale divergence is judged against
-            base_largest = max((float(p.abs().max()) for p in brain.trainable_params().values() if p.numel()),
-                               default=1.0)
-        batches = make_batches(wavs, tokens, names, bv, size)
-        if "ctc" in bv.losses and tokens is not None:
-            self._check_lengths(brain, batches, size, tokens, names, records)
-        rows = {r["id"] or n: {"wav": r["audio"], "wrd": r["transcript"]} for r, n in zip(records, names)}
-        the_task = Task(str(task) if task is not None else "adapt", list(rows), [], rows=rows)
-        cudnn_off = (
-            torch.backends.cudnn.flags(enabled=False)
-            if str(self.device).startswith("cuda") else contextlib.nullcontext()
-        )
-        # the support's input statistics: alone (unsupervised="cmvn"), or before the update (cmvn=w)
-        weight = config["cmvn_weight"] if unsupervised == "cmvn" else cmvn
-        with cudnn_off:
-            renormalized = None if weight is None else unsup.renormalize(brain, batches, float(weight))
-            if unsupervised == "cmvn":  # new input statistics, no gradient step
-                unsup_log, fast = dict(mode="cmvn", **renormalized), {}
-            elif unsupervised == "entropy":
-                names_to_adapt = names_to_adapt or brain.strategy.adapt_names(Phase.ADAPT)
-                unsup_log = dict(mode="entropy", **unsup.entropy_steps(
-                    brain, batches, steps, lr, names_to_adapt, the_task, Phase.ADAPT, config))
-                fast = {n: p for n, p in brain.trainable_params().items() if n in set(names_to_adapt)}
-            else:
-                with torch.enable_grad():
-                    fast = brain.strategy.adapt(batches, steps=steps, lr=lr, names=names_to_adapt,
-                                                task=the_task, phase=Phase.ADAPT)
-        params = brain.trainable_params()
-        support_loss = None
-        losses = [float(x) for x in getattr(brain.strategy, "inner_losses", None) or []]
-        if unsupervised in (None, "pseudo") and losses:  # gradient steps on a support loss
-            # the loss after the last step too; the add-ons' loss-term means cover the steps only
-            with torch.no_grad(), frozen_statistics(brain.modules), brain.uncounted_loss_terms():
-                after = brain.strategy.loss(fast, batches[steps % len(batches)], Phase.ADAPT, the_task)
-            losses.append(float(after))
-            support_loss = {"before": losses[0], "after": losses[-1]}
-            step_size = f"lr {float(lr):g}" if lr is not None else (
-                "the meta-learned step sizes" if uses_state else f"lr {brain.meta_config['inner_lr']:g} "
-                "(the model's inner_lr)")
-            check_divergence(losses, fast, base_largest, step_size)
-        with torch.no_grad():
-            for n, w in fast.items():
-                if not torch.isfinite(w).all():
-                    raise AdaptationError(f"adaptation diverged (non-finite values in {n}); lower the step size")
-                params[n].copy_(w.detach())
-        self._freeze(new_asr)
-        final_loss = getattr(brain.strategy, "last_inner_loss", None)
-        record = {
-            "time": _now(),
-            "source": self.source,
-            "strategy": strategy,
-            "steps": 0 if unsupervised == "cmvn" else steps,
-            "lr": float(lr) if lr is not None else ("meta-learned" if uses_state else brain.meta_config["inner_lr"]),
-            "adapt_params": list(adapt_params) if adapt_params else None,
-            "adapted_parameters": len(fast),
-            "losses": list(bv.losses),
-            "support": records,
-            "last_inner_loss": float(final_loss) if final_loss is not None else None,
-        }
-        if support_loss is not None:
-            record["support_loss"] = support_loss
-        if unsup_log is not None:
-            record["unsupervised"] = unsup_log
-        if cmvn is not None:
-            record["cmvn"] = dict(weight=float(cmvn), **renormalized)
-        if addons:
-            record["addons"] = list(addons)
-            record["addon_config"] = dict(addon_config)
-        from sb_meta.adapt.adapters import adapters_record
-
-        adapters = copy.deepcopy(carried) if carried else adapters_record(brain, self, addons, addon_config)
-        if adapters is not None:
-            adapters["adaptations"] = list(adapters.get("adaptations") or []) + [record]
-        info = copy.deepcopy(self.info) if self.info is not None else {}
-        info["adaptations"] = list(info.get("adaptations") or []) + [record]
-        adapted = self._derived(new_asr, info, adapters=adapters, brain=brain)
-        adapted.last_adaptation = record
-        return adapted
-
-    @staticmethod
-    def _check_lengths(brain, batches, size, tokens, names, records):
-        """Every support utterance long enough for its transcript under CTC."""
-        with torch.no_grad():
-            for start, batch in zip(range(0, len(tokens), size), batches):
-                pred = brain.compute_forward(batch, sb.Stage.TEST)
-                frames = torch.round(pred.lengths.cpu() * pred.log_probs.shape[1]).long().tolist()
-                for i, n in enumerate(frames, start):
-                    if n < ctc_min_frames(tokens[i]):
-                        raise ValueError(
-                            f"{names[i]} is too short for its transcript {records[i]['transcript']!r}: "
-                            f"{n} output frames, CTC needs {ctc_min_frames(tokens[i])}"
-                        )
+        return adapt_model(self, support, method)
 
     # ------------------------------------------------------------ export
     def export(self, folder, verify=True, force=False):
@@ -713,9 +435,3 @@ class AdaptableASR:
             merged = AdaptableASR(**read_pretrained(f"{tmp}/merged", device=self.device, trust=True))
         merged.source = self.source
         return merged
-
-
-def _now():
-    from sb_meta.export.plan import now
-
-    return now()

@@ -21,6 +21,7 @@ is a ``Sequential``) are named as in the encoder, the decoder ``decoder`` and
 a CTC head outside both ``ctc_lin``, a Whisper ``whisper``.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ from sb_meta.contract import ASRPredictions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelView", "trainable_view", "AdaptBrain"]
+__all__ = ["ModelView", "trainable_view", "view_forward", "AdaptBrain"]
 
 _ACTIVATIONS = (torch.nn.LogSoftmax, torch.nn.Softmax, sb.nnet.activations.Softmax)
 _LINEAR = (torch.nn.Linear, sb.nnet.linear.Linear)
@@ -183,72 +184,101 @@ def trainable_view(asr, module_names=None):
     return view
 
 
+def view_forward(view, wavs, wav_lens, tokens_bos=None):
+    """The :class:`ASRPredictions` of the model ``view`` shows on a batch of waveforms.
+
+    ``encoder_out`` holds the encoder's features (for an ``EncoderASR``, the
+    input of its last linear layer); ``seq_log_probs`` the teacher-forced
+    attention outputs when ``tokens_bos`` is given and the model has a decoder.
+    """
+    tapped = []
+    handle = None
+    if view.tap is not None:
+        handle = view.tap.register_forward_pre_hook(lambda m, args: tapped.append(args[0]))
+    try:
+        out = view.encoder(wavs, wav_lens)
+    finally:
+        if handle is not None:
+            handle.remove()
+    if isinstance(out, tuple):
+        out = out[0]
+    if view.transformer_encode is not None:
+        out = view.transformer_encode.encode(out, wav_lens)
+    if view.encoder_gives_log_probs:
+        log_probs = out
+        if not torch.allclose(out.exp().sum(-1), torch.ones(()), atol=1e-3):
+            log_probs = torch.log_softmax(out, dim=-1)
+        return ASRPredictions(log_probs, wav_lens, tapped[-1] if tapped else None)
+    log_probs = None
+    if view.ctc_head is not None:
+        log_probs = torch.log_softmax(view.ctc_head(out), dim=-1)
+    seq = None
+    if view.attention and tokens_bos is not None:
+        dec = view.decoder
+        if view.attention == "whisper":  # logits from the prompt's last token on
+            logits, _, _ = dec.model.forward_decoder(out, tokens_bos, use_cache=False)
+            return ASRPredictions(None, wav_lens, out, torch.log_softmax(logits[:, len(view.prefix) - 1:], dim=-1))
+        if view.attention == "rnn":
+            h, _ = dec.dec(dec.emb(tokens_bos), out, wav_lens)
+        else:
+            enc_lens = torch.round(wav_lens * out.shape[1]).int()
+            # TransformerASR.decode is wrapped in no_grad (it serves the beam search):
+            # call the function it wraps, or no gradient would reach encoder or decoder
+            decode = getattr(type(dec.model).decode, "__wrapped__", None)
+            h, _ = decode(dec.model, tokens_bos, out, enc_lens) if decode else dec.model.decode(
+                tokens_bos, out, enc_lens)
+        seq = torch.log_softmax(dec.fc(h), dim=-1)
+    return ASRPredictions(log_probs, wav_lens, out, seq)
+
+
 class AdaptBrain(MetaBrain):
     """The brain test-time adaptation runs: a :class:`ModelView`'s losses.
 
-    ``hparams["sbmeta_view"]`` is the view; ``hparams["ctc_weight"]`` weighs
-    CTC against attention when the model has both. Batches carry ``sig``,
-    ``tokens`` (CTC targets) and, for attention, ``tokens_bos`` / ``tokens_eos``.
+    ``view`` (the :class:`ModelView`) is its :attr:`view`; ``hparams["ctc_weight"]``
+    weighs CTC against attention when the model has both, and
+    ``hparams["blank_index"]`` is the CTC blank, as in a recipe. Batches carry
+    ``sig``, ``tokens`` (CTC targets) and, for attention, ``tokens_bos`` /
+    ``tokens_eos``. A test-time method that adapts to another objective than
+    the transcripts' swaps it in with :meth:`objective_replaced`.
+
+    Arguments
+    ---------
+    view : ModelView
+        The model's parts.
+    *args, **kwargs
+        :class:`sb_meta.MetaBrain`'s.
     """
 
+    def __init__(self, view, *args, **kwargs):
+        self.view = view
+        self.objective = None
+        super().__init__(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def objective_replaced(self, objective):
+        """Within the block, the loss is ``objective(predictions, batch)`` (no transcript is read)."""
+        saved, self.objective = self.objective, objective
+        try:
+            yield self
+        finally:
+            self.objective = saved
+
     def compute_forward(self, batch, stage):
-        view = self.hparams.sbmeta_view
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        tapped = []
-        handle = None
-        if view.tap is not None:
-            handle = view.tap.register_forward_pre_hook(lambda m, args: tapped.append(args[0]))
-        try:
-            out = view.encoder(wavs, wav_lens)
-        finally:
-            if handle is not None:
-                handle.remove()
-        if isinstance(out, tuple):
-            out = out[0]
-        if view.transformer_encode is not None:
-            out = view.transformer_encode.encode(out, wav_lens)
-        if view.encoder_gives_log_probs:
-            log_probs = out
-            if not torch.allclose(out.exp().sum(-1), torch.ones(()), atol=1e-3):
-                log_probs = torch.log_softmax(out, dim=-1)
-            return ASRPredictions(log_probs, wav_lens, tapped[-1] if tapped else None)
-        log_probs = None
-        if view.ctc_head is not None:
-            log_probs = torch.log_softmax(view.ctc_head(out), dim=-1)
-        seq = None
-        if view.attention and hasattr(batch, "tokens_bos"):
-            tokens_bos, _ = batch.tokens_bos
-            dec = view.decoder
-            if view.attention == "whisper":  # logits from the prompt's last token on
-                logits, _, _ = dec.model.forward_decoder(out, tokens_bos, use_cache=False)
-                return ASRPredictions(None, wav_lens, out,
-                                      torch.log_softmax(logits[:, len(view.prefix) - 1:], dim=-1))
-            if view.attention == "rnn":
-                h, _ = dec.dec(dec.emb(tokens_bos), out, wav_lens)
-            else:
-                enc_lens = torch.round(wav_lens * out.shape[1]).int()
-                # TransformerASR.decode is wrapped in no_grad (it serves the beam search):
-                # call the function it wraps, or no gradient would reach encoder or decoder
-                decode = getattr(type(dec.model).decode, "__wrapped__", None)
-                h, _ = decode(dec.model, tokens_bos, out, enc_lens) if decode else dec.model.decode(
-                    tokens_bos, out, enc_lens)
-            seq = torch.log_softmax(dec.fc(h), dim=-1)
-        return ASRPredictions(log_probs, wav_lens, out, seq)
+        tokens_bos = batch.tokens_bos[0] if hasattr(batch, "tokens_bos") else None
+        return view_forward(self.view, wavs, wav_lens, tokens_bos)
 
     def compute_objectives(self, predictions, batch, stage):
         from sb_meta.losses import ctc_loss
 
-        if getattr(self.hparams, "unsupervised", None) == "entropy":  # no transcript is read
-            from sb_meta.adapt.unsupervised import frame_entropy
-
-            return frame_entropy(predictions.log_probs, predictions.lengths)
+        if self.objective is not None:
+            return self.objective(predictions, batch)
         terms = []
-        view = self.hparams.sbmeta_view
         if predictions.log_probs is not None:
             tokens, tokens_lens = batch.tokens
             terms.append(("ctc", ctc_loss(predictions.log_probs, tokens, predictions.lengths,
-                                          tokens_lens, blank_index=view.blank_index)))
+                                          tokens_lens, blank_index=self.view.blank_index)))
         if predictions.seq_log_probs is not None:
             tokens_eos, lens = batch.tokens_eos
             terms.append(("attention", sb.nnet.losses.nll_loss(predictions.seq_log_probs, tokens_eos, length=lens)))

@@ -139,30 +139,9 @@ def read_pretrained(source, savedir=None, device=None, trust=False):
 
     src = str(source)
     local = pathlib.Path(src)
-    info = None
-    hub = False
+    info, hub = None, False
     if local.is_dir():
-        hp = local / HPARAMS_FILE
-        if not hp.is_file():
-            raise FileNotFoundError(f"{local} is not a SpeechBrain pretrained folder: no {HPARAMS_FILE}")
-        if (local / META_FILE).is_file():
-            try:
-                info = json.loads((local / META_FILE).read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise ValueError(f"{local / META_FILE} is corrupt: {exc}") from exc
-            missing = [f for f in info.get("files", []) if not (local / f).is_file()]
-            if missing:
-                raise FileNotFoundError(f"the export in {local} is incomplete: missing {missing}")
-            if info.get("kind") == "words":
-                raise ValueError(f"{local} is a word model (few-shot spoken terms), not a speech "
-                                 "recognizer: use the sb-meta words commands, or "
-                                 "sb_meta.words.load_word_model in Python")
-        yaml_text = hp.read_text(encoding="utf-8")
-        interface = (info or {}).get("interface") or detect_interface(yaml_text, str(hp))
-        if info is not None:
-            detect_interface(yaml_text, str(hp))
-        if not trust:
-            check_model_folder(local, yaml_text, str(hp), info)
+        info, yaml_text, interface = _read_folder(local, trust)
         savedir = savedir if savedir is not None else local
     elif local.exists():
         raise ValueError(f"{local} is a file; give the model's folder")
@@ -170,7 +149,6 @@ def read_pretrained(source, savedir=None, device=None, trust=False):
         hub, yaml_text, interface = True, None, None
     else:
         raise FileNotFoundError(f"model folder {src} does not exist")
-
     if uses_transformers(yaml_text):
         require_transformers(f"the model in {src} (built on Hugging Face transformers)")
     offline = FetchConfig(allow_network=False)
@@ -179,24 +157,7 @@ def read_pretrained(source, savedir=None, device=None, trust=False):
         return pathlib.Path(fetch(name, source=src, savedir=savedir, fetch_config=offline))
 
     if hub:
-        try:
-            hub_yaml = fetched(HPARAMS_FILE)
-            yaml_text = hub_yaml.read_text(encoding="utf-8")
-        except Exception as exc:  # noqa: BLE001 - re-raised with context
-            raise FileNotFoundError(
-                f"cannot load model {src!r}: it is not a local folder and not in the local "
-                f"model-hub cache, and sb-meta loads models offline; download it first or "
-                f"give the folder of an export ({type(exc).__name__}: {exc})"
-            ) from exc
-        interface = detect_interface(yaml_text, f"{src}/{HPARAMS_FILE}")
-        if uses_transformers(yaml_text):
-            require_transformers(f"the model {src} (built on Hugging Face transformers)")
-        try:
-            info = json.loads(fetched(META_FILE).read_text(encoding="utf-8"))
-        except Exception:  # noqa: BLE001 - a plain SpeechBrain model has none
-            info = None
-        if not trust:
-            check_model_folder(hub_yaml.parent, yaml_text, f"{src}/{HPARAMS_FILE}", info)
+        info, yaml_text, interface = _read_hub(src, fetched, trust)
     try:
         asr = load_interface(interface, src, savedir=savedir, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
@@ -216,6 +177,56 @@ def read_pretrained(source, savedir=None, device=None, trust=False):
             files[name] = pathlib.Path(pretrainer.paths[name]).read_bytes()
     _check_tokenizer(asr.tokenizer, src)
     return dict(asr=asr, yaml_text=yaml_text, info=info, source=src, files=files, meta_state=meta_state)
+
+
+def _read_folder(local, trust):
+    """``(sbmeta.json or None, hyperparams.yaml text, interface)`` of a local model folder, checked."""
+    hp = local / HPARAMS_FILE
+    if not hp.is_file():
+        raise FileNotFoundError(f"{local} is not a SpeechBrain pretrained folder: no {HPARAMS_FILE}")
+    info = None
+    if (local / META_FILE).is_file():
+        try:
+            info = json.loads((local / META_FILE).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{local / META_FILE} is corrupt: {exc}") from exc
+        missing = [f for f in info.get("files", []) if not (local / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"the export in {local} is incomplete: missing {missing}")
+        if info.get("kind") == "words":
+            raise ValueError(f"{local} is a word model (few-shot spoken terms), not a speech "
+                             "recognizer: use the sb-meta words commands, or "
+                             "sb_meta.words.load_word_model in Python")
+    yaml_text = hp.read_text(encoding="utf-8")
+    interface = (info or {}).get("interface") or detect_interface(yaml_text, str(hp))
+    if info is not None:
+        detect_interface(yaml_text, str(hp))
+    if not trust:
+        check_model_folder(local, yaml_text, str(hp), info)
+    return info, yaml_text, interface
+
+
+def _read_hub(src, fetched, trust):
+    """``(sbmeta.json or None, hyperparams.yaml text, interface)`` of a model in the local hub cache."""
+    try:
+        hub_yaml = fetched(HPARAMS_FILE)
+        yaml_text = hub_yaml.read_text(encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - re-raised with context
+        raise FileNotFoundError(
+            f"cannot load model {src!r}: it is not a local folder and not in the local "
+            f"model-hub cache, and sb-meta loads models offline; download it first or "
+            f"give the folder of an export ({type(exc).__name__}: {exc})"
+        ) from exc
+    interface = detect_interface(yaml_text, f"{src}/{HPARAMS_FILE}")
+    if uses_transformers(yaml_text):
+        require_transformers(f"the model {src} (built on Hugging Face transformers)")
+    try:
+        info = json.loads(fetched(META_FILE).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - a plain SpeechBrain model has none
+        info = None
+    if not trust:
+        check_model_folder(hub_yaml.parent, yaml_text, f"{src}/{HPARAMS_FILE}", info)
+    return info, yaml_text, interface
 
 
 def _check_tokenizer(tok, source):

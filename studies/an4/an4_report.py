@@ -251,7 +251,7 @@ def study_section():
             s5 = summ.get(str(K_MAIN))
             m = mr.get("methods", {}).get(name, {})
             how = f"{m.get('lr') or 'learned'}, {m.get('steps')}" if m else ""
-            if m.get("unsupervised") == "cmvn":
+            if _statistics_only(m):
                 how = f"statistics, weight {_cmvn_weight(m)}"
             if s5:
                 md.append(f"| {name} | {how} | {s5['wer_mean']:.1f} | {s5['delta_wer_mean']:+.1f} {_ci(s5['delta_ci'])} | "
@@ -315,7 +315,7 @@ def study_section():
         for name, summ in un["summary"].items():
             m = un["chosen"].get(name.replace("unsup-", ""), {}).get("method", {})
             label = (f"{name} (no step: input statistics of the support, weight {_cmvn_weight(m)})"
-                     if m.get("unsupervised") == "cmvn"
+                     if _statistics_only(m)
                      else f"{name} (lr {m.get('lr')}, <= {m.get('steps')} steps)")
             for k in un["ks"][1:]:
                 s = summ.get(str(k))
@@ -378,21 +378,36 @@ def _decoder_text(ev):
 
 def _chosen_text(method):
     """A dev-chosen adaptation in words, for the tables."""
-    if method.get("unsupervised") == "cmvn":
+    if _statistics_only(method):
         return f"input statistics of the support (weight {_cmvn_weight(method):g}), no transcripts"
     scope = ",".join(method["adapt_params"]) if method.get("adapt_params") else "all"
     adapters = [a for a in method.get("addons") or [] if a in ("lhuc", "lora", "houlsby")]
     if adapters:  # plugins/peft.py's add-ons (named here: the report loads no plugin): only they adapt
         scope = "+".join(adapters) + " only"
     text = f"{method['strategy']}, lr {method.get('lr') or 'learned'}, {method['steps']} steps, {scope}"
-    return (f"cmvn {method['cmvn']:g}, then " + text) if method.get("cmvn") else text
+    return (f"cmvn {_cmvn_first(method):g}, then " + text) if _cmvn_first(method) else text
 
 
 def _cmvn_weight(method):
-    """The blend weight of a ``cmvn`` method record (the library's default when it set none)."""
-    from sb_meta.adapt.unsupervised import DEFAULTS
+    """The blend weight of a ``cmvn`` method record (the cmvn test-time method's default, 1, when it set none)."""
+    config = method.get("addon_config") or method.get("unsupervised_config") or {}
+    return config.get("cmvn_weight", 1.0)
 
-    return (method.get("unsupervised_config") or {}).get("cmvn_weight", DEFAULTS["cmvn_weight"])
+
+def _statistics_only(method):
+    """Whether a method record re-estimates the input statistics alone (no transcript, no step): the
+    ``cmvn`` test-time method without its update (records before it was an add-on: ``unsupervised: cmvn``)."""
+    if method.get("unsupervised") == "cmvn":
+        return True
+    return "cmvn" in (method.get("addons") or []) and not (method.get("addon_config") or {}).get("cmvn_update")
+
+
+def _cmvn_first(method):
+    """The weight of the input statistics re-estimated before a method's update, or None."""
+    if method.get("cmvn"):
+        return method["cmvn"]
+    config = method.get("addon_config") or {}
+    return _cmvn_weight(method) if "cmvn" in (method.get("addons") or []) and config.get("cmvn_update") else None
 
 
 def _training(fam, name, root=None):

@@ -274,6 +274,29 @@ DEV_GRID_CMVN = [
 ADAPTER_LRS = (0.05, 0.5, 2.0)
 
 
+#: keys of the grids' ``unsupervised_config`` (written before entropy, pseudo and cmvn were test-time
+#: add-ons) and the add-on options they are now
+_UNSUP_KEYS = {"confidence": "pseudo_confidence", "min_improvement": "entropy_min_improvement",
+               "blank_guard": "entropy_blank_guard", "agreement_guard": "entropy_agreement_guard"}
+
+
+def method_of(candidate):
+    """The :class:`sb_meta.adapt.Method` of a grid candidate or a stored method record: the grids
+    (and the selection records cached under their keys) say ``unsupervised: MODE``,
+    ``unsupervised_config`` and ``cmvn: W``, which are the test-time add-ons ``MODE`` and ``cmvn``."""
+    from sb_meta.adapt import Method
+
+    d = {k: v for k, v in candidate.items() if k not in ("dev_wer", "failed")}
+    addons, config = list(d.pop("addons", None) or []), dict(d.pop("addon_config", None) or {})
+    mode, mode_config, cmvn = d.pop("unsupervised", None), d.pop("unsupervised_config", None), d.pop("cmvn", None)
+    if cmvn:
+        addons, config = ["cmvn"] + addons, dict(config, cmvn_weight=cmvn, cmvn_update=True)
+    if mode:
+        addons.append(mode)
+        config.update({_UNSUP_KEYS.get(k, k): v for k, v in (mode_config or {}).items()})
+    return Method(**d, addons=addons, addon_config=config)
+
+
 def step_size_grid(prefix, steps=3, **restriction):
     """Candidates ``<prefix>_lr<lr>_s<steps>``, one per step size of :data:`ADAPTER_LRS`: a
     ``steps``-step fine-tuning restricted by ``restriction`` (``addons=[...]``, which adapts
@@ -348,7 +371,7 @@ def _cached(path, key):
 
 def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=None, stepsizes=True):
     """(Method, selection record) chosen on the dev tasks (``task_column``) for ``model``."""
-    from sb_meta.evaluation import Method, select_on_dev
+    from sb_meta.evaluation import select_on_dev
 
     grid = list(grid or DEV_GRID)
     if stepsizes and model.has_step_sizes:  # the learned step sizes are a candidate too
@@ -360,9 +383,9 @@ def choose(model, name, dev_csv, repeats, grid=None, task_column="spk_id", k=Non
         if (rec.get("grid") == grid and rec.get("model") == stamp and rec.get("dev_manifest") == str(dev_csv)
                 and rec.get("task_column", "spk_id") == task_column and rec.get("k") == (k or K_MAIN)):
             chosen = rec["candidates"][rec["chosen"]]
-            return Method(**{key: v for key, v in chosen.items() if key not in ("dev_wer", "failed")}), rec
-    method, rec = select_on_dev(model, dev_csv, grid, k=k or K_MAIN, repeats=repeats, progress=False,
-                                task_column=task_column)
+            return method_of(chosen), rec
+    method, rec = select_on_dev(model, dev_csv, [method_of(c) for c in grid], k=k or K_MAIN, repeats=repeats,
+                                progress=False, task_column=task_column)
     rec["grid"], rec["model"], rec["task_column"] = grid, stamp, task_column
     common.write_json(path, rec)
     say(f"{name}: chose {method.name} on dev ({rec['candidates'][method.name]['dev_wer']:.2f}% WER)")
@@ -501,7 +524,7 @@ def cmd_methods(args):
     methods = method_grid(model, base, name + suffix, manifests / "dev.csv", args.dev_repeats)
     if args.unsupervised:
         methods += [Method(name=f"unsup-{u}", strategy="finetune", lr=base.lr, steps=base.steps,
-                           adapt_params=base.adapt_params, unsupervised=u) for u in ("entropy", "pseudo")]
+                           adapt_params=base.adapt_params, addons=[u]) for u in ("entropy", "pseudo")]
         # the decoder names the choice: a model's lexicon and greedy choices differ
         cmvn, _ = choose(model, f"{name}_cmvn{grid_suffix('short', args.decoder)}", manifests / "dev.csv",
                          args.dev_repeats, grid=UNSUP_GRID["cmvn"], stepsizes=False)

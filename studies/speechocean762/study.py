@@ -459,12 +459,13 @@ def adapt_to_children(model, rows, cand):
     wavs = [model.load_audio(r["wav"]) for r in rows]
     batches = math.ceil(len(rows) / 8)
     steps = max(1, batches * cand.get("epochs", 1))
-    unsup = cand.get("unsupervised")
-    if unsup:
-        return model.adapt(wavs, None, strategy="finetune", steps=steps, lr=cand.get("lr"), batch_size=8,
-                           unsupervised=unsup, ids=[r["ID"] for r in rows], task="children")
-    return model.adapt(wavs, [r["wrd"] for r in rows], strategy="finetune", steps=steps, lr=cand["lr"],
-                       batch_size=8, ids=[r["ID"] for r in rows], task="children")
+    from sb_meta.adapt import Method, Support
+
+    unsup = cand.get("unsupervised")  # a test-time method that reads no transcript
+    texts = None if unsup else [r["wrd"] for r in rows]
+    method = Method(strategy="finetune", steps=steps, lr=cand.get("lr"), batch_size=8,
+                    addons=[unsup] if unsup else [])
+    return model.adapt(Support(wavs, texts, [r["ID"] for r in rows], "children"), method)
 
 
 def per_speaker_wer(model, rows):

@@ -17,6 +17,7 @@ import torch
 from sb_meta.utils import load_script
 
 from helpers import tiny_asr as h  # noqa: E402
+from sb_meta.adapt import Method
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,9 +41,9 @@ def test_a_step_size_that_blows_the_support_loss_up_is_refused(model):
     with pytest.raises(AdaptationError, match=r"^adaptation diverged with step size lr 5: the support loss "
                                               r"went from .* before the first step to .* after step 1 "
                                               rf"\(over {LOSS_GROWTH_LIMIT:g}x\); nothing was adapted"):
-        base.adapt(wavs, texts, steps=3, lr=5.0)
+        base.adapt((wavs, texts), Method(steps=3, lr=5.0))
     assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())  # the base is untouched
-    adapted = base.adapt(wavs, texts, steps=3, lr=0.05)  # a sensible step size still adapts
+    adapted = base.adapt((wavs, texts), Method(steps=3, lr=0.05))  # a sensible step size still adapts
     loss = adapted.last_adaptation["support_loss"]
     assert loss["after"] < loss["before"]
 

@@ -14,6 +14,7 @@ import torch
 from sb_meta.utils import load_script
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("transformers", reason="the hf extra (pip install 'sb-meta[hf]') is not installed")
 
@@ -78,7 +79,7 @@ def test_ssl_ctc_folder_loads_adapts_with_lora_and_fully_and_exports(corpus, fam
     support = rows[5:10]
     paths, texts = [r["wav"] for r in support], [r["wrd"] for r in support]
 
-    lora = model.adapt(paths, texts, steps=2, lr=0.05, peft="lora")
+    lora = model.adapt((paths, texts), Method(steps=2, lr=0.05, addons=["lora"]))
     changed = _changed(model, lora)
     assert changed and all(".adapter_" in n for n in changed)
     projections = {n.rsplit(".adapter_", 1)[0].rsplit(".", 1)[-1] for n in changed}
@@ -94,7 +95,7 @@ def test_ssl_ctc_folder_loads_adapts_with_lora_and_fully_and_exports(corpus, fam
     sizes = {p.name: p.stat().st_size for p in adapters.iterdir()}
     assert sum(sizes.values()) < (out / "wav2vec2.ckpt").stat().st_size  # the adapters travel alone
 
-    full = model.adapt(paths, texts, steps=2, lr=0.05)
+    full = model.adapt((paths, texts), Method(steps=2, lr=0.05))
     changed = _changed(model, full)
     assert any(".encoder.layers." in n for n in changed) and any(n.startswith("ctc_lin.") for n in changed)
     assert not changed & frozen  # the convolutional front end stays as it was
@@ -122,7 +123,7 @@ def test_whisper_folder_loads_adapts_with_lora_and_fully_and_exports(corpus):
     support = rows[5:8]
     paths, texts = [r["wav"] for r in support], [r["wrd"] for r in support]
 
-    lora = model.adapt(paths, texts, steps=2, lr=0.05, peft="lora")
+    lora = model.adapt((paths, texts), Method(steps=2, lr=0.05, addons=["lora"]))
     changed = _changed(model, lora)
     assert changed and all(".adapter_" in n for n in changed)
     kinds = {n.split(".adapter_")[0].rsplit(".", 1)[-1] for n in changed}
@@ -130,7 +131,7 @@ def test_whisper_folder_loads_adapts_with_lora_and_fully_and_exports(corpus):
     assert any(".encoder.layers." in n for n in changed) and any(".decoder.layers." in n for n in changed)
     _round_trip(lora, corpus["tmp"] / "whisper_lora", "WhisperASR", wavs, lens)
 
-    full = model.adapt(paths, texts, steps=2, lr=0.05)
+    full = model.adapt((paths, texts), Method(steps=2, lr=0.05))
     assert full.last_adaptation["losses"] == ["attention"]
     changed = _changed(model, full)
     assert any(".decoder." in n for n in changed) and not changed & frozen
@@ -146,8 +147,8 @@ def test_whisper_adaptation_lowers_the_teacher_forced_loss(corpus):
     model = load_model(whisper_folder(corpus["tmp"] / "whisper_loss", seed=1))
     support = corpus["rows"][5:8]
     paths, texts = [r["wav"] for r in support], [r["wrd"] for r in support]
-    one = model.adapt(paths, texts, steps=1, lr=0.01, strategy="finetune")
-    many = model.adapt(paths, texts, steps=8, lr=0.01, strategy="finetune")
+    one = model.adapt((paths, texts), Method(steps=1, lr=0.01, strategy="finetune"))
+    many = model.adapt((paths, texts), Method(steps=8, lr=0.01, strategy="finetune"))
     assert many.last_adaptation["last_inner_loss"] < one.last_adaptation["last_inner_loss"]
 
 
@@ -193,8 +194,7 @@ def test_adapters_on_an_encoder_decoder_conformer_wrap_attention_and_feed_forwar
     model = conformer
     assert model_family(torch.nn.ModuleDict(model.view.modules)) == "transformer"
     support = corpus["rows"][5:8]
-    adapted = model.adapt([r["wav"] for r in support], [r["wrd"] for r in support], steps=2, lr=0.05,
-                          peft=addon)
+    adapted = model.adapt(([r["wav"] for r in support], [r["wrd"] for r in support]), Method(steps=2, lr=0.05, addons=[addon]))
     changed = _changed(model, adapted)
     assert changed and all(tensor in n for n in changed)
     wrapped = {n.split(tensor)[0] for n in changed}

@@ -8,6 +8,7 @@ import torch
 
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method, Support
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,8 +37,7 @@ def test_adapt_export_round_trip(setup):
     probs_before = model.log_probs(wavs, lens)
     words_before = model.transcribe_batch(wavs, lens)[0]
 
-    adapted = model.adapt([r["wav"] for r in support], [r["wrd"] for r in support],
-                          strategy="finetune", steps=2, lr=0.05, ids=[r["ID"] for r in support])
+    adapted = model.adapt(Support([r["wav"] for r in support], [r["wrd"] for r in support], ids=[r["ID"] for r in support]), Method(strategy="finetune", steps=2, lr=0.05))
 
     # the original model is unchanged
     for n, p in model.named_parameters():
@@ -65,8 +65,7 @@ def test_adapt_export_round_trip(setup):
     assert [s["id"] for s in rec["support"]] == [r["ID"] for r in support]
     assert [s["audio"] for s in rec["support"]] == [r["wav"] for r in support]
     # adapting the reloaded adapted model goes on the provenance chain
-    again = load_model(out).adapt([support[0]["wav"]], [support[0]["wrd"]], strategy="finetune",
-                                  steps=1, lr=0.01)
+    again = load_model(out).adapt(([support[0]["wav"]], [support[0]["wrd"]]), Method(strategy="finetune", steps=1, lr=0.01))
     assert len(again.adaptations) == 2
 
 
@@ -94,7 +93,7 @@ def test_metasgd_step_sizes_are_used(setup):
     model.meta_state = {k: torch.zeros_like(v) for k, v in model.meta_state.items()}
     model.meta_state[key] = torch.full_like(saved[key], 0.05)
     row = setup["rows"][0]
-    meta = model.adapt([row["wav"]], [row["wrd"]], steps=1)  # default strategy: metasgd
+    meta = model.adapt(([row["wav"]], [row["wrd"]]), Method(steps=1))  # default strategy: metasgd
     assert meta.last_adaptation["strategy"] == "metasgd"
     assert meta.last_adaptation["lr"] == "meta-learned"
     old = dict(model.named_parameters())
@@ -103,18 +102,17 @@ def test_metasgd_step_sizes_are_used(setup):
     assert not torch.equal(new[bias], old[bias])
     assert all(torch.equal(new[n], old[n]) for n in old if n != bias)
     # the same step as plain fine-tuning of that bias with lr 0.05
-    ft = model.adapt([row["wav"]], [row["wrd"]], strategy="finetune", steps=1, lr=0.05,
-                     adapt_params=["ctc_lin.w.bias"])
+    ft = model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="finetune", steps=1, lr=0.05, adapt_params=["ctc_lin.w.bias"]))
     torch.testing.assert_close(dict(ft.named_parameters())[bias], new[bias])
     # an explicit lr replaces the meta-learned step sizes
-    forced = model.adapt([row["wav"]], [row["wrd"]], strategy="metasgd", steps=1, lr=0.05)
+    forced = model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="metasgd", steps=1, lr=0.05))
     changed = [n for n in old if not torch.equal(dict(forced.named_parameters())[n], old[n])]
     assert len(changed) > 2
     # parameters without learned step sizes are not adapted by metasgd
     partial = dict(model.meta_state)
     partial.pop(key)
     model.meta_state = {k: torch.full_like(v, 0.01) for k, v in partial.items()}
-    rest = model.adapt([row["wav"]], [row["wrd"]], steps=1)
+    rest = model.adapt(([row["wav"]], [row["wrd"]]), Method(steps=1))
     new_rest = dict(rest.named_parameters())
     assert torch.equal(new_rest[bias], old[bias])
     assert any(not torch.equal(new_rest[n], old[n]) for n in old if n != bias)
@@ -136,12 +134,12 @@ def test_model_without_step_sizes(setup, tmp_path):
     assert not (tmp_path / "fomaml" / "meta_strategy.ckpt").exists()
     row = setup["rows"][0]
     with pytest.raises(ValueError, match="does not have"):
-        model.adapt([row["wav"]], [row["wrd"]], strategy="metasgd")
+        model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="metasgd"))
     with torch.no_grad():  # SpeechBrain inference code runs under no_grad
-        adapted = model.adapt([row["wav"]], [row["wrd"]], steps=1)
+        adapted = model.adapt(([row["wav"]], [row["wrd"]]), Method(steps=1))
     assert adapted.last_adaptation["strategy"] == "finetune"
     assert adapted.last_adaptation["lr"] == 0.05  # the model's inner_lr
-    anil = model.adapt([row["wav"]], [row["wrd"]], strategy="anil", steps=1)
+    anil = model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="anil", steps=1))
     base = dict(model.named_parameters())
     changed = {n for n, p in anil.named_parameters() if not torch.equal(p, base[n])}
     assert changed and all("ctc_lin." in n for n in changed)
@@ -154,31 +152,31 @@ def test_bad_inputs(setup, tmp_path):
     model = load_model(setup["export"])
     row = setup["rows"][0]
     with pytest.raises(FileNotFoundError, match="nope.wav"):
-        model.adapt([str(tmp_path / "nope.wav")], ["AB"])
+        model.adapt(([str(tmp_path / "nope.wav")], ["AB"]))
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF0000WAVEnot really audio")
     with pytest.raises(ValueError, match="corrupt.wav"):
-        model.adapt([str(corrupt)], ["AB"])
+        model.adapt(([str(corrupt)], ["AB"]))
     with pytest.raises(ValueError, match="corrupt.wav"):
         model.transcribe_file(corrupt)
     with pytest.raises(ValueError, match="empty transcript"):
-        model.adapt([row["wav"]], ["  "], ids=["u1"])
+        model.adapt(Support([row["wav"]], ["  "], ids=["u1"]))
     with pytest.raises(ValueError, match="audio path is empty"):
-        model.adapt([""], ["AB"], ids=["u1"])
+        model.adapt(Support([""], ["AB"], ids=["u1"]))
     with pytest.raises(ValueError, match="2 support utterances but 1 transcripts"):
-        model.adapt([row["wav"], row["wav"]], ["AB"])
+        model.adapt(([row["wav"], row["wav"]], ["AB"]))
     with pytest.raises(ValueError, match="u1.*given twice"):
-        model.adapt([row["wav"], row["wav"]], ["AB", "CA"], ids=["u1", "u1"])
+        model.adapt(Support([row["wav"], row["wav"]], ["AB", "CA"], ids=["u1", "u1"]))
     with pytest.raises(ValueError, match=r"utt7.*\['x', 'z'\]"):
-        model.adapt([row["wav"]], ["ABxz"], ids=["utt7"])
+        model.adapt(Support([row["wav"]], ["ABxz"], ids=["utt7"]))
     with pytest.raises(ValueError, match="too short"):
-        model.adapt([torch.zeros(800)], ["ABCABCABCABC"])
+        model.adapt(([torch.zeros(800)], ["ABCABCABCABC"]))
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        model.adapt([row["wav"]], [row["wrd"]], steps=0)
+        model.adapt(([row["wav"]], [row["wrd"]]), Method(steps=0))
     with pytest.raises(UnknownPluginError, match="unknown strategy 'nope'; available: .*finetune"):
-        model.adapt([row["wav"]], [row["wrd"]], strategy="nope")
+        model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="nope"))
     with pytest.raises(TypeError):
-        model.adapt(row["wav"], [row["wrd"]])
+        model.adapt((row["wav"], [row["wrd"]]))
 
     # a registered strategy that cannot adapt loaded models says so
     plugin = tmp_path / "oddplug.py"
@@ -194,7 +192,7 @@ def test_bad_inputs(setup, tmp_path):
 
     model._registry = PluginRegistry(extra=[str(plugin)])
     with pytest.raises(ValueError, match="cannot adapt a model at test time"):
-        model.adapt([row["wav"]], [row["wrd"]], strategy="odd")
+        model.adapt(([row["wav"]], [row["wrd"]]), Method(strategy="odd"))
 
 
 @pytest.mark.parametrize("case", ["missing", "hub", "no_yaml", "missing_file", "truncated",

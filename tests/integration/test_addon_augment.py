@@ -12,6 +12,7 @@ from sb_meta.contract import Phase
 from sb_meta.plugins import PluginRegistry
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,15 +112,12 @@ def test_test_time_support_sets_and_option_errors(tmp_path, corpus):
     brain, yaml_path = h.train_tiny_brain(tmp_path / "t", corpus, strategy="joint", epochs=1)
     model = load_model(export_brain(brain, tmp_path / "m", hparams_file=yaml_path))
     rows = h.read_rows(corpus)[:2]
-    adapted = model.adapt([r["wav"] for r in rows], [r["wrd"] for r in rows], steps=2, addons=["augment"],
-                          addon_config={"augment_phases": ["adapt"], "augment_methods": ["dropchunk", "noise"]})
+    adapted = model.adapt(([r["wav"] for r in rows], [r["wrd"] for r in rows]), Method(steps=2, addons=["augment"], addon_config={"augment_phases": ["adapt"], "augment_methods": ["dropchunk", "noise"]}))
     assert adapted.last_adaptation["addons"] == ["augment"]
     with pytest.raises(ValueError, match="augment_methods has \\['reverb'\\]; methods are: speed, dropfreq"):
-        model.adapt([rows[0]["wav"]], [rows[0]["wrd"]], addons=["augment"],
-                    addon_config={"augment_methods": ["reverb"]})
+        model.adapt(([rows[0]["wav"]], [rows[0]["wrd"]]), Method(addons=["augment"], addon_config={"augment_methods": ["reverb"]}))
     with pytest.raises(KeyError, match="'augment_phase'.*did you mean 'augment_phases'"):
-        model.adapt([rows[0]["wav"]], [rows[0]["wrd"]], addons=["augment"],
-                    addon_config={"augment_phase": ["adapt"]})
+        model.adapt(([rows[0]["wav"]], [rows[0]["wrd"]]), Method(addons=["augment"], addon_config={"augment_phase": ["adapt"]}))
 
 
 @pytest.mark.parametrize("name", ["dann", "distill", "compress", "augment"])

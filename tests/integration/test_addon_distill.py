@@ -10,6 +10,7 @@ import torch
 
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,16 +90,15 @@ def test_the_model_before_adaptation_at_test_time(tmp_path, corpus, teacher):
     model = load_model(teacher)
     rows = h.read_rows(corpus)[:2]
     wavs, texts = [r["wav"] for r in rows], [r["wrd"] for r in rows]
-    one = model.adapt(wavs, texts, steps=1, lr=0.05, addons=["distill"])  # distill_teacher: self
+    one = model.adapt((wavs, texts), Method(steps=1, lr=0.05, addons=["distill"]))  # distill_teacher: self
     (zero,) = one._brain.loss_term_means().items()  # nothing adapted yet: the same model
     assert zero[0] == "adapt_distill_frame" and abs(zero[1]) < 1e-6
-    three = model.adapt(wavs, texts, steps=3, lr=0.05, addons=["distill"],
-                        addon_config={"distill_weight": 1.0, "distill_seq_weight": 0.5})
+    three = model.adapt((wavs, texts), Method(steps=3, lr=0.05, addons=["distill"], addon_config={"distill_weight": 1.0, "distill_seq_weight": 0.5}))
     terms = three._brain.loss_term_means()
     assert terms["adapt_distill_frame"] > 0 and "adapt_distill_sequence" in terms
     # the pull toward the model before adaptation keeps the adapted outputs closer to its outputs
-    free = model.adapt(wavs, texts, steps=4, lr=0.02)
-    kept = model.adapt(wavs, texts, steps=4, lr=0.02, addons=["distill"], addon_config={"distill_weight": 5.0})
+    free = model.adapt((wavs, texts), Method(steps=4, lr=0.02))
+    kept = model.adapt((wavs, texts), Method(steps=4, lr=0.02, addons=["distill"], addon_config={"distill_weight": 5.0}))
     batch, lens = h.file_batch([r["wav"] for r in h.read_rows(corpus)])
     before = model.log_probs(batch, lens)
 
@@ -124,7 +124,7 @@ def test_adapt_command_takes_addons_and_their_options(tmp_path, corpus, teacher,
                         "--out", str(tmp_path / "b")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert main(args + ["--addons", "distil", "--out", str(tmp_path / "c")]) == 2
-    assert "unknown add-on 'distil'; available: augment, compress, dann, distill" in capsys.readouterr().err
+    assert "unknown add-on 'distil'; available: augment, cmvn, compress, dann, distill" in capsys.readouterr().err
 
 
 def test_options_are_validated(tmp_path, corpus):

@@ -154,5 +154,6 @@ def test_evaluate_methods_and_unsupervised(exported, capsys, tmp_path):
     assert names == ["full", "head", "lhuc", "full-entropy", "head-entropy", "lhuc-entropy"]
     assert results["config"]["methods"][1]["adapt_params"] == ["ctc_lin.*"]
     assert results["config"]["methods"][2]["addons"] == ["lhuc"]
-    assert results["config"]["methods"][3]["unsupervised"] == "entropy"
+    assert results["config"]["methods"][3]["addons"] == ["entropy"]
+    assert results["config"]["methods"][5]["addons"] == ["lhuc", "entropy"]
     assert set(results["summary"]["head"]) == {"0", "2"}

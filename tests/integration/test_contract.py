@@ -13,6 +13,7 @@ import torch
 
 from sb_meta.contract import ASRPredictions, Phase
 from sb_meta.testing import ToyBrain, toy_dataset, toy_modules
+from sb_meta.adapt import Method
 
 HERE = pathlib.Path(__file__).resolve().parents[1]  # tests/
 PLUGINS = str(HERE / "data" / "contract_plugins.py")
@@ -146,7 +147,7 @@ def test_before_export_changes_the_exported_model_and_its_yaml(tmp_path):
     model = load_model(out, trust=True)  # its sbmeta.json names a plugin file: code, trusted here
     model._registry = PluginRegistry(extra=[PLUGINS])
     row = h.read_rows(csv)[0]
-    adapted = model.adapt([row["wav"]], [row["wrd"]], steps=1, addons=["zero_bias"], strategy="finetune")
+    adapted = model.adapt(([row["wav"]], [row["wrd"]]), Method(steps=1, addons=["zero_bias"], strategy="finetune"))
     again = h.speechbrain_asr(adapted.export(tmp_path / "adapted"))
     assert all(float(p.abs().max()) == 0 for n, p in again.mods.named_parameters() if n.endswith("bias"))
     # and from the command line: an add-on of the model's own (YAML-named) plugins
@@ -202,7 +203,10 @@ def test_predictions_structure_is_the_same_in_training_and_test_time_adaptation(
     wavs, lens = h.file_batch([r["wav"] for r in h.read_rows(csv)[:2]])
     train_pred = h.probe(trained, wavs, lens)
     model = load_model(export_brain(trained, tmp_path / "m", hparams_file=yaml_path))
-    brain = model._brain_for(model._copy(), "finetune", 1, None, None, [], {}, None)
+    from sb_meta.adapt import Method
+    from sb_meta.adapt.plan import build_brain, plan
+
+    brain = build_brain(model, model.copy_interface(), plan(model, Method(strategy="finetune", steps=1)))
     from speechbrain.dataio.batch import PaddedBatch
 
     batch = PaddedBatch([{"id": str(i), "sig": w[: int(round(float(l) * wavs.shape[1]))],
@@ -212,6 +216,10 @@ def test_predictions_structure_is_the_same_in_training_and_test_time_adaptation(
     assert isinstance(train_pred, ASRPredictions) and isinstance(adapt_pred, ASRPredictions)
     torch.testing.assert_close(adapt_pred.log_probs, train_pred.log_probs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(adapt_pred.encoder_out, train_pred.encoder_out, rtol=1e-5, atol=1e-5)
+    # the model's public forward (what plugins read: a teacher's posteriors, encoder features) is the same
+    public = model.predictions(wavs, lens)
+    torch.testing.assert_close(public.log_probs, train_pred.log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.encoder_features(wavs, lens), train_pred.encoder_out, rtol=1e-5, atol=1e-5)
 
 
 def _load_error(tmp_path, name, source):

@@ -126,23 +126,20 @@ def test_select_on_dev_chooses_the_lowest_dev_wer_and_records_it(model_and_data)
     assert rec["unadapted_dev_wer"] == pytest.approx(again["summary"]["tiny"]["1"]["base_wer_mean"])
 
 
-def test_random_parts_of_an_adaptation_are_seeded_by_the_draw(model_and_data):
+def test_random_parts_of_an_adaptation_are_seeded_by_the_draw(model_and_data, monkeypatch):
     """A method's random draws (augmentation, dropout) depend on the draw and the method
     only: not on the caller's generator nor on the methods that ran before it."""
-    import dataclasses
-
     import torch
 
     from sb_meta.evaluation import Method, evaluate_kshot
 
     seen = []
 
-    @dataclasses.dataclass
-    class Noting(Method):
-        def adapt(self, model, *args, **kwargs):
-            seen.append((self.name, round(float(torch.rand(())), 6)))
-            return model
+    def noting(self, support, method):
+        seen.append((method.name, round(float(torch.rand(())), 6)))
+        return self
 
+    monkeypatch.setattr(type(model_and_data["model"]), "adapt", noting)
     model, csv = model_and_data["model"], model_and_data["csv"]
 
     def run(methods, caller_seed):
@@ -154,9 +151,9 @@ def test_random_parts_of_an_adaptation_are_seeded_by_the_draw(model_and_data):
         assert after == float(torch.rand(()))  # the caller's generator is left as it was
         return list(seen)
 
-    first = run([Noting(name="a"), Noting(name="b")], caller_seed=1)
-    assert first == run([Noting(name="a"), Noting(name="b")], caller_seed=2)
-    alone = run([Noting(name="b")], caller_seed=3)
+    first = run([Method(name="a", strategy="finetune"), Method(name="b", strategy="finetune")], caller_seed=1)
+    assert first == run([Method(name="a", strategy="finetune"), Method(name="b", strategy="finetune")], caller_seed=2)
+    alone = run([Method(name="b", strategy="finetune")], caller_seed=3)
     assert alone == [x for x in first if x[0] == "b"]
     values = [v for _, v in first]
     assert len(set(values)) == len(values)  # every draw and method its own stream

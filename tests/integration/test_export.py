@@ -14,6 +14,7 @@ import torch
 
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -266,7 +267,7 @@ def test_exports_of_the_previous_format_still_load():
     torch.testing.assert_close(model.log_probs(ref["wavs"], ref["lens"]), ref["log_probs"])
     assert list(model.transcribe_batch(ref["wavs"], ref["lens"])[0]) == ref["words"]
     assert model.default_strategy == "metasgd"
-    adapted = model.adapt([ref["wavs"][0]], ["HELLO"], steps=1)
+    adapted = model.adapt(([ref["wavs"][0]], ["HELLO"]), Method(steps=1))
     assert adapted.last_adaptation["lr"] == "meta-learned"
     with tempfile.TemporaryDirectory() as tmp:
         out = adapted.export(pathlib.Path(tmp) / "again")

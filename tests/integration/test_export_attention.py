@@ -9,6 +9,7 @@ import torch
 
 from helpers import tiny_asr as h
 from helpers.published import PUBLISHED_YAML
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,8 +48,7 @@ def test_attention_model_round_trip_through_encoder_decoder_asr(corpus, kind):
     model = load_model(out)
     assert model.view.losses == ["ctc", "attention"]
     support = corpus["rows"][5:8]
-    adapted = model.adapt([r["wav"] for r in support], [r["wrd"] for r in support], steps=2, lr=0.05,
-                          strategy="finetune")
+    adapted = model.adapt(([r["wav"] for r in support], [r["wrd"] for r in support]), Method(steps=2, lr=0.05, strategy="finetune"))
     changed = {n for n, p in adapted.named_parameters() if not torch.equal(p, dict(model.named_parameters())[n])}
     assert any(n.startswith("seq_lin") for n in changed)  # the attention loss reached the decoder
     assert any(n.startswith("ctc_lin") for n in changed)  # and the CTC one the CTC head
@@ -96,7 +96,7 @@ def test_a_model_sb_meta_did_not_train_loads_adapts_and_exports(corpus):
     wavs, lens = h.file_batch([r["wav"] for r in rows[:3]])
     before = model.transcribe_batch(wavs, lens)[0]
     support = rows[5:8]
-    adapted = model.adapt([r["wav"] for r in support], [r["wrd"] for r in support], steps=2, lr=0.1)
+    adapted = model.adapt(([r["wav"] for r in support], [r["wrd"] for r in support]), Method(steps=2, lr=0.1))
     assert adapted.last_adaptation["losses"] == ["attention"]
     old = dict(model.named_parameters())
     changed = {n for n, p in adapted.named_parameters() if not torch.equal(p, old[n])}

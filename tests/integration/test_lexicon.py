@@ -7,6 +7,7 @@ import torch
 from sb_meta.adapt.lexicon import LexiconDecoder, read_words
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +88,7 @@ def test_a_model_with_a_lexicon_only_says_its_words_and_adapted_copies_keep_it(s
     hyps = model.transcribe_waveforms(wavs)
     assert any(hyps) and all(set(hyp.split()) <= set(words) for hyp in hyps)
     assert hyps == model.transcribe_waveforms(wavs, batch_size=1)  # batching changes nothing
-    adapted = model.adapt([r["wav"] for r in rows[:3]], [r["wrd"] for r in rows[:3]], steps=1, lr=0.01)
+    adapted = model.adapt(([r["wav"] for r in rows[:3]], [r["wrd"] for r in rows[:3]]), Method(steps=1, lr=0.01))
     assert adapted.decoder is model.decoder
     assert all(set(hyp.split()) <= set(words) for hyp in adapted.transcribe_waveforms(wavs))
     model.set_lexicon(None)

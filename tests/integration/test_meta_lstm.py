@@ -7,6 +7,7 @@ from sb_meta.contract import Phase
 from sb_meta.testing import make_toy_brain, toy_dataset
 
 from helpers import tiny_asr
+from sb_meta.adapt import Method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,7 +132,7 @@ def test_the_optimizer_is_exported_and_used_by_sb_meta_adapt(exported, tmp_path,
     for key, value in trained.items():
         assert torch.equal(model.meta_state[key], value)
     rows = tiny_asr.read_rows(csv)[:2]
-    adapted = model.adapt([r["wav"] for r in rows], [r["wrd"] for r in rows], strategy="meta_lstm", steps=2)
+    adapted = model.adapt(([r["wav"] for r in rows], [r["wrd"] for r in rows]), Method(strategy="meta_lstm", steps=2))
     assert adapted.last_adaptation["strategy"] == "meta_lstm"
     assert adapted.last_adaptation["lr"] == "meta-learned"
     changed = [n for (n, a), (_, b) in zip(model.named_parameters(), adapted.named_parameters())
@@ -151,4 +152,4 @@ def test_a_model_without_the_optimizer_cannot_adapt_with_it(tmp_path):
     model = load_model(export_brain(brain, tmp_path / "pretrained", hparams_file=yaml_path))
     rows = tiny_asr.read_rows(csv)[:2]
     with pytest.raises(ValueError, match="does not have"):
-        model.adapt([r["wav"] for r in rows], [r["wrd"] for r in rows], strategy="meta_lstm")
+        model.adapt(([r["wav"] for r in rows], [r["wrd"] for r in rows]), Method(strategy="meta_lstm"))

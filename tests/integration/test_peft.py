@@ -12,6 +12,7 @@ import torch
 from sb_meta.testing import make_toy_brain, toy_dataset
 
 from helpers import tiny_asr as helpers
+from sb_meta.adapt import Method
 
 ADDONS = ["lora", "houlsby", "lhuc"]
 AN4_YAML = pathlib.Path(__file__).resolve().parents[2] / "recipes" / "AN4" / "hparams" / "crdnn_ctc_meta.yaml"
@@ -194,8 +195,7 @@ def test_adapter_export_round_trip(tiny, addon):
     base = load_model(tiny["export"])
     wavs, lens = tiny["wavs"]
     base_probs = base.log_probs(wavs, lens)
-    adapted = base.adapt(*_support(tiny), addons=[addon], steps=3, lr=0.5,
-                         addon_config={"peft_rank": 4})
+    adapted = base.adapt(_support(tiny), Method(addons=[addon], steps=3, lr=0.5, addon_config={"peft_rank": 4}))
     assert adapted.has_adapters and not base.has_adapters
     assert adapted.last_adaptation["addons"] == [addon]
     # only the adapters changed: every base weight is bit-identical
@@ -237,7 +237,7 @@ def test_adapter_export_round_trip(tiny, addon):
         torch.testing.assert_close(full.log_probs(wavs, lens), adapted.log_probs(wavs, lens),
                                    rtol=1e-5, atol=1e-5)
     # adapting it again adapts its adapters only, and keeps the base identity
-    again = reloaded.adapt(*_support(tiny), steps=1, lr=0.5)
+    again = reloaded.adapt(_support(tiny), Method(steps=1, lr=0.5))
     assert again.adapters["base_model"] == adapted.adapters["base_model"]
     assert len(again.adapters["adaptations"]) == 2
     changed = {n for n, p in again.named_parameters()
@@ -249,9 +249,9 @@ def test_adapters_on_a_mismatched_base_fail(tiny):
     from sb_meta.adapt import load_model
 
     base = load_model(tiny["export"])
-    adapted = base.adapt(*_support(tiny), peft="lora", steps=1, lr=0.5)
+    adapted = base.adapt(_support(tiny), Method(addons=["lora"], steps=1, lr=0.5))
     folder = adapted.export_adapters(tiny["tmp"] / "adapters_mismatch")
-    other = base.adapt(*_support(tiny), strategy="finetune", steps=1, lr=0.05)
+    other = base.adapt(_support(tiny), Method(strategy="finetune", steps=1, lr=0.05))
     other_folder = other.export(tiny["tmp"] / "other_base")
     with pytest.raises(ValueError, match="made for another base model"):
         load_model(other_folder, adapters=folder)
@@ -260,8 +260,7 @@ def test_adapters_on_a_mismatched_base_fail(tiny):
     with pytest.raises(ValueError, match="carries no adapters"):
         base.export_adapters(tiny["tmp"] / "none")
     # adapt_params narrows further, to the adapters inside ctc_lin (up-projections start at 0)
-    head = base.adapt(*_support(tiny), addons=["lora"], adapt_params=["ctc_lin.*"], steps=2,
-                      lr=0.5)
+    head = base.adapt(_support(tiny), Method(addons=["lora"], adapt_params=["ctc_lin.*"], steps=2, lr=0.5))
     params = dict(head.named_parameters())
     assert params["ctc_lin.w.adapter_up_proj.weight"].abs().sum() > 0
     assert params["enc.DNN.block_0.linear.w.adapter_up_proj.weight"].abs().sum() == 0
@@ -270,17 +269,16 @@ def test_adapters_on_a_mismatched_base_fail(tiny):
     from sb_meta.plugins import UnknownPluginError
 
     with pytest.raises(UnknownPluginError, match="lora"):
-        base.adapt(*_support(tiny), addons=["loraa"])
+        base.adapt(_support(tiny), Method(addons=["loraa"]))
     with pytest.raises(ValueError, match="meta_strategy"):
-        base.adapt(*_support(tiny), addons=["lora"], addon_config={"meta_strategy": "maml"})
+        base.adapt(_support(tiny), Method(addons=["lora"], addon_config={"meta_strategy": "maml"}))
 
 
 def test_merged_lora_exports_as_a_plain_model(tiny):
     from sb_meta.adapt import load_model
 
     wavs, lens = tiny["wavs"]
-    adapted = load_model(tiny["export"]).adapt(*_support(tiny), addons=["lora", "lhuc"], steps=2,
-                                               lr=0.5)
+    adapted = load_model(tiny["export"]).adapt(_support(tiny), Method(addons=["lora", "lhuc"], steps=2, lr=0.5))
     merged = adapted.merge_adapters()
     assert not merged.has_adapters
     torch.testing.assert_close(merged.log_probs(wavs, lens), adapted.log_probs(wavs, lens),
@@ -333,8 +331,7 @@ def test_adapter_export_is_small_on_the_an4_model(tmp_path):
     base = export_brain(brain, tmp_path / "an4", hparams_file=AN4_YAML)
     rng = np.random.default_rng(0)
     wavs = [torch.tensor(0.1 * rng.standard_normal(16000), dtype=torch.float32) for _ in range(2)]
-    adapted = load_model(base).adapt(wavs, ["YES", "NO"], addons=["lora"], steps=1, lr=0.01,
-                                     addon_config={"peft_rank": 8})
+    adapted = load_model(base).adapt((wavs, ["YES", "NO"]), Method(addons=["lora"], steps=1, lr=0.01, addon_config={"peft_rank": 8}))
     folder = adapted.export_adapters(tmp_path / "an4_lora")
     adapter_bytes = sum(p.stat().st_size for p in folder.iterdir())
     model_bytes = (base / "model.ckpt").stat().st_size

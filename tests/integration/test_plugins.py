@@ -176,7 +176,7 @@ def _addon_plugin(tmp_path, name, body):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("    kind = 'adaptor'\n", "has kind 'adaptor'; kinds are adapter, compressor or None"),
+    ("    kind = 'adaptor'\n", "has kind 'adaptor'; kinds are adapter, compressor, test_time or None"),
     ("    command_options = ('--x',)\n", "command_options holds '--x', not a sb_meta.contract.CommandOption"),
     ("    command_options = (CommandOption('--x-rate', key='x_rate'),)\n",
      "--x-rate sets 'x_rate', which is not one of its options"),

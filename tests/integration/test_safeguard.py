@@ -6,6 +6,7 @@ import torch
 
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method, Support
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,16 +34,16 @@ def test_leave_one_out_adapts_once_per_fold_on_the_other_utterances(setup, monke
     seen = []
     real = type(model).adapt
 
-    def spy(self, w, t, **kw):
-        seen.append(list(kw["ids"]))
-        return real(self, w, t, **kw)
+    def spy(self, support, method=None):
+        seen.append(list(support.ids))
+        return real(self, support, method)
 
     monkeypatch.setattr(type(model), "adapt", spy)
-    check = holdout_errors(model, wavs, texts, ids=ids, steps=1, lr=1e-3)
+    check = holdout_errors(model, Support(wavs, texts, ids), Method(steps=1, lr=1e-3))
     assert seen == [[u for u in ids if u != held] for held in ids]  # each fold leaves one utterance out
     assert check["folds"] == 4 and check["words"] == sum(len(t.split()) for t in texts)
     assert 0 <= check["errors_before"] and 0 <= check["errors_after"]
-    assert holdout_errors(model, wavs, texts, folds=2, steps=1, lr=1e-3)["folds"] == 2
+    assert holdout_errors(model, (wavs, texts), Method(steps=1, lr=1e-3), folds=2)["folds"] == 2
 
 
 @pytest.mark.parametrize("kept", [False, True])
@@ -55,7 +56,7 @@ def test_the_adaptation_is_kept_only_when_it_removed_held_out_errors(setup, monk
     before = params(model)
     monkeypatch.setattr(safeguard, "holdout_errors",
                         lambda *a, **k: {"errors_before": 5, "errors_after": 3 if kept else 6, "words": 10, "folds": 4})
-    out = safeguard.guarded_adapt(model, wavs, texts, ids=ids, steps=2, lr=0.05)
+    out = safeguard.guarded_adapt(model, Support(wavs, texts, ids), Method(steps=2, lr=0.05))
     assert out is not model and out.last_adaptation["guard"]["kept"] is kept
     assert out.last_adaptation["steps"] == (2 if kept else 0)
     assert out.last_adaptation["strategy"] == model.default_strategy  # the one adaptation would have used
@@ -67,21 +68,20 @@ def test_the_adaptation_is_kept_only_when_it_removed_held_out_errors(setup, monk
 
 def test_the_guard_is_a_method_setting_and_refuses_what_it_cannot_check(setup):
     from sb_meta.adapt import load_model
-    from sb_meta.evaluation import Method
 
     model = load_model(setup["export"])
     wavs, texts, ids = support(setup)
-    out = Method(name="guarded", strategy="finetune", steps=1, lr=1e-3, guard=True).adapt(
-        model, wavs, texts, ids, "spk")
+    out = model.adapt(Support(wavs, texts, ids, "spk"),
+                      Method(name="guarded", strategy="finetune", steps=1, lr=1e-3, guard=True))
     assert "guard" in out.last_adaptation
     with pytest.raises(ValueError, match="at least 2 utterances"):
-        Method(name="g", strategy="finetune", guard=True).adapt(model, wavs[:1], texts[:1], ids[:1], "spk")
-    with pytest.raises(ValueError, match="cannot guard unsupervised"):
-        Method(name="g", unsupervised="entropy", guard=True).adapt(model, wavs, None, ids, "spk")
+        model.adapt(Support(wavs[:1], texts[:1], ids[:1], "spk"), Method(strategy="finetune", guard=True))
+    with pytest.raises(ValueError, match="cannot guard adaptation from the audio alone"):
+        model.adapt(Support(wavs, texts, ids, "spk"), Method(name="g", addons=["entropy"], guard=True))
     from sb_meta.adapt import guarded_adapt
 
     with pytest.raises(ValueError, match="against their transcripts: give them"):
-        guarded_adapt(model, wavs, None, steps=1)
+        guarded_adapt(model, (wavs, None), Method(steps=1))
 
 
 @pytest.mark.parametrize("kept", [True, False])
@@ -107,5 +107,5 @@ def test_the_command_refuses_to_guard_unsupervised_adaptation(setup, tmp_path, c
 
     assert main(["adapt", "--model", str(setup["export"]), "--support", str(setup["csv"]), "--task", "s1",
                  "--guard", "--unsupervised", "entropy", "--out", str(tmp_path / "x")]) != 0
-    assert "cannot guard --unsupervised" in capsys.readouterr().err
+    assert "cannot guard adaptation from the audio alone" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ import pytest
 
 from helpers import published  # noqa: E402
 from helpers import tiny_asr as h  # noqa: E402
+from sb_meta.adapt import Method
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: (YAML, line, what the refusal names): each runs code, reads files or escapes the allow-list
@@ -131,7 +132,7 @@ def test_a_folder_naming_other_code_loads_only_with_trust_and_its_export_leaves_
     trusted = load_model(folder, trust=True)  # the user's explicit choice: the YAML runs
     assert (tmp_path / "pwned").exists()
     rows = [r for r in model["rows"] if r["spk_id"] == "s0"][:2]
-    adapted = trusted.adapt([r["wav"] for r in rows], [r["wrd"] for r in rows], steps=1, lr=0.01)
+    adapted = trusted.adapt(([r["wav"] for r in rows], [r["wrd"] for r in rows]), Method(steps=1, lr=0.01))
     out = adapted.export(tmp_path / "adapted")
     text = (out / "hyperparams.yaml").read_text()
     assert "os.system" not in text and "__evil" not in text  # an export carries no tag it did not need

@@ -1,4 +1,5 @@
-"""Adaptation without transcripts (``unsupervised="entropy"`` / ``"pseudo"``)."""
+"""Adaptation without transcripts: the ``entropy``, ``pseudo`` and ``cmvn`` test-time methods
+(``plugins/testtime.py``)."""
 
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 
 from helpers import tiny_asr as h
+from sb_meta.adapt import Method, Support
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,18 +33,20 @@ def test_entropy_minimisation_adapts_from_audio_alone(setup, monkeypatch):
 
     monkeypatch.setattr(support, "encode_transcript", never)
     wavs = [r["wav"] for r in setup["rows"][5:9]]
-    adapted = model.adapt(wavs, None, unsupervised="entropy", steps=3, lr=0.05,
-                          adapt_params=["ctc_lin.*"])
-    log = adapted.last_adaptation["unsupervised"]
-    assert log["mode"] == "entropy" and len(log["entropy"]) >= 2
+    adapted = model.adapt((wavs, None), Method(addons=["entropy"], steps=3, lr=0.05, adapt_params=["ctc_lin.*"]))
+    log = adapted.last_adaptation["test_time"]["entropy"]
+    assert len(log["entropy"]) >= 2
     if log["steps_kept"]:
         assert changed(model, adapted) and min(log["entropy"][1:]) < log["entropy"][0]
         assert all(n.startswith("ctc_lin") for n in changed(model, adapted))
     assert all(rec["transcript"] is None for rec in adapted.last_adaptation["support"])
-    with pytest.raises(ValueError, match="never reads transcripts"):
-        model.adapt(wavs, ["AB"] * 4, unsupervised="entropy")
-    with pytest.raises(ValueError, match="unsupervised must be one of"):
-        model.adapt(wavs, None, unsupervised="magic")
+    # transcripts given are never read either (an evaluation hands every method the same support)
+    given = model.adapt((wavs, ["AB"] * 4), Method(addons=["entropy"], steps=1, lr=0.05))
+    assert all(rec["transcript"] is None for rec in given.last_adaptation["support"])
+    with pytest.raises(KeyError, match="unknown add-on 'magic'; available: .*entropy"):
+        model.adapt((wavs, None), Method(addons=["magic"]))
+    with pytest.raises(ValueError, match="give the support transcripts, or a test-time method .*entropy"):
+        model.adapt((wavs, None), "finetune")
 
 
 def test_the_collapse_guard_stops_entropy_minimisation(setup):
@@ -51,9 +55,9 @@ def test_the_collapse_guard_stops_entropy_minimisation(setup):
     model = load_model(setup["export"])
     wavs = [r["wav"] for r in setup["rows"][5:9]]
     # a huge step drives every frame to one label; the guard keeps the last good weights
-    adapted = model.adapt(wavs, None, unsupervised="entropy", steps=5, lr=500.0,
-                          unsupervised_config={"agreement_guard": 0.99})
-    log = adapted.last_adaptation["unsupervised"]
+    adapted = model.adapt((wavs, None), Method(addons=["entropy"], steps=5, lr=500.0,
+                                               addon_config={"entropy_agreement_guard": 0.99}))
+    log = adapted.last_adaptation["test_time"]["entropy"]
     assert log["stopped"] != "steps done"
     assert log["steps_kept"] < 5
 
@@ -63,12 +67,13 @@ def test_pseudo_labels_keep_only_confident_utterances(setup):
 
     model = load_model(setup["export"])
     wavs = [r["wav"] for r in setup["rows"][5:9]]
-    none = model.adapt(wavs, None, unsupervised="pseudo", steps=2, lr=0.05,
-                       unsupervised_config={"confidence": 1.01})
-    assert none.last_adaptation["unsupervised"]["kept"] == 0 and not changed(model, none)
-    some = model.adapt(wavs, None, unsupervised="pseudo", steps=2, lr=0.05,
-                       unsupervised_config={"confidence": 0.0})
-    log = some.last_adaptation["unsupervised"]
+    none = model.adapt((wavs, None), Method(addons=["pseudo"], steps=2, lr=0.05,
+                                            addon_config={"pseudo_confidence": 1.01}))
+    assert none.last_adaptation["test_time"]["pseudo"]["kept"] == 0 and not changed(model, none)
+    assert none.last_adaptation["stopped"] == "no utterance confident enough"
+    some = model.adapt((wavs, None), Method(addons=["pseudo"], steps=2, lr=0.05,
+                                            addon_config={"pseudo_confidence": 0.0}))
+    log = some.last_adaptation["test_time"]["pseudo"]
     kept = [h for h in log["hypotheses"] if h.strip()]
     assert log["kept"] == len(kept)
     if kept:
@@ -114,9 +119,9 @@ def test_cmvn_re_estimates_the_input_statistics_from_audio_alone(setup, monkeypa
 
     wavs = [r["wav"] for r in setup["rows"][5:9]]
     before = norm(model).glob_mean.clone()
-    adapted = model.adapt([w for w in wavs], None, unsupervised="cmvn")
-    log = adapted.last_adaptation["unsupervised"]
-    assert log["mode"] == "cmvn" and log["frames"] > 0 and log["mean_shift"][0] > 0
+    adapted = model.adapt(([w for w in wavs], None), "cmvn")
+    log = adapted.last_adaptation["test_time"]["cmvn"]
+    assert log["weight"] == 1.0 and log["frames"] > 0 and log["mean_shift"][0] > 0
     assert adapted.last_adaptation["steps"] == 0  # the record says no gradient step was taken
     assert not changed(model, adapted)  # no weight moved, only the statistics
     assert torch.equal(norm(model).glob_mean, before)  # the original is untouched
@@ -131,26 +136,24 @@ def test_cmvn_re_estimates_the_input_statistics_from_audio_alone(setup, monkeypa
         hook.remove()
     x = torch.cat([f[0] for f in feats])
     assert x.mean(0).abs().max() < 1e-3 and (x.std(0) - 1).abs().max() < 1e-2
-    half = model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5})
+    half = model.adapt((wavs, None), Method(addons=["cmvn"], addon_config={"cmvn_weight": 0.5}))
     assert torch.allclose(norm(half).glob_mean, (before + norm(adapted).glob_mean) / 2, atol=1e-5)
-    from sb_meta.evaluation import Method  # the protocol's methods pass the setting through
-
-    via = Method(name="c", unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5}).adapt(
-        model, wavs, ["never read"] * len(wavs), None, "t")
+    # transcripts handed over are not read
+    via = model.adapt(Support(wavs, ["never read"] * len(wavs), task="t"),
+                      Method(name="c", addons=["cmvn"], addon_config={"cmvn_weight": 0.5}))
     assert torch.allclose(norm(via).glob_mean, norm(half).glob_mean)
     # the adapted statistics travel with the export
     again = load_model(adapted.export(tmp_path / "cmvn"))
     assert torch.allclose(norm(again).glob_mean, norm(adapted).glob_mean)
     with pytest.raises(ValueError, match="cmvn_weight"):
-        model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 2})
+        model.adapt((wavs, None), Method(addons=["cmvn"], addon_config={"cmvn_weight": 2}))
 
 
 def test_cmvn_then_a_supervised_update(setup):
-    """``cmvn=w``: the support's statistics first, then the steps on the renormalised features."""
+    """``cmvn_update``: the support's statistics first, then the steps on the renormalised features."""
     from speechbrain.processing.features import InputNormalization
 
     from sb_meta.adapt import load_model
-    from sb_meta.evaluation import Method
 
     model = load_model(setup["export"])
     rows = setup["rows"][5:9]
@@ -161,29 +164,25 @@ def test_cmvn_then_a_supervised_update(setup):
         return n
 
     torch.manual_seed(0)
-    both = model.adapt(wavs, texts, steps=2, lr=0.05, cmvn=0.5)
-    stats = model.adapt(wavs, None, unsupervised="cmvn", unsupervised_config={"cmvn_weight": 0.5})
+    both = model.adapt((wavs, texts), Method(steps=2, lr=0.05, addons=["cmvn"],
+                                             addon_config={"cmvn_weight": 0.5, "cmvn_update": True}))
+    stats = model.adapt((wavs, None), Method(addons=["cmvn"], addon_config={"cmvn_weight": 0.5}))
     assert torch.allclose(norm(both).glob_mean, norm(stats).glob_mean)
     assert changed(model, both)  # the weights moved too
     # the same steps taken from the renormalised model give the same weights: the statistics
     # were re-estimated before the update, and the update saw the renormalised features
     torch.manual_seed(0)
-    after = stats.adapt(wavs, texts, steps=2, lr=0.05)
+    after = stats.adapt((wavs, texts), Method(steps=2, lr=0.05))
     mine = dict(both.named_parameters())
     assert all(torch.allclose(p, mine[n], atol=1e-6) for n, p in after.named_parameters())
     torch.manual_seed(0)
-    plain = model.adapt(wavs, texts, steps=2, lr=0.05)
+    plain = model.adapt((wavs, texts), Method(steps=2, lr=0.05))
     assert not all(torch.allclose(p, mine[n]) for n, p in plain.named_parameters())
     rec = both.last_adaptation
-    assert rec["cmvn"]["weight"] == 0.5 and rec["cmvn"]["frames"] > 0 and rec["steps"] == 2
-    torch.manual_seed(0)
-    via = Method(name="c", strategy="finetune", steps=2, lr=0.05, cmvn=0.5).adapt(model, wavs, texts, None, "t")
-    assert torch.allclose(norm(via).glob_mean, norm(both).glob_mean)
-    for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="cmvn must be a weight"):
-            model.adapt(wavs, texts, cmvn=bad)
-    with pytest.raises(ValueError, match="give one of them"):
-        model.adapt(wavs, None, unsupervised="cmvn", cmvn=0.5)
+    assert rec["test_time"]["cmvn"]["weight"] == 0.5 and rec["test_time"]["cmvn"]["frames"] > 0
+    assert rec["steps"] == 2
+    with pytest.raises(ValueError, match="give the support transcripts"):
+        model.adapt((wavs, None), Method(addons=["cmvn"], addon_config={"cmvn_update": True}))
 
 
 def test_the_command_adapts_after_re_estimating_the_statistics(setup, tmp_path, capsys):
@@ -196,9 +195,8 @@ def test_the_command_adapts_after_re_estimating_the_statistics(setup, tmp_path, 
     assert main(base + ["--steps", "2", "--lr", "0.05", "--cmvn", "0.5", "--out", str(out)]) == 0
     assert "statistics re-estimated" in capsys.readouterr().out
     last = json.loads((out / "sbmeta.json").read_text())["adaptations"][-1]
-    assert last["cmvn"]["weight"] == 0.5 and last["steps"] == 2
-    for extra, says in ((["--cmvn", "0.5", "--unsupervised", "cmvn"], "give one of them"),
-                        (["--cmvn", "2"], "must be a weight")):
+    assert last["test_time"]["cmvn"]["weight"] == 0.5 and last["steps"] == 2
+    for extra, says in ((["--cmvn", "2"], "must be a weight"), (["--cmvn", "x"], "must be a weight")):
         assert main(base + extra + ["--out", str(tmp_path / "x")]) != 0
         assert says in capsys.readouterr().err
         assert not (tmp_path / "x").exists()

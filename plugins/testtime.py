@@ -1,33 +1,38 @@
-"""Adaptation without transcripts: pseudo-labels or entropy minimisation, with safeguards.
+"""Test-time methods that adapt without transcripts: ``entropy``, ``pseudo``, ``cmvn``.
 
 Users rarely have transcripts for a new speaker or channel; they have audio.
-``AdaptableASR.adapt(wavs, None, unsupervised=...)`` adapts from audio alone
-(the transcripts are never read):
+These three add-ons (:class:`sb_meta.adapt.testtime.TestTimeMethod`, the same
+contract as any third-party test-time method) adapt from audio alone, the
+transcripts never read: ``Method(addons=["entropy"])``, ``model.adapt((wavs,
+None), "entropy")``, ``sb-meta adapt --unsupervised entropy``,
+``sb-meta evaluate --methods entropy``.
 
-``"pseudo"``
+``pseudo``
     The unadapted model transcribes the support utterances (greedy CTC); an
     utterance is kept when its confidence, the mean over its frames of the
-    highest CTC posterior, reaches ``confidence`` (default 0.9); the model is
+    highest CTC posterior, reaches ``pseudo_confidence`` (default 0.9); the model is
     then adapted on the kept utterances and their hypotheses as if they were
     transcripts. No utterance confident enough: the model is returned unchanged.
-``"entropy"``
+``entropy``
     Entropy minimisation of the CTC posteriors over the support frames, as in
     SUTA (Lin et al. 2022, single-utterance test-time adaptation for CTC
     models): the loss is the mean per-frame entropy (padding excluded).
-``"cmvn"``
+``cmvn``
     No gradient step: the model's global ``InputNormalization`` statistics
     are re-estimated on the support audio (per-speaker or per-channel cepstral
     mean and variance normalisation, the classic remedy for a convolutional
     channel), blended with the training statistics by ``cmvn_weight`` (1: the
-    support's alone).
+    support's alone). With ``cmvn_update: true`` (``sb-meta adapt --cmvn W``)
+    the transcripts are read and the strategy's steps follow on the
+    renormalised features (feature-space, then model-space adaptation).
 
 Safeguards against making the model worse (the known failure of entropy
 minimisation is a collapse onto one label, often the blank): steps are taken
 one at a time and adaptation stops, keeping the best weights so far, when the
-support entropy stops decreasing (``min_improvement``, relative), when the
-share of frames whose best label is not the blank falls below ``blank_guard``
+support entropy stops decreasing (``entropy_min_improvement``, relative), when the
+share of frames whose best label is not the blank falls below ``entropy_blank_guard``
 (default 0.5) of its value before adaptation, or when fewer than
-``agreement_guard`` (default 0.6) of the frames keep the best label the
+``entropy_agreement_guard`` (default 0.6) of the frames keep the best label the
 unadapted model gave them (entropy minimisation should sharpen the posteriors,
 not rewrite the transcript). Step count and step size should be chosen on dev
 tasks (:func:`sb_meta.evaluation.select_on_dev`).
@@ -40,15 +45,18 @@ Example
 True
 """
 
+import speechbrain as sb
 import torch
 
-__all__ = ["MODES", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps", "renormalize",
-           "check_cmvn", "DEFAULTS"]
+from sb_meta.adapt.testtime import TestTimeMethod
+from sb_meta.contract import CommandOption, Phase
+from sb_meta.plugins import hookimpl
 
-MODES = ("entropy", "pseudo", "cmvn")
-#: settings of unsupervised adaptation (``unsupervised_config`` keys)
-DEFAULTS = {"confidence": 0.9, "min_improvement": 0.01, "blank_guard": 0.5, "agreement_guard": 0.6,
-            "cmvn_weight": 1.0}
+__all__ = ["Entropy", "Pseudo", "Cmvn", "frame_entropy", "nonblank_share", "pseudo_labels", "entropy_steps",
+           "renormalize"]
+
+#: ``sb-meta adapt --unsupervised NAME``: each of these methods is one of its choices
+UNSUPERVISED = "--unsupervised"
 
 
 def _mask(log_probs, lengths):
@@ -78,8 +86,6 @@ def pseudo_labels(brain, batches, tokenizer, blank_index, threshold):
     list of (str, float)
         One ``(hypothesis, confidence)`` per utterance, in order.
     """
-    import speechbrain as sb
-
     from sb_meta.recipe import ctc_greedy_words
 
     out = []
@@ -87,7 +93,7 @@ def pseudo_labels(brain, batches, tokenizer, blank_index, threshold):
         for batch in batches:
             pred = brain.compute_forward(batch, sb.Stage.TEST)
             if pred.log_probs is None:
-                raise ValueError("pseudo-label adaptation needs a CTC head; use unsupervised='entropy'")
+                raise ValueError("pseudo-label adaptation needs a CTC head; use entropy")
             hyps = ctc_greedy_words(pred.log_probs, pred.lengths, tokenizer, blank_index)
             mask = _mask(pred.log_probs, pred.lengths)
             best = pred.log_probs.exp().max(-1).values
@@ -98,8 +104,6 @@ def pseudo_labels(brain, batches, tokenizer, blank_index, threshold):
 
 def _objective(brain, batches, blank_index):
     """(entropy, non-blank share, best label of every valid frame) on the support."""
-    import speechbrain as sb
-
     with torch.no_grad():
         ents, shares, weights, labels = [], [], [], []
         for batch in batches:
@@ -122,7 +126,7 @@ def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
     steps kept and why adaptation stopped.
     """
     params = brain.trainable_params()
-    blank = brain.hparams.sbmeta_view.blank_index
+    blank = brain.hparams.blank_index
     entropy, share, start_labels = _objective(brain, batches, blank)
     log = {"entropy": [entropy], "nonblank_share": [share], "agreement": [1.0], "steps_kept": 0,
            "stopped": "steps done"}
@@ -140,13 +144,13 @@ def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
         log["entropy"].append(entropy)
         log["nonblank_share"].append(share)
         log["agreement"].append(agreement)
-        if not (entropy == entropy) or share < config["blank_guard"] * start_share:
+        if not (entropy == entropy) or share < config["entropy_blank_guard"] * start_share:
             log["stopped"] = f"step {step + 1}: collapse guard (non-blank share {share:.2f})"
             break
-        if agreement < config["agreement_guard"]:
+        if agreement < config["entropy_agreement_guard"]:
             log["stopped"] = f"step {step + 1}: drift guard ({agreement:.2f} of frames keep their label)"
             break
-        if entropy >= best_entropy * (1.0 - config["min_improvement"]):
+        if entropy >= best_entropy * (1.0 - config["entropy_min_improvement"]):
             log["stopped"] = f"step {step + 1}: entropy stopped decreasing"
             if entropy < best_entropy:
                 best, best_entropy = {n: params[n].detach().clone() for n in names}, entropy
@@ -160,27 +164,6 @@ def entropy_steps(brain, batches, steps, lr, names, task, phase, config):
     return log
 
 
-def check_cmvn(cmvn, unsupervised=None):
-    """Refuse a ``cmvn`` weight (statistics before a supervised update) that is not in (0, 1],
-    or one given with ``unsupervised="cmvn"``, which re-estimates the statistics alone.
-
-    Example
-    -------
-    >>> check_cmvn(0.5)
-    >>> check_cmvn(0)
-    Traceback (most recent call last):
-        ...
-    ValueError: cmvn must be a weight in (0, 1], got 0
-    """
-    if cmvn is None:
-        return
-    if unsupervised == "cmvn":
-        raise ValueError("cmvn re-estimates the input statistics before an update; unsupervised cmvn "
-                         "does only that: give one of them")
-    if isinstance(cmvn, bool) or not 0.0 < float(cmvn) <= 1.0:
-        raise ValueError(f"cmvn must be a weight in (0, 1], got {cmvn!r}")
-
-
 def renormalize(brain, batches, weight=1.0):
     """Re-estimate the global ``InputNormalization`` statistics on the support (no gradients).
 
@@ -190,14 +173,13 @@ def renormalize(brain, batches, weight=1.0):
     training statistics in the share ``weight``. The normalisers belong to the
     adapted copy. Returns the log: how many frames and how far the mean moved.
     """
-    import speechbrain as sb
     from speechbrain.processing.features import InputNormalization, make_padding_mask
 
     if not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"cmvn_weight must be in [0, 1], got {weight!r}")
     norms = [m for m in brain.modules.modules() if isinstance(m, InputNormalization) and m.norm_type == "global"]
     if not norms:
-        raise ValueError("unsupervised='cmvn' needs a global InputNormalization in the model (norm_type: global)")
+        raise ValueError("cmvn needs a global InputNormalization in the model (norm_type: global)")
     frames = {id(m): [] for m in norms}
 
     def capture(module, args, kwargs):  # the valid frames as the normaliser itself masks them
@@ -224,3 +206,107 @@ def renormalize(brain, batches, weight=1.0):
             m.glob_std.copy_(weight * std + (1.0 - weight) * m.glob_std)
             log["frames"] = int(x.shape[0])
     return log
+
+
+class Entropy(TestTimeMethod):
+    """Entropy minimisation of the CTC posteriors, step by step under the safeguards."""
+
+    name = "entropy"
+    options = {"entropy_min_improvement": 0.01, "entropy_blank_guard": 0.5, "entropy_agreement_guard": 0.6}
+    command_options = (CommandOption(UNSUPERVISED, "adapt from the audio alone (the manifest needs no "
+                                     "transcripts): the method's name", selects=True),)
+
+    @classmethod
+    def reads_transcripts(cls, config):
+        return False
+
+    def update(self, run):
+        brain = run.brain
+        if "ctc" not in brain.view.losses:
+            raise ValueError(f"entropy minimisation needs a CTC head; this model has {brain.view.losses}")
+        names = run.names_to_adapt or brain.strategy.adapt_names(Phase.ADAPT)
+        config = {k: self.number_option(k, 0.0) for k in self.options}
+        with brain.objective_replaced(lambda pred, batch: frame_entropy(pred.log_probs, pred.lengths)):
+            log = entropy_steps(brain, run.batches(), run.steps, run.lr, names, run.task, Phase.ADAPT, config)
+        params = brain.trainable_params()
+        return {n: p for n, p in params.items() if n in set(names)}, log
+
+    @classmethod
+    def describe(cls, log):
+        return [f"Without transcripts: entropy {log['entropy'][0]:.3f} -> {min(log['entropy']):.3f}, "
+                f"{log['steps_kept']} step(s) kept ({log['stopped']})"]
+
+
+class Pseudo(TestTimeMethod):
+    """The unadapted model's confident greedy transcripts become the support's labels."""
+
+    name = "pseudo"
+    options = {"pseudo_confidence": 0.9}
+    command_options = Entropy.command_options
+
+    @classmethod
+    def reads_transcripts(cls, config):
+        return False
+
+    def prepare(self, run):
+        if "ctc" not in run.brain.view.losses:
+            raise ValueError(f"pseudo-label adaptation needs a CTC head; this model has {run.brain.view.losses}")
+        threshold = self.number_option("pseudo_confidence", 0.0)
+        labels = pseudo_labels(run.brain, run.batches(with_tokens=False), run.model.tokenizer,
+                               run.model.blank_index, threshold)
+        keep = [i for i, (hyp, conf) in enumerate(labels) if conf >= threshold and hyp.strip()]
+        for i, (hyp, conf) in enumerate(labels):
+            run.records[i]["pseudo_label"], run.records[i]["confidence"] = hyp, conf
+        log = {"confidence": [round(c, 4) for _, c in labels], "kept": len(keep),
+               "hypotheses": [h for h, _ in labels]}
+        if not keep:
+            run.stop("no utterance confident enough")
+            return dict(log, stopped=run.stopped)
+        run.wavs, run.names = [run.wavs[i] for i in keep], [run.names[i] for i in keep]
+        run.tokens = [run.model.encode_transcript(labels[i][0], run.names[j]) for j, i in enumerate(keep)]
+        return log
+
+    @classmethod
+    def describe(cls, log):
+        return [f"Without transcripts: {log['kept']} of {len(log['confidence'])} utterance(s) confident "
+                "enough to serve as pseudo-labels" + (f"; {log['stopped']}" if log.get("stopped") else "")]
+
+
+def _cmvn_option(text):
+    """``--cmvn W``: the statistics blended with weight ``W`` in (0, 1], then the update."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = float("nan")
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"--cmvn must be a weight in (0, 1], got {text}")
+    return {"cmvn_weight": weight, "cmvn_update": True}
+
+
+class Cmvn(TestTimeMethod):
+    """The global input statistics re-estimated on the support audio (then, optionally, the update)."""
+
+    name = "cmvn"
+    options = {"cmvn_weight": 1.0, "cmvn_update": False}
+    command_options = Entropy.command_options + (CommandOption(
+        "--cmvn", "before the update, re-estimate the input statistics on the support audio and blend "
+        "them into the training ones with weight W in (0, 1] (feature-space, then model-space adaptation)",
+        parse=_cmvn_option, metavar="W", activates=True),)
+
+    @classmethod
+    def reads_transcripts(cls, config):
+        return bool(config.get("cmvn_update", cls.options["cmvn_update"]))
+
+    def prepare(self, run):
+        weight = self.number_option("cmvn_weight")
+        return dict(weight=weight, **renormalize(run.brain, run.batches(), weight))
+
+    @classmethod
+    def describe(cls, log):
+        return [f"Input statistics re-estimated on {log['frames']} support frames (weight {log['weight']}), "
+                f"mean moved by {log['mean_shift']} on average per feature"]
+
+
+@hookimpl
+def sbmeta_addons():
+    return [Entropy, Pseudo, Cmvn]
