@@ -482,6 +482,31 @@ def per_speaker_wer(model, rows):
             error_rates(hyps, [r["wrd"] for r in rows])[0])
 
 
+def child_gap_reference(model, decoder):
+    """The base trained with the training children that the adults-only ``model`` is measured
+    against (its name without ``_adult``), and that base's test-children WER from its score, or
+    None before it is scored."""
+    reference = model.replace("_adult", "", 1)
+    score = OUT / "score" / f"{reference}.json"
+    if reference == model or not score.is_file():
+        return reference, None
+    return reference, json.loads(score.read_text())[decoder]["test"]["child"]["wer"]
+
+
+def gap_share(adult_wer, adapted_wer, with_children_wer):
+    """The share of the adult-to-child gap won back: ``(adult - adapted) / (adult - with_children)``;
+    None without a reference or a gap.
+
+    >>> round(gap_share(84.0, 81.0, 72.0), 2)
+    0.25
+    >>> gap_share(84.0, 81.0, None) is None
+    True
+    """
+    if with_children_wer is None or adult_wer <= with_children_wer:
+        return None
+    return (adult_wer - adapted_wer) / (adult_wer - with_children_wer)
+
+
 def cmd_children(args):
     """Domain adaptation of the adults-only base: from N transcribed child utterances, and from
     the same audio without transcripts; each setting chosen on the dev children."""
@@ -798,15 +823,20 @@ def cmd_report(args):
     for path in sorted((OUT / "children").glob("*/*/results.json")):
         res = json.loads(path.read_text())
         decoder, name = path.parent.parent.name, path.parent.name
+        reference, with_children = child_gap_reference(name, decoder)
+        gap = "" if with_children is None else (
+            f" `{reference}`, trained with the training children too: {with_children:.2f}; the gap is "
+            f"{res['test_unadapted'] - with_children:.2f} points.")
         parts += [f"## Children: `{name}`, {decoder} decoding", "",
-                  f"Unadapted: dev children {res['dev_unadapted']:.2f}, test children {res['test_unadapted']:.2f}.", "",
-                  "| setting | chosen on dev children | test children WER (mean of draws) | relative [95% CI] | worse |",
-                  "|---|---|---|---|---|"]
+                  f"Unadapted: dev children {res['dev_unadapted']:.2f}, test children {res['test_unadapted']:.2f}.{gap}",
+                  "", "| setting | chosen on dev children | test children WER (mean of draws) | relative [95% CI] "
+                  "| worse | share of the gap won back |", "|---|---|---|---|---|---|"]
         for label, rec in res["settings"].items():
             mean = sum(d["test_wer"] for d in rec["draws"]) / len(rec["draws"])
             p = rec["paired"]
+            share = gap_share(res["test_unadapted"], mean, with_children)
             parts.append(f"| {label} | {rec['chosen']['name']} | {mean:.2f} | {_rel(p)} "
-                         f"| {len(p['worse_tasks'])}/{p['tasks']} |")
+                         f"| {len(p['worse_tasks'])}/{p['tasks']} | {'-' if share is None else f'{100 * share:.0f}%'} |")
         parts.append("")
         target = DOCS / "children" / f"{name}_{decoder}.json"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -112,3 +112,21 @@ def test_initialisations_are_paired_with_joint_on_the_same_draws(tmp_path, monke
     write(folder / "fomaml" / "init_k5" / "results.json", evaluation(fomaml))
     with pytest.raises(SystemExit, match="fomaml and joint under init_k5"):
         study.paired_against("init_k5", "joint")
+
+
+def test_the_children_section_gives_the_gap_and_the_share_won_back(tmp_path, monkeypatch):
+    out, docs = tmp_path / "so762", tmp_path / "docs"
+    monkeypatch.setattr(study, "OUT", out)
+    monkeypatch.setattr(study, "DOCS", docs)
+    write(out / "score" / "base_an4_e10.json",
+          {"lexicon": {"test": {g: {"wer": w} for g, w in (("all", 74.0), ("child", 72.0), ("adult", 76.0))}}})
+    paired = {"relative": 0.036, "relative_ci": [0.01, 0.06], "worse_tasks": ["c1"], "tasks": 4}
+    setting = {"chosen": {"name": "ep3_lr0.01"}, "paired": paired,
+               "draws": [{"test_wer": 80.0}, {"test_wer": 82.0}]}
+    write(out / "children" / "lexicon" / "base_an4_adult_e10" / "results.json",
+          {"dev_unadapted": 87.0, "test_unadapted": 84.0, "settings": {"supervised_50": setting}})
+    study.cmd_report(None)
+    text = (docs / "report.md").read_text()
+    assert "`base_an4_e10`, trained with the training children too: 72.00; the gap is 12.00 points." in text
+    assert "| supervised_50 | ep3_lr0.01 | 81.00 | +3.6% [+1.0, +6.0] | 1/4 | 25% |" in text
+    assert (docs / "children" / "base_an4_adult_e10_lexicon.json").is_file()
