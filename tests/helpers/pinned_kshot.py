@@ -10,13 +10,22 @@ a statistics-then-update method. ``tests/integration/test_pinned_kshot.py``
 compares a fresh evaluation with ``tests/data/pinned_kshot.json``; a change
 that is meant to change the figures regenerates that file with::
 
-    OMP_NUM_THREADS=1 python tests/helpers/pinned_kshot.py
+    python tests/helpers/pinned_kshot.py
 
 and says why in its commit message.
+
+The figures come from a tiny model trained and adapted here, which amplifies the
+last bits of every floating-point sum: with the CPU's fastest kernels (AVX-512 on
+one machine, AVX2 on another) they differ from machine to machine. So they are
+computed in a process restricted to kernels every x86-64 CPU runs the same way
+(:data:`PORTABLE_ENV`: one thread, PyTorch's unvectorised ATen kernels, MKL's
+conditional numerical reproducibility, oneDNN at SSE4.1), by :func:`compute_portably`.
 """
 
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -32,6 +41,24 @@ METHODS = [
     {"name": "cmvn-finetune", "strategy": "finetune", "addons": ["cmvn"],
      "addon_config": {"cmvn_weight": 0.5, "cmvn_update": True}},
 ]
+
+
+#: the environment of :func:`compute_portably`: results that do not depend on the CPU model
+PORTABLE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default",
+                "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
+def compute_portably(folder):
+    """:func:`compute` in a fresh process with :data:`PORTABLE_ENV` (kernels are chosen at import)."""
+    folder = pathlib.Path(folder)
+    out = folder / "figures.json"
+    env = dict(os.environ, **PORTABLE_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, __file__, "--out", str(out), "--work", str(folder / "work")],
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"pinned_kshot.py failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
 
 
 def compute(folder):
@@ -78,9 +105,18 @@ def _log_prob_sums(model, csv):
 
 
 if __name__ == "__main__":
+    import argparse
     import tempfile
 
+    parser = argparse.ArgumentParser(description="compute the pinned k-shot figures")
+    parser.add_argument("--out", default=None, help="where to write them (default: the pinned file)")
+    parser.add_argument("--work", default=None, help="a working folder (default: a temporary one)")
+    args = parser.parse_args()
+    if any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):  # kernels are chosen at import
+        os.execve(sys.executable, [sys.executable, __file__] + sys.argv[1:],
+                  dict(os.environ, **PORTABLE_ENV))
     sys.path.insert(0, str(ROOT / "tests"))
+    out = pathlib.Path(args.out) if args.out else FIGURES
     with tempfile.TemporaryDirectory() as tmp:
-        FIGURES.write_text(json.dumps(compute(tmp), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {FIGURES}")
+        out.write_text(json.dumps(compute(args.work or tmp), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
