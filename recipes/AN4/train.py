@@ -23,8 +23,9 @@ import sys
 import speechbrain as sb
 import torch
 
-from sb_meta import ASRPredictions, MetaBrain
+from sb_meta import MetaBrain
 from sb_meta.export import check_destination, export_brain
+from sb_meta.forward import family_forward
 from sb_meta.schedules import TimeBudgetCosine
 from sb_meta.recipe import (
     check_transcripts,
@@ -54,6 +55,8 @@ class ASR(MetaBrain):
         return "seq_lin" in self.modules and self.hparams.ctc_weight < 1.0
 
     def compute_forward(self, batch, stage):
+        """Augmentation in training, then the model family's forward, the one test-time
+        adaptation of the exported model runs too (:func:`sb_meta.forward.family_forward`)."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         tokens_bos, _ = batch.tokens_bos
@@ -61,31 +64,13 @@ class ASR(MetaBrain):
         if augmented:  # SpeechBrain's Augmenter; labels are replicated in compute_objectives
             wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
             tokens_bos = self.hparams.wav_augment.replicate_labels(tokens_bos)
-        if "ssl" in self.modules:  # ssl_ctc_meta.yaml: a Hugging Face encoder reads the waveform
-            # extract_features, not forward: a frozen wrapper's forward runs under no_grad, which
-            # would stop the gradients of the adapters inside it (its own weights do not require any)
-            enc_out = self.modules.enc(self.modules.ssl.extract_features(wavs, wav_lens))
-            p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(enc_out))
-            return ASRPredictions(p_ctc, wav_lens, enc_out, None, extra={"augmented": augmented})
-        feats = self.hparams.compute_features(wavs)
-        feats = self.modules.normalize(feats, wav_lens)
-        if augmented:
-            feats, _ = self.hparams.fea_augment(feats, wav_lens)
-        p_seq = None
-        if "Transformer" in self.modules:
-            src = self.modules.CNN(feats)
-            enc_out, dec_out = self.modules.Transformer(
-                src, tokens_bos, wav_lens, pad_idx=self.hparams.pad_index
-            )
-            if self.attention:
-                p_seq = self.hparams.log_softmax(self.modules.seq_lin(dec_out))
-        else:
-            enc_out = self.modules.enc(feats)
-            if self.attention:
-                h, _ = self.modules.dec(self.modules.emb(tokens_bos), enc_out, wav_lens)
-                p_seq = self.hparams.log_softmax(self.modules.seq_lin(h))
-        p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(enc_out))
-        return ASRPredictions(p_ctc, wav_lens, enc_out, p_seq, extra={"augmented": augmented})
+        predictions = family_forward(
+            self.modules, wavs, wav_lens, compute_features=getattr(self.hparams, "compute_features", None),
+            tokens_bos=tokens_bos, attention=self.attention, pad_index=getattr(self.hparams, "pad_index", 0),
+            feature_augment=self.hparams.fea_augment if augmented else None,
+        )
+        predictions.extra["augmented"] = augmented
+        return predictions
 
     def compute_objectives(self, predictions, batch, stage):
         tokens, tokens_lens = batch.tokens

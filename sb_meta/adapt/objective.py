@@ -30,6 +30,7 @@ import torch
 
 from sb_meta.brain import MetaBrain
 from sb_meta.contract import ASRPredictions
+from sb_meta.forward import family_forward, recipe_family
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ class ModelView:
         Older SpeechBrain Transformer models encode in two stages.
     losses : list of str
         The losses the model allows (``ctc``, ``attention``).
+    family : str or None
+        For a model sb-meta exported, its recipe family
+        (:func:`sb_meta.forward.recipe_family`): the model then runs the
+        recipe's own forward (:func:`sb_meta.forward.family_forward`) on
+        :attr:`modules`. None: the interface's parts are run as it runs them.
+    compute_features : callable or None
+        The exported model's ``compute_features`` (recipe families that read features).
+    pad_index : int
+        The exported model's ``pad_index`` (the Transformer family).
     """
 
     modules: dict
@@ -84,6 +94,9 @@ class ModelView:
     blank_index: int = 0
     losses: list = field(default_factory=list)
     prefix: list = None
+    family: str = None
+    compute_features: object = None
+    pad_index: int = 0
 
 
 class _WhisperEncode:
@@ -119,6 +132,22 @@ def _ctc_scorer(decoder):
             if hasattr(impl, "ctc_fc"):
                 return impl
     return None
+
+
+def _runs_recipe_pipeline(children, modules, compute_features):
+    """Whether the interface's encoder runs nothing but the recipe's pipeline over ``modules``:
+    each of its steps is one of them, the features, the output activation or the
+    Transformer's encoder wrapper. Then the recipe family's forward computes what the
+    interface computes; a folder whose encoder adds any other step keeps its own forward."""
+    if not children:
+        return False
+    known = {id(m) for m in modules.values()} | {id(compute_features)}
+    for _, step in children:
+        wrapped = getattr(step, "transformer", None)
+        if id(step) in known or isinstance(step, _ACTIVATIONS) or (wrapped is not None and id(wrapped) in known):
+            continue
+        return False
+    return compute_features is not None or "ssl" in modules
 
 
 def trainable_view(asr, module_names=None):
@@ -173,6 +202,11 @@ def trainable_view(asr, module_names=None):
         if missing:
             raise ValueError(f"the model's modules lack {missing}, which its sbmeta.json lists")
         view.modules = {n: mods[n] for n in module_names}
+        family = recipe_family(view.modules)
+        features = getattr(asr.hparams, "compute_features", None)
+        if family is not None and _runs_recipe_pipeline(children, view.modules, features):
+            view.family, view.compute_features = family, features
+            view.pad_index = int(getattr(asr.hparams, "pad_index", 0) or 0)
     else:
         view.modules = dict(children) if children else {"encoder": encoder}
         if decoder is not None and any(True for _ in decoder.parameters()):
@@ -190,7 +224,11 @@ def view_forward(view, wavs, wav_lens, tokens_bos=None):
     ``encoder_out`` holds the encoder's features (for an ``EncoderASR``, the
     input of its last linear layer); ``seq_log_probs`` the teacher-forced
     attention outputs when ``tokens_bos`` is given and the model has a decoder.
+    A model with a recipe :attr:`~ModelView.family` runs the recipe's forward.
     """
+    if view.family is not None:
+        return family_forward(view.modules, wavs, wav_lens, compute_features=view.compute_features,
+                              tokens_bos=tokens_bos, attention=True, pad_index=view.pad_index)
     tapped = []
     handle = None
     if view.tap is not None:
@@ -267,6 +305,9 @@ class AdaptBrain(MetaBrain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         tokens_bos = batch.tokens_bos[0] if hasattr(batch, "tokens_bos") else None
+        if self.view.family is not None:  # the training recipe's forward, on this brain's modules
+            return family_forward(self.modules, wavs, wav_lens, compute_features=self.view.compute_features,
+                                  tokens_bos=tokens_bos, attention=True, pad_index=self.view.pad_index)
         return view_forward(self.view, wavs, wav_lens, tokens_bos)
 
     def compute_objectives(self, predictions, batch, stage):

@@ -25,10 +25,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: the layers of ``sb_meta``, lowest first: a module imports only from its own or lower ones
 LAYERS = [
     # what everything may use: helpers, the plugin contract, its options and the meta keys, losses,
+    # the model families' forward,
     # parameter selection
     {"sb_meta.version", "sb_meta.utils", "sb_meta.contract", "sb_meta.hookspecs", "sb_meta.options",
      "sb_meta.meta_config", "sb_meta.ctc_hessian", "sb_meta.losses", "sb_meta.schedules", "sb_meta.functional",
-     "sb_meta.checkpointing"},
+     "sb_meta.checkpointing", "sb_meta.forward"},
     # corpora and manifests, tasks and episodes drawn from them
     {"sb_meta.data", "sb_meta.episodes"},
     # meta-training: strategies and add-ons, the plugin manager, the brain, the recipe glue
