@@ -176,6 +176,18 @@ def exported_tiny_model(folder, strategy="fomaml", epochs=3):
             "export": export_brain(brain, folder / "pretrained", hparams_file=yaml_path)}
 
 
+def exported_fixture(name, epochs=3):
+    """A module-scoped fixture whose value is :func:`exported_tiny_model` in a temporary
+    folder named ``name``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def exported(tmp_path_factory):
+        return exported_tiny_model(tmp_path_factory.mktemp(name), epochs=epochs)
+
+    return exported
+
+
 def read_rows(csv):
     from sb_meta.data.manifest import read_manifest
 

@@ -5,20 +5,10 @@ pulls the domains' encoder features together, and a recipe runs it by flag."""
 
 import json
 
-import pytest
-
-from helpers.distributions import pip_install_example, run_python
+from helpers.distributions import example_fixture, run_python
 from helpers.recipes import run_recipe
 
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    env = pip_install_example("sbmeta-mmd", target, tmp_path_factory.mktemp("build"))
-    assert list(target.glob("sbmeta_mmd-0.1.0.dist-info/entry_points.txt"))
-    return env
-
-
+installed = example_fixture("sbmeta-mmd")
 
 CODE = """
 import doctest, json, torch, sbmeta_mmd
@@ -61,7 +51,6 @@ without, apart = gap(0.0)
 print(json.dumps({"terms": sorted(with_mmd.loss_term_means()), "closer": closer, "apart": apart}))
 """
 
-
 def test_listed_and_used_by_name_its_loss_pulls_the_domains_together(installed):
     listing, ran = run_python(CODE, installed).split("@@\n")
     rows = {r["name"]: r for r in json.loads(listing)["plugins"]}
@@ -69,7 +58,6 @@ def test_listed_and_used_by_name_its_loss_pulls_the_domains_together(installed):
     out = json.loads(ran.strip().splitlines()[-1])
     assert "outer_mmd_confusion" in out["terms"]
     assert out["closer"] < 0.5 * out["apart"], out
-
 
 def test_a_recipe_runs_it_by_flag(installed, synth_corpus, tmp_path):
     out = tmp_path / "exp"

@@ -5,13 +5,11 @@ only, by ``sb-meta adapt --unsupervised prior`` on a manifest without transcript
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
 from helpers import tiny_asr
-from helpers.distributions import pip_install_example
+from helpers.distributions import example_fixture, run_python
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,13 +32,7 @@ print(json.dumps({'half': half.last_adaptation['test_time']['prior']['moved'],
                   'full': full.last_adaptation['test_time']['prior']['moved']}))
 """
 
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    env = pip_install_example("sbmeta-prior", target, tmp_path_factory.mktemp("build"))
-    assert list(target.glob("sbmeta_prior-0.1.0.dist-info/entry_points.txt"))
-    return env
+installed = example_fixture("sbmeta-prior")
 
 
 def test_listed_and_used_by_name_from_the_commands_and_method(installed, tmp_path):
@@ -51,11 +43,9 @@ def test_listed_and_used_by_name_from_the_commands_and_method(installed, tmp_pat
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    argv = [sys.executable, "-c", CODE, str(tiny["export"]), str(tiny["csv"]), str(audio_only), str(tmp_path),
-            *[r["wav"] for r in tiny["rows"][5:8]]]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=installed)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    listing, ran = proc.stdout.split("@@\n")
+    out = run_python(CODE, installed, tiny["export"], tiny["csv"], audio_only, tmp_path,
+                     *[r["wav"] for r in tiny["rows"][5:8]], timeout=600)
+    listing, ran = out.split("@@\n")
     plugins = {r["name"]: r for r in json.loads(listing)["plugins"]}
     assert plugins["prior"]["distribution"] == "sbmeta-prior 0.1.0" and plugins["prior"]["addon_kind"] == "test_time"
     assert "Label prior corrected" in ran

@@ -71,9 +71,7 @@ def test_bad_lexicons_and_labels_are_named(tmp_path):
     assert read_words(tmp_path / "m.csv") == read_words(tmp_path / "w.txt") == ["BAN", "NO"]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return h.exported_tiny_model(tmp_path_factory.mktemp("lexicon"))
+setup = h.exported_fixture("lexicon")
 
 
 def test_a_model_with_a_lexicon_only_says_its_words_and_adapted_copies_keep_it(setup, tmp_path, capsys):

@@ -11,9 +11,7 @@ from sb_meta.adapt import Method, Support
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return h.exported_tiny_model(tmp_path_factory.mktemp("guard"))
+setup = h.exported_fixture("guard")
 
 
 def params(model):

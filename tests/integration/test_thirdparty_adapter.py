@@ -5,7 +5,6 @@ points and written only against the contract (``AddOn.kind``,
 built-in adapters are: the core names no add-on."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from sb_meta.cli import main
 
 from helpers import tiny_asr as helpers
-from helpers.distributions import install_fake_distribution
+from helpers.distributions import fake_plugin_fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +23,6 @@ import torch
 
 from sb_meta.contract import CommandOption
 from sb_meta.strategy import AddOn
-
 
 class Shifted(torch.nn.Module):
     def __init__(self, linear, init):
@@ -37,11 +35,9 @@ class Shifted(torch.nn.Module):
     def forward(self, x):
         return self.linear(x) + self.shift
 
-
 def _replace(root, name, new):
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, new)
-
 
 def _folded(module):
     lin = module.linear
@@ -50,7 +46,6 @@ def _folded(module):
         out.weight.copy_(lin.weight)
         out.bias.copy_((lin.bias if lin.bias is not None else 0) + module.shift)
     return out
-
 
 class Shift(AddOn):
     """Output offsets on the CTC head; only they adapt."""
@@ -93,23 +88,12 @@ class Shift(AddOn):
                 for name, module in [(n, m) for n, m in obj.named_modules() if isinstance(m, Shifted)]:
                     _replace(obj, name, _folded(module))
 
-
 def sbmeta_addons():
     return [Shift]
 '''
 
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return helpers.exported_tiny_model(tmp_path_factory.mktemp("shift"), epochs=1)
-
-
-@pytest.fixture
-def shift_installed(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    install_fake_distribution(tmp_path, "sbm-shift", "sbm_shift_adapter", SHIFT_PLUGIN, "shift")
-    yield
-    sys.modules.pop("sbm_shift_adapter", None)
+exported = helpers.exported_fixture("shift", epochs=1)
+shift_installed = fake_plugin_fixture("sbm-shift", "sbm_shift_adapter", SHIFT_PLUGIN, "shift")
 
 
 def test_the_adapt_command_offers_and_uses_a_third_party_adapter(exported, shift_installed, tmp_path, capsys):
@@ -136,7 +120,6 @@ def test_the_adapt_command_offers_and_uses_a_third_party_adapter(exported, shift
     params = dict(load_model(exported["export"], adapters=tmp_path / "alone").named_parameters())
     assert params["ctc_lin.w.shift"].shape == base["ctc_lin.w.bias"].shape
 
-
 def test_method_and_the_evaluate_command_take_a_third_party_adapter_by_name(exported, shift_installed,
                                                                              tmp_path, capsys):
     from sb_meta.evaluation import Method, methods_from
@@ -151,7 +134,6 @@ def test_method_and_the_evaluate_command_take_a_third_party_adapter_by_name(expo
     results = json.loads((out / "results.json").read_text())
     assert {"shift", "full"} <= set(results["summary"]) and "1" in results["summary"]["shift"]
     assert not results["failed"]
-
 
 def test_without_the_installation_it_is_no_choice(exported, tmp_path, capsys):
     from sb_meta.evaluation import Method

@@ -5,29 +5,16 @@ and by a recipe."""
 
 import json
 
-import pytest
-
-from helpers.distributions import pip_install_example, run_python
+from helpers.distributions import example_fixture, run_python
 from helpers.recipes import run_recipe
 
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """``pip install --no-deps --target <tmp> examples/sbmeta-l2sp``; returns the environment
-    of a Python that has the target on its path."""
-    target = tmp_path_factory.mktemp("site")
-    env = pip_install_example("sbmeta-l2sp", target, tmp_path_factory.mktemp("build"))
-    assert (target / "sbmeta_l2sp" / "__init__.py").is_file()
-    assert list(target.glob("sbmeta_l2sp-0.1.0.dist-info/entry_points.txt"))
-    return env
-
+installed = example_fixture("sbmeta-l2sp")
 
 
 def test_not_there_without_the_installation():
     from sb_meta.plugins import PluginRegistry
 
     assert "l2sp" not in PluginRegistry().strategies
-
 
 def test_listed_with_its_distribution_and_a_brain_uses_it_by_name(installed):
     code = """
@@ -54,7 +41,6 @@ print(type(brain.strategy).__module__, moved < moved_free)
     assert "[sbmeta-l2sp 0.1.0]" in next(line for line in text.splitlines() if " l2sp " in line)
     # the penalty toward the starting weights keeps them closer than plain fine-tuning
     assert ran.split() == ["sbmeta_l2sp", "True"]
-
 
 def test_a_recipe_uses_it_by_name(installed, synth_corpus, tmp_path):
     out = tmp_path / "exp"

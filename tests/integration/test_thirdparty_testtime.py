@@ -6,7 +6,6 @@ the model's public API), is used by name in :class:`sb_meta.adapt.Method`, by
 
 import csv
 import json
-import sys
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from sb_meta.adapt import Method, Support
 from sb_meta.cli import main
 
 from helpers import tiny_asr as helpers
-from helpers.distributions import install_fake_distribution
+from helpers.distributions import fake_plugin_fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +26,6 @@ import torch
 
 from sb_meta.adapt.testtime import TestTimeMethod
 from sb_meta.contract import CommandOption
-
 
 class Prior(TestTimeMethod):
     name = "prior"
@@ -51,23 +49,12 @@ class Prior(TestTimeMethod):
     def describe(cls, log):
         return [f"Label prior corrected (bias moved by {log['moved']:.3f} at most)"]
 
-
 def sbmeta_addons():
     return [Prior]
 '''
 
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    return helpers.exported_tiny_model(tmp_path_factory.mktemp("prior"), epochs=1)
-
-
-@pytest.fixture
-def prior_installed(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    install_fake_distribution(tmp_path, "sbm-prior", "sbm_prior_method", PRIOR_PLUGIN, "prior")
-    yield
-    sys.modules.pop("sbm_prior_method", None)
+exported = helpers.exported_fixture("prior", epochs=1)
+prior_installed = fake_plugin_fixture("sbm-prior", "sbm_prior_method", PRIOR_PLUGIN, "prior")
 
 
 def test_a_third_party_test_time_method_adapts_by_name(exported, prior_installed):
@@ -88,7 +75,6 @@ def test_a_third_party_test_time_method_adapts_by_name(exported, prior_installed
         record["test_time"]["prior"]["moved"] / 2, rel=1e-4)
     with pytest.raises(KeyError, match="unknown add-on 'priors'; available: .*prior"):
         model.adapt((wavs, None), Method(addons=["priors"]))
-
 
 def test_the_commands_offer_and_use_it(exported, prior_installed, tmp_path, capsys):
     rows = [{k: v for k, v in r.items() if k != "wrd"} for r in exported["rows"]]

@@ -108,9 +108,7 @@ def test_a_published_speechbrain_folder_passes_the_check_as_it_is():
     check_yaml(published.PUBLISHED_YAML, "published/hyperparams.yaml")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return h.exported_tiny_model(tmp_path_factory.mktemp("trust"), epochs=1)
+model = h.exported_fixture("trust", epochs=1)
 
 
 def evil_copy(model, folder, payload):

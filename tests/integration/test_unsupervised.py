@@ -12,9 +12,7 @@ from sb_meta.adapt import Method, Support
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return h.exported_tiny_model(tmp_path_factory.mktemp("unsup"))
+setup = h.exported_fixture("unsup")
 
 
 def changed(a, b):
