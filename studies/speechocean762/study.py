@@ -487,10 +487,10 @@ def child_gap_reference(model, decoder):
     against (its name without ``_adult``), and that base's test-children WER from its score, or
     None before it is scored."""
     reference = model.replace("_adult", "", 1)
-    score = OUT / "score" / f"{reference}.json"
-    if reference == model or not score.is_file():
+    score = _score(reference)
+    if reference == model or score is None or decoder not in score:
         return reference, None
-    return reference, json.loads(score.read_text())[decoder]["test"]["child"]["wer"]
+    return reference, score[decoder]["test"]["child"]["wer"]
 
 
 def gap_share(adult_wer, adapted_wer, with_children_wer):
@@ -602,25 +602,71 @@ def _rel(entry):
     return f"{100 * entry['relative']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
+# A new machine keeps the repository, not results/so762/: the report reads each result from
+# results/so762/ when this machine has it, else from the copy committed under docs/.
+def _records():
+    """``[(name, record, train_log folder or None)]`` of every trained base: those in
+    results/so762/ and, by name, the committed ones (``docs/.../records/<name>.json``) it lacks."""
+    out = {}
+    for rec_path in sorted((DOCS / "records").glob("*.json")):
+        if rec_path.stem.startswith(("an4_base", "base_")):
+            out[rec_path.stem] = (json.loads(rec_path.read_text()), None)
+    for folder in sorted(OUT.glob("an4_base*")) + sorted((OUT / "base").glob("base_*")):
+        if (folder / "record.json").is_file():
+            out[folder.name] = (json.loads((folder / "record.json").read_text()), folder)
+    return [(name, *out[name]) for name in sorted(out)]
+
+
+def _score(name):
+    """A model's ``score`` record from results/so762/, else the committed one, else None."""
+    for path in (OUT / "score" / f"{name}.json", DOCS / "records" / f"score_{name}.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def _evaluations(decoder):
+    """``{(model, label): folder}`` of the finished evaluations: results/so762/'s, and the
+    committed copies (``docs/.../<label>[_greedy]/<model>/``) of those it lacks."""
+    suffix = "" if decoder == "lexicon" else f"_{decoder}"  # the lexicon decoder's folders have none
+    not_lexicon = tuple(f"_{d}" for d in DECODERS if d != "lexicon")
+    found = {}
+    for path in sorted(DOCS.glob("*/*/results.json")):
+        label = path.parent.parent.name
+        mine = label.endswith(suffix) if suffix else not label.endswith(not_lexicon)
+        if label in ("children", "records") or not mine:
+            continue
+        found[(path.parent.name, label[: len(label) - len(suffix)])] = path.parent
+    for path in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
+        found[(path.parent.parent.name, path.parent.name)] = path.parent
+    return found
+
+
+def _children_results():
+    """``{(decoder, model): results.json}`` of the children's study, results/so762/'s or committed."""
+    found = {}
+    for path in sorted((DOCS / "children").glob("*.json")):
+        name, _, decoder = path.stem.rpartition("_")
+        if decoder in DECODERS:
+            found[(decoder, name)] = path
+    for path in sorted((OUT / "children").glob("*/*/results.json")):
+        found[(path.parent.parent.name, path.parent.name)] = path
+    return found
+
+
 def _bases_table():
     lines = ["| model | initialised from | epochs | optimizer steps | training CPU-min | best dev WER (greedy) "
              "| test WER greedy: all / children / adults | test WER lexicon: all / children / adults |",
              "|---|---|---|---|---|---|---|---|"]
-    for folder in sorted(OUT.glob("an4_base*")) + sorted((OUT / "base").glob("base_*")):
-        rec_path = folder / "record.json"
-        if not rec_path.is_file():
-            continue
-        rec = json.loads(rec_path.read_text())
-        name = folder.name
+    for name, rec, _ in _records():
         epochs = [ln for ln in rec["train_log"] if ln.startswith("epoch:")]
         import re
 
         devs = [float(m.group(1)) for ln in epochs if (m := re.search(r"valid WER: ([0-9.e+-]+)", ln))]
         steps = rec.get("optimizer_steps") or rec.get("optimizer_steps_kept_checkpoint")
-        score = OUT / "score" / f"{name}.json"
+        sc = _score(name)
         cells = {"greedy": "-", "lexicon": "-"}
-        if score.is_file():
-            sc = json.loads(score.read_text())
+        if sc is not None:
             for d in cells:
                 if d in sc:
                     s = sc[d]["test"]
@@ -634,13 +680,16 @@ def _bases_table():
     return "\n".join(lines)
 
 
-def _curve(folder):
-    """``(epoch, optimizer steps, dev WER, dev CER)`` per epoch from a run's ``train_log.txt``."""
+def _curve(folder, lines=None):
+    """``(epoch, optimizer steps, dev WER, dev CER)`` per epoch from a run's ``train_log.txt``
+    (or from ``lines``, a record's ``train_log``)."""
     import re
 
-    log = pathlib.Path(folder) / "train_log.txt"
+    if lines is None:
+        log = pathlib.Path(folder) / "train_log.txt"
+        lines = log.read_text().splitlines() if log.is_file() else []
     pts = []
-    for ln in (log.read_text().splitlines() if log.is_file() else []):
+    for ln in lines:
         m = re.search(r"epoch: (\d+).*train steps: (\d+).*valid WER: ([0-9.e+-]+), valid CER: ([0-9.e+-]+)", ln)
         if m:
             pts.append((int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))))
@@ -675,13 +724,15 @@ def _plot_curves(path):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
-    for folder in sorted((OUT / "base").glob("base_*")):
-        pts = _curve(folder)
+    runs = [(name, folder, rec.get("train_log")) for name, rec, folder in _records() if name.startswith("base_")]
+    runs += [(f.name, f, None) for f in sorted((OUT / "base").glob("base_*")) if not (f / "record.json").is_file()]
+    for name, folder, lines in runs:
+        pts = _curve(folder, None if folder is not None else lines)
         if not pts:
             continue
-        line = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", markersize=3, label=f"{folder.name} WER")
+        line = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", markersize=3, label=f"{name} WER")
         ax.plot([p[1] for p in pts], [p[3] for p in pts], linestyle="--", color=line[0].get_color(), alpha=0.6,
-                label=f"{folder.name} CER")
+                label=f"{name} CER")
         drawn = True
     if not drawn:
         return False
@@ -716,8 +767,9 @@ def _eval_table(results, families=None):
     return "\n".join(lines)
 
 
-#: the initialisation every meta-trained one is paired against, and the evaluation label they share
-INIT_REFERENCE, INIT_LABEL = "joint", "init_k5"
+#: each evaluation label of meta-trained initialisations and the one they are paired against (the
+#: second pair was trained from the rebuilt base, so it is never mixed with the first)
+INIT_PAIRS = (("init_k5", "joint"), ("init_k5_rb", "joint_rb"))
 
 
 def _by_draw(results):
@@ -749,16 +801,15 @@ def paired_against(label, reference, decoder="lexicon"):
     """
     from sb_meta.evaluation import summarize_paired
 
-    ref_path = eval_folder(reference, label, decoder) / "results.json"
-    if not ref_path.is_file():
+    evaluations = {name: folder for (name, lab), folder in _evaluations(decoder).items() if lab == label}
+    if reference not in evaluations:
         return {}
-    ref = _by_draw(json.loads(ref_path.read_text()))
+    ref = _by_draw(json.loads((evaluations[reference] / "results.json").read_text()))
     out = {}
-    for path in sorted((OUT / "eval" / decoder).glob(f"*/{label}/results.json")):
-        name = path.parent.parent.name
+    for name, folder in sorted(evaluations.items()):
         if name == reference:
             continue
-        mine = _by_draw(json.loads(path.read_text()))
+        mine = _by_draw(json.loads((folder / "results.json").read_text()))
         if set(mine) != set(ref) or any(mine[key]["support"] != ref[key]["support"]
                                         or mine[key]["query"] != ref[key]["query"] for key in ref):
             raise SystemExit(f"study: {name} and {reference} under {label} were not evaluated on the same draws")
@@ -790,20 +841,20 @@ def cmd_report(args):
 
     DOCS.mkdir(parents=True, exist_ok=True)
     parts = ["# speechocean762: generated tables", "",
-             f"Written by `python studies/speechocean762/study.py report` from `results/so762/`.", "",
+             "Written by `python studies/speechocean762/study.py report` from `results/so762/` and, for what "
+             "that folder lacks (a machine keeps only its own runs), the results committed beside this page.", "",
              "## Bases", "", _bases_table(), "", _unfinished_table(), ""]
     if _plot_curves(DOCS / "bases_dev_curve.png"):
         parts += ["![dev WER and CER of the bases against optimizer steps](bases_dev_curve.png)", ""]
     copied = []
     for decoder in DECODERS:
-        for folder in sorted((OUT / "eval" / decoder).glob("*/*/results.json")):
-            name, label = folder.parent.parent.name, folder.parent.name
-            results = json.loads(folder.read_text())
+        for (name, label), source in sorted(_evaluations(decoder).items()):
+            results = json.loads((source / "results.json").read_text())
             target = DOCS / (label if decoder == "lexicon" else f"{label}_{decoder}") / name
             target.mkdir(parents=True, exist_ok=True)
             for f in ("results.json", "report.md", "wer_vs_k.png", "per_task.png"):
-                if (folder.parent / f).is_file():
-                    shutil.copyfile(folder.parent / f, target / f)
+                if (source / f).is_file() and source.resolve() != target.resolve():
+                    shutil.copyfile(source / f, target / f)
             if (target / "report.md").is_file():
                 copied.append(f"{target.relative_to(DOCS)}/report")
             cost = results.get("cost", {})
@@ -812,17 +863,18 @@ def cmd_report(args):
                       f"{cost.get('adaptations', '?')} adaptations, {cost.get('adaptations_per_cpu_minute', '?')} "
                       f"per CPU-minute. Folder: `{target.relative_to(DOCS)}/`.", "",
                       _eval_table(results), ""]
-    paired = paired_against(INIT_LABEL, INIT_REFERENCE)
-    if paired:
-        write_json(DOCS / INIT_LABEL / f"paired_against_{INIT_REFERENCE}.json", paired)
-        parts += [f"## Initialisations against `{INIT_REFERENCE}`, lexicon decoding", "",
+    for label, reference in INIT_PAIRS:
+        paired = paired_against(label, reference)
+        if not paired:
+            continue
+        write_json(DOCS / label / f"paired_against_{reference}.json", paired)
+        parts += [f"## {label}: initialisations against `{reference}`, lexicon decoding", "",
                   f"Each initialisation adapted with its own dev choice of the `init` family, paired with "
-                  f"`{INIT_REFERENCE}` on the same draws (k = 0: neither adapted). Positive: better than "
-                  f"`{INIT_REFERENCE}`. File: `{INIT_LABEL}/paired_against_{INIT_REFERENCE}.json`.", "",
-                  _paired_table(paired, INIT_REFERENCE), ""]
-    for path in sorted((OUT / "children").glob("*/*/results.json")):
+                  f"`{reference}` on the same draws (k = 0: neither adapted). Positive: better than "
+                  f"`{reference}`. File: `{label}/paired_against_{reference}.json`.", "",
+                  _paired_table(paired, reference), ""]
+    for (decoder, name), path in sorted(_children_results().items()):
         res = json.loads(path.read_text())
-        decoder, name = path.parent.parent.name, path.parent.name
         reference, with_children = child_gap_reference(name, decoder)
         gap = "" if with_children is None else (
             f" `{reference}`, trained with the training children too: {with_children:.2f}; the gap is "
@@ -840,7 +892,8 @@ def cmd_report(args):
         parts.append("")
         target = DOCS / "children" / f"{name}_{decoder}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        if path.resolve() != target.resolve():
+            shutil.copyfile(path, target)
     if copied:
         parts += ["## Each evaluation's report", "", "```{toctree}", ":maxdepth: 1", ""] + copied + ["```", ""]
     (DOCS / "report.md").write_text("\n".join(parts) + "\n")

@@ -130,3 +130,43 @@ def test_the_children_section_gives_the_gap_and_the_share_won_back(tmp_path, mon
     assert "`base_an4_e10`, trained with the training children too: 72.00; the gap is 12.00 points." in text
     assert "| supervised_50 | ep3_lr0.01 | 81.00 | +3.6% [+1.0, +6.0] | 1/4 | 25% |" in text
     assert (docs / "children" / "base_an4_adult_e10_lexicon.json").is_file()
+
+
+def test_a_new_machine_reports_the_committed_results_beside_its_own(tmp_path, monkeypatch):
+    """results/so762/ is lost with the machine; what was committed under docs/ stays in the
+    report, and a new run of the same name replaces its committed copy."""
+    out, docs = tmp_path / "so762", tmp_path / "docs"
+    monkeypatch.setattr(study, "OUT", out)
+    monkeypatch.setattr(study, "DOCS", docs)
+    log = [epoch_line(1, 465, 95.0, 60.0)]
+    write(docs / "records" / "base_an4_e10.json", {"command": "python recipes/SpeechOcean762/train.py x.yaml",
+                                                  "epochs": 1, "optimizer_steps": 465, "train_minutes": 6.0,
+                                                  "test": {"wer": 90.0}, "train_log": log})
+    write(docs / "records" / "score_base_an4_e10.json",
+          {"lexicon": {"test": {g: {"wer": w} for g, w in (("all", 74.0), ("child", 72.0), ("adult", 76.0))}}})
+    write(out / "base" / "base_an4_e10_rb" / "record.json",
+          {"command": "python recipes/SpeechOcean762/train.py x.yaml", "epochs": 1, "optimizer_steps": 465,
+           "train_minutes": 3.0, "test": {"wer": 91.0}, "train_log": log})
+    summ = {"norm": {"0": summary(80.0, 80.0), "5": summary(80.0, 79.0)}}
+    committed = {"summary": summ, "tasks": ["s1"], "config": {"repeats": 2}}
+    write(docs / "speaker_k5_norm" / "base_an4_e10" / "results.json", committed)
+    write(docs / "speaker_k5_norm" / "base_an4_e10" / "report.md", "# committed\n")
+    write(docs / "speaker_k5_head" / "base_an4_e10" / "results.json", committed)
+    write(docs / "speaker_k5_head" / "base_an4_e10" / "report.md", "# committed, replaced\n")
+    new = {"summary": {"head": {"5": summary(80.0, 60.0)}}, "tasks": ["s1"], "config": {"repeats": 2}}
+    write(out / "eval" / "lexicon" / "base_an4_e10" / "speaker_k5_head" / "results.json", new)
+    write(out / "eval" / "lexicon" / "base_an4_e10" / "speaker_k5_head" / "report.md", "# new\n")
+    q = ["u1"]
+    write(docs / "init_k5" / "joint" / "results.json", evaluation([("s1", 5, 0, q, 50.0, 40.0)]))
+    write(docs / "init_k5" / "fomaml" / "results.json", evaluation([("s1", 5, 0, q, 50.0, 38.0)]))
+    write(docs / "children" / "base_an4_adult_e10_lexicon.json",
+          {"dev_unadapted": 87.0, "test_unadapted": 84.0, "settings": {}})
+    study.cmd_report(None)
+    text = (docs / "report.md").read_text()
+    assert "| `base_an4_e10` | random weights | 1 | 465 | 6.0 | 95.0 | - | 74.0 / 72.0 / 76.0 |" in text
+    assert "| `base_an4_e10_rb` | random weights | 1 | 465 | 3.0 | 95.0 | - | - |" in text
+    assert "| norm | - | 5 | 80.00 -> 79.00 |" in text and "| head | - | 5 | 80.00 -> 60.00 |" in text
+    assert (docs / "speaker_k5_norm" / "base_an4_e10" / "report.md").read_text() == "# committed\n"
+    assert (docs / "speaker_k5_head" / "base_an4_e10" / "report.md").read_text() == "# new\n"
+    assert "| `fomaml` | 5 | 40.00 -> 38.00 |" in text
+    assert "`base_an4_e10`, trained with the training children too: 72.00; the gap is 12.00 points." in text
