@@ -200,6 +200,16 @@ META = {"meta_strategy": None, "plain_batches": False, "train_augmentation": Fal
 META_STRATEGY = {"reptile": {"inner_steps": 2}}
 
 
+def meta_overrides(strategy):
+    """The recipe settings of one meta-trained initialisation: the base's, the meta-training's,
+    then the strategy's own (which win).
+
+    >>> meta_overrides("reptile")["inner_steps"], meta_overrides("fomaml")["inner_steps"]
+    (2, 1)
+    """
+    return {**BASE, **META, **META_STRATEGY.get(strategy, {}), "meta_strategy": strategy}
+
+
 def cmd_meta(args):
     """Initialisations meta-trained from the adaptation base, the same number of outer steps each."""
     root = corpus_root("SBMETA_SPEECHOCEAN762_ROOT")
@@ -210,8 +220,8 @@ def cmd_meta(args):
         raise SystemExit(f"study: --steps must be a multiple of {META['episodes_per_epoch']} (one epoch)")
     records = {}
     for strategy in args.strategies.split(","):
-        ov = dict(BASE, **META, **META_STRATEGY.get(strategy, {}))
-        ov.update(meta_strategy=strategy, data_folder=root, prepare_folder=manifests(), init_from=base,
+        ov = meta_overrides(strategy)
+        ov.update(data_folder=root, prepare_folder=manifests(), init_from=base,
                   number_of_epochs=args.steps // META["episodes_per_epoch"])
         ov.update(_pairs(args.set))
         name = strategy + (f"_{args.tag}" if args.tag else "")

@@ -170,3 +170,10 @@ def test_a_new_machine_reports_the_committed_results_beside_its_own(tmp_path, mo
     assert (docs / "speaker_k5_head" / "base_an4_e10" / "report.md").read_text() == "# new\n"
     assert "| `fomaml` | 5 | 40.00 -> 38.00 |" in text
     assert "`base_an4_e10`, trained with the training children too: 72.00; the gap is 12.00 points." in text
+
+
+def test_reptile_takes_its_own_inner_steps():
+    """A strategy's own settings override the meta-training's (both set inner_steps)."""
+    assert study.meta_overrides("reptile")["inner_steps"] == 2
+    assert study.meta_overrides("joint")["inner_steps"] == 1
+    assert study.meta_overrides("reptile")["meta_strategy"] == "reptile"
