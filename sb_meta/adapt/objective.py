@@ -218,16 +218,19 @@ def trainable_view(asr, module_names=None):
     return view
 
 
-def view_forward(view, wavs, wav_lens, tokens_bos=None):
+def view_forward(view, wavs, wav_lens, tokens_bos=None, modules=None):
     """The :class:`ASRPredictions` of the model ``view`` shows on a batch of waveforms.
 
     ``encoder_out`` holds the encoder's features (for an ``EncoderASR``, the
     input of its last linear layer); ``seq_log_probs`` the teacher-forced
     attention outputs when ``tokens_bos`` is given and the model has a decoder.
-    A model with a recipe :attr:`~ModelView.family` runs the recipe's forward.
+    A model with a recipe :attr:`~ModelView.family` runs the recipe's forward on
+    ``modules`` (default: the view's; an adaptation brain passes its own, which add-ons
+    may have changed).
     """
     if view.family is not None:
-        return family_forward(view.modules, wavs, wav_lens, compute_features=view.compute_features,
+        modules = view.modules if modules is None else modules
+        return family_forward(modules, wavs, wav_lens, compute_features=view.compute_features,
                               tokens_bos=tokens_bos, attention=True, pad_index=view.pad_index)
     tapped = []
     handle = None
@@ -305,10 +308,7 @@ class AdaptBrain(MetaBrain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         tokens_bos = batch.tokens_bos[0] if hasattr(batch, "tokens_bos") else None
-        if self.view.family is not None:  # the training recipe's forward, on this brain's modules
-            return family_forward(self.modules, wavs, wav_lens, compute_features=self.view.compute_features,
-                                  tokens_bos=tokens_bos, attention=True, pad_index=self.view.pad_index)
-        return view_forward(self.view, wavs, wav_lens, tokens_bos)
+        return view_forward(self.view, wavs, wav_lens, tokens_bos, modules=self.modules)
 
     def compute_objectives(self, predictions, batch, stage):
         from sb_meta.losses import ctc_loss
