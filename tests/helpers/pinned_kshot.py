@@ -49,13 +49,12 @@ PORTABLE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABI
 
 
 def compute_portably(folder):
-    """:func:`compute` in a fresh process with :data:`PORTABLE_ENV` (kernels are chosen at import)."""
+    """:func:`compute` in a fresh process, which this script gives :data:`PORTABLE_ENV`
+    (kernels are chosen at import)."""
     folder = pathlib.Path(folder)
     out = folder / "figures.json"
-    env = dict(os.environ, **PORTABLE_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, __file__, "--out", str(out), "--work", str(folder / "work")],
-                          env=env, capture_output=True, text=True)
+                          capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"pinned_kshot.py failed:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
