@@ -622,7 +622,8 @@ def _records():
         if rec_path.stem.startswith(("an4_base", "base_")):
             out[rec_path.stem] = (json.loads(rec_path.read_text()), None)
     for folder in sorted(OUT.glob("an4_base*")) + sorted((OUT / "base").glob("base_*")):
-        if (folder / "record.json").is_file():
+        # a link (an old name pointing at a rebuilt model) is not a run of its own
+        if (folder / "record.json").is_file() and not folder.is_symlink():
             out[folder.name] = (json.loads((folder / "record.json").read_text()), folder)
     return [(name, *out[name]) for name in sorted(out)]
 

@@ -147,6 +147,13 @@ def test_a_new_machine_reports_the_committed_results_beside_its_own(tmp_path, mo
     write(out / "base" / "base_an4_e10_rb" / "record.json",
           {"command": "python recipes/SpeechOcean762/train.py x.yaml", "epochs": 1, "optimizer_steps": 465,
            "train_minutes": 3.0, "test": {"wer": 91.0}, "train_log": log})
+    write(docs / "records" / "an4_base_e24.json", {"command": "python recipes/AN4/train.py x.yaml", "epochs": 24,
+                                                  "optimizer_steps": 2832, "train_minutes": 44.4,
+                                                  "test": {"wer": 14.2}, "train_log": log})
+    write(out / "an4_base_e24_rb" / "record.json", {"command": "python recipes/AN4/train.py x.yaml", "epochs": 20,
+                                                    "optimizer_steps": 2360, "train_minutes": 24.8,
+                                                    "test": {"wer": 12.5}, "train_log": log})
+    (out / "an4_base_e24").symlink_to("an4_base_e24_rb")  # the old name, read by `base --an4-epochs 24`
     summ = {"norm": {"0": summary(80.0, 80.0), "5": summary(80.0, 79.0)}}
     committed = {"summary": summ, "tasks": ["s1"], "config": {"repeats": 2}}
     write(docs / "speaker_k5_norm" / "base_an4_e10" / "results.json", committed)
@@ -165,6 +172,8 @@ def test_a_new_machine_reports_the_committed_results_beside_its_own(tmp_path, mo
     text = (docs / "report.md").read_text()
     assert "| `base_an4_e10` | random weights | 1 | 465 | 6.0 | 95.0 | - | 74.0 / 72.0 / 76.0 |" in text
     assert "| `base_an4_e10_rb` | random weights | 1 | 465 | 3.0 | 95.0 | - | - |" in text
+    assert "| `an4_base_e24` | random weights | 24 | 2832 | 44.4 | 95.0 | AN4 test: 14.2 | - |" in text
+    assert "| `an4_base_e24_rb` | random weights | 20 | 2360 | 24.8 | 95.0 | AN4 test: 12.5 | - |" in text
     assert "| norm | - | 5 | 80.00 -> 79.00 |" in text and "| head | - | 5 | 80.00 -> 60.00 |" in text
     assert (docs / "speaker_k5_norm" / "base_an4_e10" / "report.md").read_text() == "# committed\n"
     assert (docs / "speaker_k5_head" / "base_an4_e10" / "report.md").read_text() == "# new\n"
